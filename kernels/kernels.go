@@ -252,3 +252,23 @@ func CheckDType(op, arg string, t *Tensor, want ...DType) error {
 	}
 	return fmt.Errorf("%s: %s is %v, want one of %v: %w", op, arg, t.DType, want, ErrDType)
 }
+
+// Randomizer is implemented by backends that can fill a tensor with random values in place,
+// without a host copy: benchmarks of the real model shapes use it for random weights.
+// Values are uniform in [-scale, scale) (for integer tensors: in [0, scale)), from seed.
+type Randomizer interface {
+	FillRandom(t *Tensor, seed uint64, scale float32) error
+}
+
+// Grapher is implemented by backends that can record a sequence of ops once and replay it
+// (CUDA graphs). Capture runs fn with the ops recorded instead of run; the returned Graph
+// replays them on the same tensors.
+type Grapher interface {
+	Capture(fn func() error) (Graph, error)
+}
+
+// Graph is a recorded sequence of ops.
+type Graph interface {
+	Launch() error
+	Close() error
+}
