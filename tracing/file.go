@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"sync"
 
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/attribute"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 )
 
 // FileExporter writes spans to a file as JSON lines, one Span per line. Every batch is written
