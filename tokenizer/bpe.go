@@ -33,10 +33,16 @@ const linearMax = 48
 
 // encodeWord appends the ids of word (raw bytes) to dst.
 func (m *bpe) encodeWord(dst []int32, word string) []int32 {
-	if len(word) == 1 {
-		if id := m.byteIDs[word[0]]; id >= 0 {
-			return append(dst, id)
+	switch {
+	case len(word) == 1 && m.byteIDs[word[0]] >= 0:
+		return append(dst, m.byteIDs[word[0]])
+	case len(word) == 2 && !m.ignoreMerges && m.byteIDs[word[0]] >= 0 && m.byteIDs[word[1]] >= 0:
+		// One merge lookup is cheaper than the cache.
+		a, b := m.byteIDs[word[0]], m.byteIDs[word[1]]
+		if r, ok := m.merges[pairKey(a, b)]; ok {
+			return append(dst, r.id)
 		}
+		return append(dst, a, b)
 	}
 	if ids, ok := m.cache.get(word); ok {
 		return append(dst, ids...)

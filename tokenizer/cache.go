@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"hash/maphash"
 	"strings"
 	"sync"
 )
@@ -16,7 +15,6 @@ const (
 // wordCache maps a word to its BPE ids. It is safe for concurrent use; sharding keeps
 // goroutines encoding at the same time from contending on one lock.
 type wordCache struct {
-	seed      maphash.Seed
 	shardCap  int // words per shard; 0 disables the cache
 	shards    [cacheShards]cacheShard
 	resetHook func() // tests: called when a shard is emptied
@@ -29,11 +27,15 @@ type cacheShard struct {
 }
 
 func newWordCache(shardCap int) wordCache {
-	return wordCache{seed: maphash.MakeSeed(), shardCap: shardCap}
+	return wordCache{shardCap: shardCap}
 }
 
 func (c *wordCache) shard(word string) *cacheShard {
-	return &c.shards[maphash.String(c.seed, word)%cacheShards]
+	h := uint32(2166136261) // FNV-1a: words are short, this beats a general hash here
+	for i := 0; i < len(word); i++ {
+		h = (h ^ uint32(word[i])) * 16777619
+	}
+	return &c.shards[h%cacheShards]
 }
 
 func (c *wordCache) get(word string) ([]int32, bool) {

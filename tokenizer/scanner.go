@@ -145,6 +145,13 @@ func contraction(s string, j int) int {
 // scanLetters returns the end of the run of letters starting at s[j].
 func scanLetters(s string, j int) int {
 	for j < len(s) {
+		if b := s[j]; b < utf8.RuneSelf {
+			if asciiClass[b]&clsLetter == 0 {
+				break
+			}
+			j++
+			continue
+		}
 		c, w := classAt(s, j)
 		if c&clsLetter == 0 {
 			break
@@ -157,6 +164,13 @@ func scanLetters(s string, j int) int {
 // scanOther returns the end of [^\s\p{L}\p{N}]*[\r\n]* starting at s[j].
 func scanOther(s string, j int) int {
 	for j < len(s) {
+		if b := s[j]; b < utf8.RuneSelf {
+			if asciiClass[b] != 0 {
+				break
+			}
+			j++
+			continue
+		}
 		c, w := classAt(s, j)
 		if c != 0 {
 			break

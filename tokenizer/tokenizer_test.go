@@ -140,10 +140,10 @@ func tinyJSON(tb testing.TB) []byte {
 func TestConfig(t *testing.T) {
 	tj := tinyJSON(t)
 	cases := []struct {
-		name             string
-		config           string // "" means nil
-		mask, eos, bos   int32
-		template         string
+		name           string
+		config         string // "" means nil
+		mask, eos, bos int32
+		template       string
 	}{
 		{"nil config uses defaults", "", 8190, 8187, 8186, ""},
 		{"strings", `{"mask_token":"<role>","eos_token":"</role>","bos_token":"<|role_end|>","chat_template":"{{x}}"}`, 8188, 8189, 8191, "{{x}}"},
