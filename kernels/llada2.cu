@@ -1,0 +1,643 @@
+// llada2.cu — device code of the dlmesh CUDA backend (kernels/cuda) for llada2_moe.
+//
+// Compiled to PTX for sm_90 and embedded (kernels/cuda/ptx/llada2.ptx); regenerate with
+//   bash kernels/cuda/gen.sh
+// No CUDA headers are used: bf16/f16 are handled as raw 16-bit patterns, so any nvcc ≥ 11.8 works.
+// Every kernel states the unfused reference math it computes (kernels/kernels.go has the op docs).
+// Weight dtype codes follow kernels.DType: 1 F32, 2 BF16, 3 F16, 4 I32.
+
+#define INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float bf2f(unsigned short h) { return __uint_as_float(((unsigned)h) << 16); }
+
+__device__ __forceinline__ unsigned short f2bf(float f) {  // round to nearest even, NaN stays NaN
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40);
+  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ float h2f(unsigned short h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+__device__ __forceinline__ unsigned short f2h(float f) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+
+// ldw reads element i of a weight vector of dtype dt as float.
+__device__ __forceinline__ float ldw(const void* w, int dt, long long i) {
+  if (dt == 2) return bf2f(((const unsigned short*)w)[i]);
+  if (dt == 3) return h2f(((const unsigned short*)w)[i]);
+  return ((const float*)w)[i];
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// block_sum: every thread gets the sum over the block (blockDim.x a multiple of 32, ≤ 1024).
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) part[w] = v;
+  __syncthreads();
+  v = lane < nw ? part[lane] : 0.f;
+  return warp_sum(v);
+}
+
+// better reports whether (v, i) ranks before (bv, bi): larger value, ties to the lower id.
+__device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
+  return v > bv || (v == bv && i >= 0 && (bi < 0 || i < bi));
+}
+
+// warp_best reduces (v, i) to the best pair of the warp (see better).
+__device__ __forceinline__ void warp_best(float& v, int& i) {
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (better(ov, oi, v, i)) { v = ov; i = oi; }
+  }
+}
+
+// block_best: every thread gets the best pair of the block.
+__device__ void block_best(float& v, int& i) {
+  __shared__ float bv[32];
+  __shared__ int bi[32];
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  warp_best(v, i);
+  __syncthreads();
+  if (lane == 0) { bv[w] = v; bi[w] = i; }
+  __syncthreads();
+  v = lane < nw ? bv[lane] : -INF;
+  i = lane < nw ? bi[lane] : -1;
+  warp_best(v, i);
+}
+
+// after reports whether (v, i) ranks strictly after (pv, pi) (the previous pick of a top-k).
+__device__ __forceinline__ bool after(float v, int i, float pv, int pi) {
+  return v < pv || (v == pv && i > pi);
+}
+
+extern "C" {
+
+// embed: dst[t,:] = float(table[ids[t],:]); ids outside [0,V) give zero rows.
+__global__ void embed(float* dst, const void* table, int dt, const int* ids, int T, int H, int V) {
+  int t = blockIdx.x;
+  int id = ids[t];
+  for (int c = threadIdx.x; c < H; c += blockDim.x)
+    dst[(long long)t * H + c] = (id >= 0 && id < V) ? ldw(table, dt, (long long)id * H + c) : 0.f;
+}
+
+// rmsnorm: dst[r,:] = w ⊙ x[r,:] / sqrt(mean(x[r,:]²) + eps), rows of width n (dst may be x).
+__global__ void rmsnorm(float* dst, const float* x, const void* w, int wdt, int n, float eps) {
+  long long base = (long long)blockIdx.x * n;
+  float ss = 0.f;
+  for (int c = threadIdx.x; c < n; c += blockDim.x) {
+    float v = x[base + c];
+    ss += v * v;
+  }
+  ss = block_sum(ss);
+  float r = rsqrtf(ss / (float)n + eps);
+  for (int c = threadIdx.x; c < n; c += blockDim.x) dst[base + c] = ldw(w, wdt, c) * (x[base + c] * r);
+}
+
+// qknorm_rope: in place on packed qkv [T, (H+2KV)·D], one block of D threads per (row, head) of
+// the H q heads and KV k heads: RMSNorm with qw/kw (when norm), then on the first rd dims
+// x' = x·cos(p·f) + rotate_half(x)·sin(p·f), f_i = 1/theta^(2i/rd) in float32 (as torch computes it).
+__global__ void qknorm_rope(float* qkv, const void* qw, const void* kw, int wdt, const int* pos, int H, int KV,
+                            int D, int rd, float theta, float eps, int norm) {
+  __shared__ float buf[1024];
+  int t = blockIdx.x, hh = blockIdx.y, d = threadIdx.x;
+  long long off = ((long long)t * (H + 2 * KV) + hh) * D + d;
+  float x = qkv[off];
+  if (norm) {
+    float ss = block_sum(x * x);
+    x = ldw(hh < H ? qw : kw, wdt, d) * (x * rsqrtf(ss / (float)D + eps));
+  }
+  buf[d] = x;
+  __syncthreads();
+  if (d < rd) {
+    int half = rd / 2, i = d % half;
+    float inv = 1.0f / powf(theta, (float)(2 * i) / (float)rd);
+    float ang = (float)pos[t] * inv;
+    float s, c;
+    sincosf(ang, &s, &c);
+    float rot = d < half ? -buf[d + half] : buf[d - half];
+    x = x * c + rot * s;
+  }
+  qkv[off] = x;
+}
+
+// Sequence metadata of a step (uploaded by NewBatch): per sequence 4 int64
+// {cache pointer, cache capacity, Pos, Len}; per row its sequence; attention tiles of ≤ ATT_QT
+// rows of one sequence as int3 {seq, first row, rows}.
+
+// kv_write: cache[layer, 0, kh, pos[t], :] = k head kh of row t; likewise v (cache [L,2,KV,cap,D]).
+__global__ void kv_write(const float* qkv, const int* rowSeq, const long long* seqs, const int* pos, int H, int KV,
+                         int D, int layer) {
+  int t = blockIdx.x, kh = blockIdx.y;
+  int s = rowSeq[t];
+  float* cache = (float*)seqs[4 * s];
+  long long cap = seqs[4 * s + 1];
+  long long p = pos[t];
+  if (p < 0 || p >= cap) return;
+  long long qc = (long long)(H + 2 * KV) * D;
+  long long kdst = (((long long)layer * 2 * KV + kh) * cap + p) * D;
+  long long vdst = (((long long)(layer * 2 + 1) * KV + kh) * cap + p) * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    cache[kdst + d] = qkv[t * qc + (long long)(H + kh) * D + d];
+    cache[vdst + d] = qkv[t * qc + (long long)(H + KV + kh) * D + d];
+  }
+}
+
+#define ATT_QT 8   // query rows per block (4 warps × 2 rows)
+#define ATT_KT 32  // keys per shared-memory tile (one per lane)
+
+// attention: one block per (tile, q head h), 128 threads. For each row t at position p:
+//   out[t, h·D:(h+1)·D] = Σ_j softmax_j(q·K_j/√D)·V_j, j < min(Pos+Len, (p/BL+1)·BL),
+// K, V of kv head h/(H/KV) from the cache. One pass over the keys with an online softmax in
+// fp32; scores never leave registers.
+}  // extern "C"
+
+template <int DPL>
+__device__ void attention_impl(float* out, const float* qkv, const int* tiles, const long long* seqs, const int* pos,
+                               int H, int KV, int layer, int blockLen, float scale) {
+  const int D = DPL * 32;
+  __shared__ float qs[ATT_QT][DPL * 32];
+  __shared__ float ks[ATT_KT][DPL * 32 + 1];
+  __shared__ float vs[ATT_KT][DPL * 32];
+  int s = tiles[3 * blockIdx.x], r0 = tiles[3 * blockIdx.x + 1], n = tiles[3 * blockIdx.x + 2];
+  int h = blockIdx.y, kh = h / (H / KV);
+  const float* cache = (const float*)seqs[4 * s];
+  long long cap = seqs[4 * s + 1];
+  long long P0 = seqs[4 * s + 2], L = seqs[4 * s + 3];
+  long long qc = (long long)(H + 2 * KV) * D;
+  int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+  for (int i = tid; i < ATT_QT * D; i += blockDim.x) {
+    int r = i / D, d = i % D;
+    qs[r][d] = r < n ? qkv[(r0 + r) * qc + (long long)h * D + d] * scale : 0.f;
+  }
+  long long lim[2];
+  float m[2], l[2], acc[2][DPL];
+#pragma unroll
+  for (int rr = 0; rr < 2; rr++) {
+    int r = w + 4 * rr;
+    long long p = r < n ? pos[r0 + r] : 0;
+    long long bl = (p / blockLen + 1) * blockLen;
+    lim[rr] = r < n ? (bl < P0 + L ? bl : P0 + L) : 0;
+    m[rr] = -INF;
+    l[rr] = 0.f;
+#pragma unroll
+    for (int e = 0; e < DPL; e++) acc[rr][e] = 0.f;
+  }
+  long long plast = pos[r0 + n - 1];
+  long long kmax = (plast / blockLen + 1) * blockLen;
+  if (kmax > P0 + L) kmax = P0 + L;
+  if (kmax > cap) kmax = cap;
+  const float* K = cache + ((long long)layer * 2 * KV + kh) * cap * D;
+  const float* V = cache + ((long long)(layer * 2 + 1) * KV + kh) * cap * D;
+  for (long long j0 = 0; j0 < kmax; j0 += ATT_KT) {
+    __syncthreads();
+    for (int i = tid; i < ATT_KT * D; i += blockDim.x) {
+      int j = i / D, d = i % D;
+      bool ok = j0 + j < kmax;
+      ks[j][d] = ok ? K[(j0 + j) * D + d] : 0.f;
+      vs[j][d] = ok ? V[(j0 + j) * D + d] : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+      int r = w + 4 * rr;
+      if (r >= n || j0 >= lim[rr]) continue;  // warp-uniform
+      float sc = 0.f;
+#pragma unroll 8
+      for (int d = 0; d < D; d++) sc += qs[r][d] * ks[lane][d];
+      if (j0 + lane >= lim[rr]) sc = -INF;
+      float mt = warp_max(sc);
+      float mn = fmaxf(m[rr], mt);
+      float corr = expf(m[rr] - mn);
+      float pj = expf(sc - mn);
+      l[rr] = l[rr] * corr + warp_sum(pj);
+#pragma unroll
+      for (int e = 0; e < DPL; e++) acc[rr][e] *= corr;
+      for (int jj = 0; jj < ATT_KT; jj++) {
+        float pb = __shfl_sync(0xffffffffu, pj, jj);
+#pragma unroll
+        for (int e = 0; e < DPL; e++) acc[rr][e] += pb * vs[jj][lane + 32 * e];
+      }
+      m[rr] = mn;
+    }
+  }
+#pragma unroll
+  for (int rr = 0; rr < 2; rr++) {
+    int r = w + 4 * rr;
+    if (r >= n) continue;
+    float inv = 1.f / l[rr];
+#pragma unroll
+    for (int e = 0; e < DPL; e++) out[(long long)(r0 + r) * H * D + (long long)h * D + lane + 32 * e] = acc[rr][e] * inv;
+  }
+}
+
+extern "C" {
+
+__global__ void __launch_bounds__(128) attention_d128(float* out, const float* qkv, const int* tiles,
+                                                      const long long* seqs, const int* pos, int H, int KV, int layer,
+                                                      int blockLen, float scale) {
+  attention_impl<4>(out, qkv, tiles, seqs, pos, H, KV, layer, blockLen, scale);
+}
+
+__global__ void __launch_bounds__(128) attention_d64(float* out, const float* qkv, const int* tiles,
+                                                     const long long* seqs, const int* pos, int H, int KV, int layer,
+                                                     int blockLen, float scale) {
+  attention_impl<2>(out, qkv, tiles, seqs, pos, H, KV, layer, blockLen, scale);
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }
+
+// swiglu: dst[t,i] = silu(gu[t,i])·gu[t,I+i].
+__global__ void swiglu(float* dst, const float* gu, int T, int I) {
+  long long n = (long long)T * I;
+  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < n; k += (long long)gridDim.x * blockDim.x) {
+    long long t = k / I, i = k % I;
+    dst[k] = silu(gu[t * 2 * I + i]) * gu[t * 2 * I + I + i];
+  }
+}
+
+// add: dst += x.
+__global__ void add(float* dst, const float* x, long long n) {
+  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < n; k += (long long)gridDim.x * blockDim.x)
+    dst[k] += x[k];
+}
+
+// router: one warp per token. s = sigmoid(logits); r = s + bias (experts masked out by allowed:
+// -inf); groups of E/NG experts score the sum of their top-2 r; the TG best groups are kept
+// (ties to the lower group); the K best r among them are chosen, descending, ties to the lower
+// id (fewer than K finite: the rest get id -1, weight 0); weights = chosen s, divided by
+// (Σ + 1e-20) when norm and K > 1, times scale. E ≤ 2048, NG ≤ 64.
+__global__ void __launch_bounds__(32) router(int* ids, float* wts, const float* logits, const float* bias,
+                                             const int* allowed, int E, int NG, int TG, int K, int norm, float scale) {
+  __shared__ float sg[2048], sr[2048];
+  __shared__ float gscore[64];
+  __shared__ int gsel[64];
+  __shared__ unsigned char taken[2048];
+  int t = blockIdx.x, lane = threadIdx.x;
+  for (int e = lane; e < E; e += 32) {
+    float s = 1.f / (1.f + expf(-logits[(long long)t * E + e]));
+    float r = s + (bias ? bias[e] : 0.f);
+    if (allowed && !allowed[e]) r = -INF;
+    sg[e] = s;
+    sr[e] = r;
+    taken[e] = 0;
+  }
+  __syncwarp();
+  int gs = E / NG;
+  for (int g = lane; g < NG; g += 32) {
+    float m1 = -INF, m2 = -INF;
+    for (int e = g * gs; e < (g + 1) * gs; e++) {
+      float v = sr[e];
+      if (v > m1) { m2 = m1; m1 = v; } else if (v > m2) m2 = v;
+    }
+    gscore[g] = gs >= 2 ? m1 + m2 : m1;
+    gsel[g] = 0;
+  }
+  __syncwarp();
+  if (lane == 0) {
+    for (int k = 0; k < TG && k < NG; k++) {
+      int b = -1;
+      for (int g = 0; g < NG; g++)
+        if (!gsel[g] && (b < 0 || gscore[g] > gscore[b] || (gscore[b] != gscore[b] && gscore[g] == gscore[g]))) b = g;
+      gsel[b] = 1;
+    }
+  }
+  __syncwarp();
+  float sum = 0.f;
+  float mine = 0.f;  // lane k keeps the weight of pick k
+  int myid = -1;
+  for (int k = 0; k < K; k++) {
+    float bv = -INF;
+    int bi = -1;
+    for (int e = lane; e < E; e += 32)
+      if (gsel[e / gs] && !taken[e] && sr[e] > -INF && better(sr[e], e, bv, bi)) { bv = sr[e]; bi = e; }
+    warp_best(bv, bi);
+    if (bi >= 0) {
+      if (lane == 0) taken[bi] = 1;
+      sum += sg[bi];
+    }
+    if (lane == k) { myid = bi; mine = bi >= 0 ? sg[bi] : 0.f; }
+    __syncwarp();
+  }
+  if (lane < K) {
+    float wv = mine;
+    if (norm && K > 1) wv = wv / (sum + 1e-20f);
+    ids[(long long)t * K + lane] = myid;
+    wts[(long long)t * K + lane] = myid >= 0 ? wv * scale : 0.f;
+  }
+}
+
+// ---- routed experts: grouping on the device, then expert-major FFN, then a per-token sum ----
+// table[2e], table[2e+1]: device pointers of expert e's GateUp [2I,H] and Down [H,I] (bf16), 0 when
+// the expert is not held. Entry i = t·k + j is the j-th choice of token t.
+
+__device__ __forceinline__ bool held(const unsigned long long* table, int E, int e) {
+  return e >= 0 && e < E && table[2 * e] != 0 && table[2 * e + 1] != 0;
+}
+
+// route_group (one block): offsets[e]..offsets[e+1] index list[], the entries routed to e.
+__global__ void route_group(int* offsets, int* list, const int* ids, const unsigned long long* table, int N, int E) {
+  extern __shared__ int cnt[];  // E counts then E cursors
+  int* cur = cnt + E;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+  __syncthreads();
+  for (int i = threadIdx.x; i < N; i += blockDim.x) {
+    int e = ids[i];
+    if (held(table, E, e)) atomicAdd(&cnt[e], 1);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int acc = 0;
+    for (int e = 0; e < E; e++) {
+      offsets[e] = acc;
+      cur[e] = acc;
+      acc += cnt[e];
+    }
+    offsets[E] = acc;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < N; i += blockDim.x) {
+    int e = ids[i];
+    if (held(table, E, e)) list[atomicAdd(&cur[e], 1)] = i;
+  }
+}
+
+#define EXP_NT 8  // tokens per pass over a weight tile
+
+__device__ __forceinline__ void bf8(uint4 u, float* f) {
+  f[0] = __uint_as_float(u.x << 16); f[1] = __uint_as_float(u.x & 0xffff0000u);
+  f[2] = __uint_as_float(u.y << 16); f[3] = __uint_as_float(u.y & 0xffff0000u);
+  f[4] = __uint_as_float(u.z << 16); f[5] = __uint_as_float(u.z & 0xffff0000u);
+  f[6] = __uint_as_float(u.w << 16); f[7] = __uint_as_float(u.w & 0xffff0000u);
+}
+
+// expert_gateup: block (e, tile of 16 i's), 8 warps × 2 i's. For every entry routed to e:
+//   act[entry, i] = silu(G_e[i,:]·x[t,:]) · (U_e[i,:]·x[t,:]), t = entry / k.
+// Each weight row is read once per EXP_NT tokens (16-byte loads), x rows sit in shared memory.
+__global__ void __launch_bounds__(256) expert_gateup(float* act, const float* x, const int* offsets, const int* list,
+                                                     const unsigned long long* table, int H, int I, int k) {
+  extern __shared__ float xs[];  // [EXP_NT][H]
+  int e = blockIdx.x;
+  int b0 = offsets[e], n = offsets[e + 1] - b0;
+  if (n == 0) return;
+  const unsigned short* gu = (const unsigned short*)table[2 * e];
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  int i0 = blockIdx.y * 16 + w * 2;
+  for (int c0 = 0; c0 < n; c0 += EXP_NT) {
+    int nc = min(EXP_NT, n - c0);
+    __syncthreads();
+    for (int q = threadIdx.x; q < EXP_NT * H; q += blockDim.x) {
+      int tt = q / H, c = q % H;
+      xs[q] = tt < nc ? x[(long long)(list[b0 + c0 + tt] / k) * H + c] : 0.f;
+    }
+    __syncthreads();
+    float acc[4][EXP_NT];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+      for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = 0.f;
+    const unsigned short* rows[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+      int i = min(i0 + (r & 1), I - 1);
+      rows[r] = gu + (long long)((r < 2 ? 0 : I) + i) * H;
+    }
+    for (int c = lane * 8; c < H; c += 256) {
+      float wf[4][8];
+#pragma unroll
+      for (int r = 0; r < 4; r++) bf8(*(const uint4*)(rows[r] + c), wf[r]);
+#pragma unroll
+      for (int tt = 0; tt < EXP_NT; tt++) {
+        float4 a = *(const float4*)(xs + tt * H + c);
+        float4 b = *(const float4*)(xs + tt * H + c + 4);
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+          acc[r][tt] += wf[r][0] * a.x + wf[r][1] * a.y + wf[r][2] * a.z + wf[r][3] * a.w + wf[r][4] * b.x +
+                        wf[r][5] * b.y + wf[r][6] * b.z + wf[r][7] * b.w;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+      for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = warp_sum(acc[r][tt]);
+    if (lane < EXP_NT && lane < nc) {
+      int entry = list[b0 + c0 + lane];
+#pragma unroll
+      for (int tt = 0; tt < EXP_NT; tt++)
+        if (tt == lane) {
+#pragma unroll
+          for (int r = 0; r < 2; r++)
+            if (i0 + r < I) act[(long long)entry * I + i0 + r] = silu(acc[r][tt]) * acc[r + 2][tt];
+        }
+    }
+  }
+}
+
+// expert_down: block (e, tile of 32 h's), 8 warps × 4 h's. For every entry routed to e:
+//   ys[entry, h] = weights[entry] · (D_e[h,:]·act[entry,:]).
+__global__ void __launch_bounds__(256) expert_down(float* ys, const float* act, const float* weights, const int* offsets,
+                                                   const int* list, const unsigned long long* table, int H, int I) {
+  extern __shared__ float as[];  // [EXP_NT][I]
+  int e = blockIdx.x;
+  int b0 = offsets[e], n = offsets[e + 1] - b0;
+  if (n == 0) return;
+  const unsigned short* dn = (const unsigned short*)table[2 * e + 1];
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  int h0 = blockIdx.y * 32 + w * 4;
+  for (int c0 = 0; c0 < n; c0 += EXP_NT) {
+    int nc = min(EXP_NT, n - c0);
+    __syncthreads();
+    for (int q = threadIdx.x; q < EXP_NT * I; q += blockDim.x) {
+      int tt = q / I, c = q % I;
+      as[q] = tt < nc ? act[(long long)list[b0 + c0 + tt] * I + c] : 0.f;
+    }
+    __syncthreads();
+    float acc[4][EXP_NT];
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+      for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = 0.f;
+    const unsigned short* rows[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) rows[r] = dn + (long long)min(h0 + r, H - 1) * I;
+    for (int c = lane * 8; c < I; c += 256) {
+      float wf[4][8];
+#pragma unroll
+      for (int r = 0; r < 4; r++) bf8(*(const uint4*)(rows[r] + c), wf[r]);
+#pragma unroll
+      for (int tt = 0; tt < EXP_NT; tt++) {
+        float4 a = *(const float4*)(as + tt * I + c);
+        float4 b = *(const float4*)(as + tt * I + c + 4);
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+          acc[r][tt] += wf[r][0] * a.x + wf[r][1] * a.y + wf[r][2] * a.z + wf[r][3] * a.w + wf[r][4] * b.x +
+                        wf[r][5] * b.y + wf[r][6] * b.z + wf[r][7] * b.w;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < 4; r++)
+#pragma unroll
+      for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = warp_sum(acc[r][tt]);
+    if (lane < EXP_NT && lane < nc) {
+      int entry = list[b0 + c0 + lane];
+      float wt = weights[entry];
+#pragma unroll
+      for (int tt = 0; tt < EXP_NT; tt++)
+        if (tt == lane) {
+#pragma unroll
+          for (int r = 0; r < 4; r++)
+            if (h0 + r < H) ys[(long long)entry * H + h0 + r] = wt * acc[r][tt];
+        }
+    }
+  }
+}
+
+// expert_combine: dst[t,:] = Σ_j ys[t·k+j,:] over the held choices, in j order (deterministic).
+__global__ void expert_combine(float* dst, const float* ys, const int* ids, const unsigned long long* table, int H,
+                               int k, int E) {
+  int t = blockIdx.x;
+  for (int c = threadIdx.x; c < H; c += blockDim.x) {
+    float s = 0.f;
+    for (int j = 0; j < k; j++)
+      if (held(table, E, ids[t * k + j])) s += ys[((long long)t * k + j) * H + c];
+    dst[(long long)t * H + c] = s;
+  }
+}
+
+// gather_rows: dst[i,:] = src[idx[i],:], rows of `words` 16-bit words.
+__global__ void gather_rows(unsigned short* dst, const unsigned short* src, const int* idx, int words, int srcRows) {
+  int i = blockIdx.x, r = idx[i];
+  for (int c = threadIdx.x; c < words; c += blockDim.x)
+    dst[(long long)i * words + c] = (r >= 0 && r < srcRows) ? src[(long long)r * words + c] : 0;
+}
+
+// cvt_f32: dst = x rounded to bf16 (dt 2) or f16 (dt 3).
+__global__ void cvt_f32(unsigned short* dst, const float* x, long long n, int dt) {
+  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < n; k += (long long)gridDim.x * blockDim.x)
+    dst[k] = dt == 3 ? f2h(x[k]) : f2bf(x[k]);
+}
+
+// ---- LM head: cuBLAS writes a chunk of logits [T, Vc] to device scratch; these reduce it ----
+
+// lm_partial: block (segment, row). Over the segment's logits l: pmax = max(l·invTemp),
+// psum = Σ exp(l·invTemp − pmax), and its K best (value, id), descending, ties to the lower id.
+__global__ void lm_partial(const float* logits, int Vc, int vBase, int segLen, int K, float invTemp, int segBase,
+                           int nseg, float* pval, int* pidx, float* pmax, float* psum) {
+  int seg = blockIdx.x, t = blockIdx.y;
+  int c0 = seg * segLen, c1 = min(c0 + segLen, Vc);
+  const float* row = logits + (long long)t * Vc;
+  float m = -INF, s = 0.f;
+  for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+    float z = row[c] * invTemp;
+    if (z > m) { s = s * expf(m - z) + 1.f; m = z; } else s += expf(z - m);
+  }
+  __shared__ float sm[32], ssum[32];
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  float wm = warp_max(m);
+  s = m == -INF ? 0.f : s * expf(m - wm);
+  s = warp_sum(s);
+  if (lane == 0) { sm[w] = wm; ssum[w] = s; }
+  __syncthreads();
+  long long slot = (long long)t * nseg + segBase + seg;
+  if (threadIdx.x == 0) {
+    float M = -INF;
+    for (int i = 0; i < nw; i++) M = fmaxf(M, sm[i]);
+    float S = 0.f;
+    for (int i = 0; i < nw; i++) S += sm[i] == -INF ? 0.f : ssum[i] * expf(sm[i] - M);
+    pmax[slot] = M;
+    psum[slot] = S;
+  }
+  float pv = INF;
+  int pi = -1;
+  for (int k = 0; k < K; k++) {
+    float bv = -INF;
+    int bi = -1;
+    for (int c = c0 + threadIdx.x; c < c1; c += blockDim.x) {
+      float v = row[c];
+      int id = vBase + c;
+      if (after(v, id, pv, pi) && better(v, id, bv, bi)) { bv = v; bi = id; }
+    }
+    block_best(bv, bi);
+    if (threadIdx.x == 0) { pval[slot * K + k] = bv; pidx[slot * K + k] = bi; }
+    pv = bv;
+    pi = bi;
+    if (bi < 0) pv = -INF, pi = 0x7fffffff;
+  }
+}
+
+// lm_final: per row, merge the nseg partials: lse = M + log Σ psum·exp(pmax − M); the K best ids.
+__global__ void lm_final(int* ids, float* logits, float* lse, const float* pval, const int* pidx, const float* pmax,
+                         const float* psum, int nseg, int K) {
+  int t = blockIdx.x;
+  float m = -INF;
+  for (int i = threadIdx.x; i < nseg; i += blockDim.x) m = fmaxf(m, pmax[(long long)t * nseg + i]);
+  __shared__ float part[32];
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  m = warp_max(m);
+  if (lane == 0) part[w] = m;
+  __syncthreads();
+  float M = -INF;
+  for (int i = 0; i < nw; i++) M = fmaxf(M, part[i]);
+  float s = 0.f;
+  for (int i = threadIdx.x; i < nseg; i += blockDim.x) {
+    float pm = pmax[(long long)t * nseg + i];
+    if (pm > -INF) s += psum[(long long)t * nseg + i] * expf(pm - M);
+  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) lse[t] = M + logf(s);
+  float pv = INF;
+  int pi = -1;
+  int n = nseg * K;
+  for (int k = 0; k < K; k++) {
+    float bv = -INF;
+    int bi = -1;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) {
+      float v = pval[(long long)t * n + c];
+      int id = pidx[(long long)t * n + c];
+      if (id >= 0 && after(v, id, pv, pi) && better(v, id, bv, bi)) { bv = v; bi = id; }
+    }
+    block_best(bv, bi);
+    if (threadIdx.x == 0) { ids[t * K + k] = bi; logits[t * K + k] = bv; }
+    pv = bv;
+    pi = bi;
+    if (bi < 0) pv = -INF, pi = 0x7fffffff;
+  }
+}
+
+// fill_random: element i = (2u − 1)·scale with u = hash(seed, i) ∈ [0,1) (I32: ⌊u·scale⌋).
+__global__ void fill_random(void* p, unsigned long long n, unsigned long long seed, float scale, int dt) {
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+       i += (unsigned long long)gridDim.x * blockDim.x) {
+    unsigned long long z = seed + 0x9e3779b97f4a7c15ull * (i + 1);  // splitmix64
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    float u = (float)(z >> 40) * (1.0f / 16777216.0f);
+    float v = (2.f * u - 1.f) * scale;
+    if (dt == 1) ((float*)p)[i] = v;
+    else if (dt == 2) ((unsigned short*)p)[i] = f2bf(v);
+    else if (dt == 3) ((unsigned short*)p)[i] = f2h(v);
+    else ((int*)p)[i] = (int)(u * scale);
+  }
+}
+
+}  // extern "C"
