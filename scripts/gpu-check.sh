@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# GPU checks of kernels/cuda.
+#
+#   scripts/gpu-check.sh            build the test binaries here (no GPU needed) into bin/
+#   scripts/gpu-check.sh --remote   run them on the device machine (no Go there): binding smoke
+#                                   test, op parity tests, graph replay, NVML, kernel benchmarks,
+#                                   then a short table of the benchmark results.
+#
+# The device tool call: run(command="bash scripts/gpu-check.sh --remote", carry=["bin"]).
+# BENCHTIME (default 20x) sets -test.benchtime; BENCH (default .) filters the benchmarks.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" != "--remote" ]]; then
+	set -e
+	mkdir -p bin
+	CGO_ENABLED=0 go test -c -o bin/cuda.test ./kernels/cuda
+	CGO_ENABLED=1 go test -c -o bin/nvml.test ./kernels/cuda/nvml
+	echo "built bin/cuda.test bin/nvml.test; on the device machine: bash scripts/gpu-check.sh --remote"
+	exit 0
+fi
+
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+log=${OUT:-/tmp}/gpu-check.log
+: >"$log"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
+status=0
+echo "== tests" | tee -a "$log"
+./bin/cuda.test -test.v -test.run 'Test' -test.timeout 150s 2>&1 | tee -a "$log" | grep -E '^(=== RUN|--- |\s+gpu_test|PASS|FAIL|ok|panic)|relative L2|seed|driver' || true
+grep -q '^--- FAIL' "$log" && status=1
+grep -q '^FAIL' "$log" && status=1
+if [[ -x bin/nvml.test ]]; then
+	echo "== nvml" | tee -a "$log"
+	./bin/nvml.test -test.v 2>&1 | tee -a "$log" | tail -8
+fi
+echo "== benchmarks" | tee -a "$log"
+./bin/cuda.test -test.run '^$' -test.bench "${BENCH:-.}" -test.benchtime "${BENCHTIME:-20x}" -test.timeout 200s 2>&1 | tee -a "$log" >/dev/null
+echo
+printf '%-36s %12s %10s %8s\n' benchmark gpu-us/op GB/s experts
+grep -E '^Benchmark' "$log" | awk '{
+	name=$1; us="-"; gbs="-"; ex="-";
+	for (i=2;i<=NF;i++) { if ($i=="gpu-us/op") us=$(i-1); if ($i=="GB/s") gbs=$(i-1); if ($i=="experts") ex=$(i-1) }
+	sub(/^Benchmark/,"",name); sub(/-[0-9]+$/,"",name);
+	printf "%-36s %12s %10s %8s\n", name, us, gbs, ex }'
+grep -E '^(--- FAIL|FAIL|panic)' "$log" && status=1
+echo "status: $status (full log: $log)"
+exit $status
