@@ -26,7 +26,7 @@ log=${OUT:-/tmp}/gpu-check.log
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$log"
 status=0
 echo "== tests" | tee -a "$log"
-./bin/cuda.test -test.v -test.run 'Test' -test.timeout 150s 2>&1 | tee -a "$log" | grep -E '^(=== RUN|--- |\s+gpu_test|PASS|FAIL|ok|panic)|relative L2|seed|driver' || true
+./bin/cuda.test -test.v -test.run 'Test' -test.timeout 100s 2>&1 | tee -a "$log" | grep -E '^(=== RUN|--- |\s+gpu_test|PASS|FAIL|ok|panic)|relative L2|seed|driver' || true
 grep -q '^--- FAIL' "$log" && status=1
 grep -q '^FAIL' "$log" && status=1
 if [[ -x bin/nvml.test ]]; then
@@ -34,7 +34,7 @@ if [[ -x bin/nvml.test ]]; then
 	./bin/nvml.test -test.v 2>&1 | tee -a "$log" | tail -8
 fi
 echo "== benchmarks" | tee -a "$log"
-./bin/cuda.test -test.run '^$' -test.bench "${BENCH:-.}" -test.benchtime "${BENCHTIME:-20x}" -test.timeout 200s 2>&1 | tee -a "$log" >/dev/null
+./bin/cuda.test -test.run '^$' -test.bench "${BENCH:-.}" -test.benchtime "${BENCHTIME:-20x}" -test.timeout 115s 2>&1 | tee -a "$log" >/dev/null
 echo
 printf '%-36s %12s %10s %8s\n' benchmark gpu-us/op GB/s experts
 grep -E '^Benchmark' "$log" | awk '{
