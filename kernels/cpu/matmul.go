@@ -1,0 +1,266 @@
+package cpu
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/dlmesh/dlmesh/kernels"
+)
+
+// mat is a read view of a 2-D weight matrix [rows, cols] of F32, BF16 or F16.
+type mat struct {
+	dt         kernels.DType
+	f32        []float32
+	raw        []byte
+	rows, cols int
+}
+
+// weight returns a view of t as a [rows, cols] matrix (a negative size matches any).
+func (b *Backend) weight(op, arg string, t *kernels.Tensor, rows, cols int) (mat, error) {
+	if err := kernels.CheckDType(op, arg, t, kernels.F32, kernels.BF16, kernels.F16); err != nil {
+		return mat{}, err
+	}
+	if err := kernels.CheckShape(op, arg, t, rows, cols); err != nil {
+		return mat{}, err
+	}
+	s, err := b.storeOf(op, arg, t)
+	if err != nil {
+		return mat{}, err
+	}
+	return mat{dt: t.DType, f32: s.f32, raw: s.raw, rows: t.Shape[0], cols: t.Shape[1]}, nil
+}
+
+// vec returns a view of a weight vector of any shape (F32, BF16 or F16) as one row.
+func (b *Backend) vec(op, arg string, t *kernels.Tensor) (mat, error) {
+	if err := kernels.CheckDType(op, arg, t, kernels.F32, kernels.BF16, kernels.F16); err != nil {
+		return mat{}, err
+	}
+	s, err := b.storeOf(op, arg, t)
+	if err != nil {
+		return mat{}, err
+	}
+	return mat{dt: t.DType, f32: s.f32, raw: s.raw, rows: 1, cols: t.Numel()}, nil
+}
+
+// littleEndian reports whether the host stores integers little-endian (so checkpoint bytes can
+// be read as []uint16 in place).
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
+
+// rowsF32 returns rows [r0, r1) as float32, aliasing F32 data or widening into buf (which must
+// hold (r1-r0)·cols values).
+func (m *mat) rowsF32(r0, r1 int, buf []float32) []float32 {
+	lo, hi := r0*m.cols, r1*m.cols
+	if m.dt == kernels.F32 {
+		return m.f32[lo:hi]
+	}
+	dst := buf[:hi-lo]
+	src := m.raw[2*lo : 2*hi]
+	widen(m.dt, dst, src)
+	return dst
+}
+
+// widen converts little-endian BF16/F16 bytes src into dst (len(src) = 2·len(dst)).
+func widen(dt kernels.DType, dst []float32, src []byte) {
+	if len(dst) == 0 {
+		return
+	}
+	if dt == kernels.F16 {
+		for i := range dst {
+			dst[i] = kernels.F16ToF32(uint16(src[2*i]) | uint16(src[2*i+1])<<8)
+		}
+		return
+	}
+	if littleEndian && uintptr(unsafe.Pointer(&src[0]))%2 == 0 {
+		u := unsafe.Slice((*uint16)(unsafe.Pointer(&src[0])), len(dst))
+		for i, v := range u {
+			dst[i] = math.Float32frombits(uint32(v) << 16)
+		}
+		return
+	}
+	src = src[:2*len(dst)]
+	for i := range dst {
+		dst[i] = math.Float32frombits(uint32(src[2*i])<<16 | uint32(src[2*i+1])<<24)
+	}
+}
+
+// at returns element i of a one-row view as float32.
+func (m *mat) at(i int) float32 {
+	switch m.dt {
+	case kernels.F32:
+		return m.f32[i]
+	case kernels.BF16:
+		return math.Float32frombits(uint32(m.raw[2*i])<<16 | uint32(m.raw[2*i+1])<<24)
+	}
+	return kernels.F16ToF32(uint16(m.raw[2*i]) | uint16(m.raw[2*i+1])<<8)
+}
+
+// tileRows is how many weight rows are widened together: about 64 KiB of float32, a multiple
+// of 4 in [4, 64].
+func tileRows(k int) int {
+	nb := 16384 / max(k, 1)
+	nb = min(max(nb, 4), 64)
+	return nb &^ 3
+}
+
+// MatMul implements kernels.Backend: dst[t,n] = Σ_k x[t,k]·w[n,k].
+func (b *Backend) MatMul(dst, x, w *kernels.Tensor) error {
+	const op = "cpu: matmul"
+	if err := kernels.CheckShape(op, "x", x, -1, -1); err != nil {
+		return err
+	}
+	T, K := x.Shape[0], x.Shape[1]
+	wm, err := b.weight(op, "w", w, -1, K)
+	if err != nil {
+		return err
+	}
+	N := wm.rows
+	if err := kernels.CheckShape(op, "dst", dst, T, N); err != nil {
+		return err
+	}
+	xd, err := b.f32(op, "x", x)
+	if err != nil {
+		return err
+	}
+	dd, err := b.f32w(op, "dst", dst)
+	if err != nil {
+		return err
+	}
+	if overlaps(dd, xd) {
+		return fmt.Errorf("%s: dst aliases x: %w", op, kernels.ErrShape)
+	}
+	b.matmul(dd, xd, T, wm)
+	return nil
+}
+
+// matmul computes dst[T,N] = x[T,K]·w^T in parallel over tiles of weight rows (and of x rows
+// when T is large).
+func (b *Backend) matmul(dst, x []float32, T int, w mat) {
+	N, K := w.rows, w.cols
+	if T == 0 || N == 0 {
+		return
+	}
+	if K == 0 {
+		clear(dst[:T*N])
+		return
+	}
+	nb := tileRows(K)
+	nTiles := (N + nb - 1) / nb
+	// Shrink the tile when there are too few of them to feed every worker.
+	for nb > 4 && nTiles < 2*b.workers {
+		nb = max(4, (nb/2)&^3)
+		nTiles = (N + nb - 1) / nb
+	}
+	const tChunk = 64
+	tChunks := (T + tChunk - 1) / tChunk
+	b.parallel(nTiles*tChunks, nb*K, func(task int, buf []float32) {
+		tile, tc := task/tChunks, task%tChunks
+		n0, n1 := tile*nb, min(N, (tile+1)*nb)
+		t0, t1 := tc*tChunk, min(T, (tc+1)*tChunk)
+		wt := w.rowsF32(n0, n1, buf)
+		gemmTile(dst[t0*N:], N, n0, x[t0*K:t1*K], t1-t0, K, wt, n1-n0)
+	})
+}
+
+// matmulSerial is matmul on the calling goroutine, with buf of at least tileRows(K)·K floats.
+// dst has row stride N = w.rows.
+func matmulSerial(dst, x []float32, T int, w mat, buf []float32) {
+	N, K := w.rows, w.cols
+	if K == 0 {
+		clear(dst[:T*N])
+		return
+	}
+	nb := tileRows(K)
+	for n0 := 0; n0 < N; n0 += nb {
+		n1 := min(N, n0+nb)
+		gemmTile(dst, N, n0, x, T, K, w.rowsF32(n0, n1, buf), n1-n0)
+	}
+}
+
+// gemmTile computes dst[t·ldd + n0 + j] = Σ_k x[t·K + k]·wt[j·K + k] for t < T, j < nb.
+func gemmTile(dst []float32, ldd, n0 int, x []float32, T, K int, wt []float32, nb int) {
+	t := 0
+	for ; t+2 <= T; t += 2 {
+		x0, x1 := x[t*K:(t+1)*K], x[(t+1)*K:(t+2)*K]
+		d0, d1 := dst[t*ldd+n0:t*ldd+n0+nb], dst[(t+1)*ldd+n0:(t+1)*ldd+n0+nb]
+		j := 0
+		for ; j+4 <= nb; j += 4 {
+			a0, a1, a2, a3, c0, c1, c2, c3 := dot2x4(x0, x1, wt[j*K:(j+1)*K], wt[(j+1)*K:(j+2)*K], wt[(j+2)*K:(j+3)*K], wt[(j+3)*K:(j+4)*K])
+			d0[j], d0[j+1], d0[j+2], d0[j+3] = a0, a1, a2, a3
+			d1[j], d1[j+1], d1[j+2], d1[j+3] = c0, c1, c2, c3
+		}
+		for ; j < nb; j++ {
+			wj := wt[j*K : (j+1)*K]
+			d0[j], d1[j] = dot(x0, wj), dot(x1, wj)
+		}
+	}
+	if t < T {
+		x0 := x[t*K : (t+1)*K]
+		d0 := dst[t*ldd+n0 : t*ldd+n0+nb]
+		j := 0
+		for ; j+4 <= nb; j += 4 {
+			d0[j], d0[j+1], d0[j+2], d0[j+3] = dot1x4(x0, wt[j*K:(j+1)*K], wt[(j+1)*K:(j+2)*K], wt[(j+2)*K:(j+3)*K], wt[(j+3)*K:(j+4)*K])
+		}
+		for ; j < nb; j++ {
+			d0[j] = dot(x0, wt[j*K:(j+1)*K])
+		}
+	}
+}
+
+// dot2x4 returns the dot products of x rows u, v with weight rows w0..w3.
+func dot2x4(u, v, w0, w1, w2, w3 []float32) (a0, a1, a2, a3, c0, c1, c2, c3 float32) {
+	n := len(u)
+	v, w0, w1, w2, w3 = v[:n], w0[:n], w1[:n], w2[:n], w3[:n]
+	for k, x := range u {
+		y := v[k]
+		p0, p1, p2, p3 := w0[k], w1[k], w2[k], w3[k]
+		a0 += x * p0
+		a1 += x * p1
+		a2 += x * p2
+		a3 += x * p3
+		c0 += y * p0
+		c1 += y * p1
+		c2 += y * p2
+		c3 += y * p3
+	}
+	return
+}
+
+// dot1x4 returns the dot products of u with w0..w3.
+func dot1x4(u, w0, w1, w2, w3 []float32) (a0, a1, a2, a3 float32) {
+	n := len(u)
+	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
+	for k, x := range u {
+		a0 += x * w0[k]
+		a1 += x * w1[k]
+		a2 += x * w2[k]
+		a3 += x * w3[k]
+	}
+	return
+}
+
+// dot returns Σ u[k]·w[k], summed in the same order as dot1x4 and dot2x4, so that a logit
+// does not depend on where its row fell in a tile (or on the number of workers).
+func dot(u, w []float32) float32 {
+	w = w[:len(u)]
+	var s float32
+	for k, x := range u {
+		s += x * w[k]
+	}
+	return s
+}
+
+// overlaps reports whether two float32 slices share memory.
+func overlaps(a, b []float32) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return false
+	}
+	a0 := uintptr(unsafe.Pointer(&a[0]))
+	b0 := uintptr(unsafe.Pointer(&b[0]))
+	a1 := a0 + uintptr(len(a))*4
+	b1 := b0 + uintptr(len(b))*4
+	return a0 < b1 && b0 < a1
+}
