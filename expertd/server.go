@@ -1,0 +1,240 @@
+package expertd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/dlmesh/dlmesh/kernels"
+	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/model"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/services"
+)
+
+// TracerName is the instrumentation name of expertd's spans.
+const TracerName = "github.com/dlmesh/dlmesh/expertd"
+
+// Server is one expertd replica: the Experts gRPC service over the experts it holds.
+type Server struct {
+	pb.UnimplementedExpertsServer
+
+	cfg         Config
+	tracer      trace.Tracer
+	grpc        *services.Server
+	lis         net.Listener
+	served      chan error
+	fingerprint string
+
+	m      *model.Model
+	moe    []int32 // MoE layer indices, ascending
+	held   []int32 // held expert ids, ascending
+	isHeld []bool  // by global expert id
+	gpus   []*pb.GPUInfo
+
+	mu sync.Mutex // the backend is used by one goroutine at a time
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ pb.ExpertsServer = (*Server)(nil)
+
+// New validates cfg, starts serving on cfg.Listen with health NOT_SERVING, loads the configured
+// experts of every MoE layer (ctx cancels the load), and reports SERVING. The caller must
+// Shutdown the server.
+func New(ctx context.Context, cfg Config) (*Server, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	fp, err := Fingerprint(cfg.ModelDir)
+	if err != nil {
+		return nil, err
+	}
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	scfg := cfg.Server
+	scfg.TracerProvider = tp
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, served: make(chan error, 1)}
+	s.grpc = services.NewServer(scfg)
+	pb.RegisterExpertsServer(s.grpc, s)
+	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("expertd: listen: %w", err)
+	}
+	go func() { s.served <- s.grpc.Serve(s.lis) }()
+
+	if err := s.load(ctx); err != nil {
+		return nil, errors.Join(err, s.Shutdown(context.WithoutCancel(ctx)))
+	}
+	s.grpc.SetServing(true)
+	return s, nil
+}
+
+func (s *Server) load(ctx context.Context) error {
+	newBackend := s.cfg.NewBackend
+	if newBackend == nil {
+		newBackend = func() (kernels.Backend, error) { return cpu.New(), nil }
+	}
+	be, err := newBackend()
+	if err != nil {
+		return fmt.Errorf("expertd: backend: %w", err)
+	}
+	mc, err := model.LoadConfig(s.cfg.ModelDir)
+	if err != nil {
+		be.Close()
+		return fmt.Errorf("expertd: %w", err)
+	}
+	for _, e := range s.cfg.Experts {
+		if e >= mc.Experts {
+			be.Close()
+			return fmt.Errorf("%w: expert %d out of range [0, %d)", ErrBadConfig, e, mc.Experts)
+		}
+	}
+	m, err := model.Load(ctx, s.cfg.ModelDir, be, model.LoadOptions{Experts: s.cfg.Experts})
+	if err != nil {
+		be.Close()
+		return fmt.Errorf("expertd: load experts %s: %w", FormatExperts(s.cfg.Experts), err)
+	}
+	s.m = m
+	s.isHeld = make([]bool, m.Cfg.Experts)
+	for _, e := range m.Experts.IDs {
+		s.held = append(s.held, int32(e))
+		s.isHeld[e] = true
+	}
+	for _, l := range m.Cfg.MoELayers() {
+		s.moe = append(s.moe, int32(l))
+	}
+	s.gpus = []*pb.GPUInfo{{Index: -1, Name: "cpu", Backend: be.Name()}}
+	return nil
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Experts returns the held expert ids, ascending.
+func (s *Server) Experts() []int {
+	ids := make([]int, len(s.held))
+	for i, e := range s.held {
+		ids[i] = int(e)
+	}
+	return ids
+}
+
+// Instance describes the replica for discovery: kind expertd, tag "group=NAME" when the config
+// names a group, meta "experts" (FormatExperts) and "fingerprint".
+func (s *Server) Instance(id string) services.Instance {
+	in := services.Instance{ID: id, Kind: services.KindExpertd, Addr: s.Addr(),
+		Meta: map[string]string{"experts": FormatExperts(s.Experts()), "fingerprint": s.fingerprint}}
+	if s.cfg.Group != "" {
+		in.Tags = []string{"group=" + s.cfg.Group}
+	}
+	return in
+}
+
+// Shutdown reports NOT_SERVING, stops gracefully within cfg.Server.StopTimeout (or ctx, whichever
+// ends first), then frees the experts. Later calls return the first call's result.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
+		defer cancel()
+		errs := []error{s.grpc.Stop(ctx), <-s.served}
+		s.mu.Lock()
+		if s.m != nil {
+			errs = append(errs, s.m.Close(), s.m.Be.Close())
+		}
+		s.mu.Unlock()
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+// Info implements pb.ExpertsServer.
+func (s *Server) Info(context.Context, *pb.InfoRequest) (*pb.ExpertSetInfo, error) {
+	return &pb.ExpertSetInfo{Experts: slices.Clone(s.held), Layers: slices.Clone(s.moe), Fingerprint: s.fingerprint, Gpus: s.gpus}, nil
+}
+
+// Compute implements pb.ExpertsServer.
+func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (*pb.ExpertsResponse, error) {
+	ctx, span := s.tracer.Start(ctx, "expertd.compute", trace.WithAttributes(
+		attribute.Int("layer", int(req.GetLayer())), attribute.Int("rows", int(req.GetRows()))))
+	defer span.End()
+	t0 := time.Now()
+	b, err := s.validate(req)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		return nil, err
+	}
+	y, err := s.compute(ctx, b)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		return nil, err
+	}
+	bf16 := req.GetDtype() == pb.DType_DTYPE_BF16
+	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),
+		ComputeMs: float64(time.Since(t0).Microseconds()) / 1000}, nil
+}
+
+// validate checks every field of req and decodes its tensors. Errors wrap
+// services.ErrInvalidArgument and name the field and the allowed values.
+func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
+	c := s.m.Cfg
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("expertd: %s: %w", fmt.Sprintf(format, args...), services.ErrInvalidArgument)
+	}
+	layer := int(req.GetLayer())
+	if !slices.Contains(s.moe, int32(layer)) {
+		return nil, bad("layer %d is not a MoE layer: want one of %v", layer, s.moe)
+	}
+	rows, hidden, topK := int(req.GetRows()), int(req.GetHidden()), int(req.GetTopK())
+	if rows < 1 || rows > s.cfg.MaxRows {
+		return nil, bad("rows %d not in [1, %d]", rows, s.cfg.MaxRows)
+	}
+	if hidden != c.Hidden {
+		return nil, bad("hidden %d: want %d", hidden, c.Hidden)
+	}
+	if topK < 1 || topK > c.Experts {
+		return nil, bad("top_k %d not in [1, %d]", topK, c.Experts)
+	}
+	var bf16 bool
+	switch req.GetDtype() {
+	case pb.DType_DTYPE_F32:
+	case pb.DType_DTYPE_BF16:
+		bf16 = true
+	default:
+		return nil, bad("dtype %v: want DTYPE_F32 or DTYPE_BF16", req.GetDtype())
+	}
+	b := &batch{layer: layer, rows: rows, topK: topK,
+		x: make([]float32, rows*hidden), ids: make([]int32, rows*topK), weights: make([]float32, rows*topK)}
+	size := 4
+	if bf16 {
+		size = 2
+	}
+	if err := DecodeF32(b.x, req.GetX(), bf16); err != nil {
+		return nil, bad("x has %d bytes: want rows·hidden·%d = %d", len(req.GetX()), size, rows*hidden*size)
+	}
+	if err := DecodeI32(b.ids, req.GetIds()); err != nil {
+		return nil, bad("ids has %d bytes: want rows·top_k·4 = %d", len(req.GetIds()), rows*topK*4)
+	}
+	if err := DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+		return nil, bad("weights has %d bytes: want rows·top_k·4 = %d", len(req.GetWeights()), rows*topK*4)
+	}
+	for i, e := range b.ids {
+		if e == -1 || (e >= 0 && int(e) < len(s.isHeld) && s.isHeld[e]) {
+			continue
+		}
+		return nil, bad("ids[%d,%d] = %d: want -1 or a held expert (%s)", i/topK, i%topK, e, FormatExperts(s.Experts()))
+	}
+	return b, nil
+}
