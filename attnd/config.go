@@ -1,0 +1,93 @@
+package attnd
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/dlmesh/dlmesh/kernels"
+	"github.com/dlmesh/dlmesh/services"
+)
+
+// Defaults of Config.
+const (
+	DefaultListen        = "127.0.0.1:0"
+	DefaultMaxSessions   = 1024
+	DefaultExpertTimeout = 10 * time.Second // deadline of one Experts.Compute call
+	DefaultInfoTimeout   = 5 * time.Second  // deadline of one Experts.Info call during discovery
+)
+
+// ErrBadConfig wraps every Config.Validate error.
+var ErrBadConfig = errors.New("attnd: invalid config")
+
+// Config configures one attnd.
+type Config struct {
+	// ModelDir is the checkpoint directory; only the attention part is loaded.
+	ModelDir string
+	// ID is this instance's discovery ID (default "attnd-" + the listen address).
+	ID string
+	// Listen is the gRPC listen address (DefaultListen).
+	Listen string
+	// MaxSessions bounds the open sessions; Open beyond it fails with ResourceExhausted
+	// (DefaultMaxSessions).
+	MaxSessions int
+	// ExpertTimeout is the deadline of each Experts.Compute call (DefaultExpertTimeout).
+	ExpertTimeout time.Duration
+	// InfoTimeout is the deadline of each Experts.Info call during discovery (DefaultInfoTimeout).
+	InfoTimeout time.Duration
+	// WireBF16 sends hidden rows to the experts as bf16 instead of f32 (half the bytes; results
+	// may differ from the in-process engine in the last bits).
+	WireBF16 bool
+	// Server configures the gRPC server; Client the connections to expertd; Breaker the
+	// per-replica circuit breakers.
+	Server  services.ServerConfig
+	Client  services.ClientConfig
+	Breaker services.BreakerConfig
+	// NewBackend makes the kernels backend; nil means the CPU backend. Set in code.
+	NewBackend func() (kernels.Backend, error)
+	// TracerProvider traces steps and expert fan-outs; nil means the global provider. Set in code.
+	TracerProvider trace.TracerProvider
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.MaxSessions == 0 {
+		c.MaxSessions = DefaultMaxSessions
+	}
+	if c.ExpertTimeout == 0 {
+		c.ExpertTimeout = DefaultExpertTimeout
+	}
+	if c.InfoTimeout == 0 {
+		c.InfoTimeout = DefaultInfoTimeout
+	}
+	c.Server = c.Server.WithDefaults()
+	c.Client = c.Client.WithDefaults()
+	c.Breaker = c.Breaker.WithDefaults()
+	return c
+}
+
+// Validate checks the config (zero fields are fine: they take the defaults).
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	switch {
+	case c.ModelDir == "":
+		return fmt.Errorf("%w: model_dir is empty", ErrBadConfig)
+	case c.MaxSessions < 1:
+		return fmt.Errorf("%w: max_sessions %d: want at least 1", ErrBadConfig, c.MaxSessions)
+	case c.ExpertTimeout < 0:
+		return fmt.Errorf("%w: expert_timeout %v: want a positive duration", ErrBadConfig, c.ExpertTimeout)
+	case c.InfoTimeout < 0:
+		return fmt.Errorf("%w: info_timeout %v: want a positive duration", ErrBadConfig, c.InfoTimeout)
+	}
+	for _, err := range []error{c.Server.Validate(), c.Client.Validate(), c.Breaker.Validate()} {
+		if err != nil {
+			return fmt.Errorf("attnd: %w", err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,404 @@
+package attnd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	otcodes "go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/codes"
+
+	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/kernels"
+	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/model"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/tokenizer"
+)
+
+// TracerName is the instrumentation name of attnd's spans.
+const TracerName = "github.com/dlmesh/dlmesh/attnd"
+
+// DefaultBlockLen is the block length of a session opened without one (LLaDA2.x's).
+const DefaultBlockLen = 32
+
+// Errors of the Attention service, mapped to status codes in init.
+var (
+	ErrSessionExists = errors.New("attnd: session already open")
+	ErrNotReady      = errors.New("attnd: weights not loaded")
+)
+
+func init() {
+	services.RegisterCode(ErrSessionExists, codes.AlreadyExists)
+	services.RegisterCode(ErrNotReady, codes.Unavailable)
+	services.RegisterCode(model.ErrBadStep, codes.InvalidArgument)
+	services.RegisterCode(ErrUncovered, codes.Unavailable)
+}
+
+// Server is one attnd: the Attention gRPC service over the attention part of the model.
+type Server struct {
+	pb.UnimplementedAttentionServer
+
+	cfg         Config
+	clientCfg   services.ClientConfig
+	tracer      trace.Tracer
+	grpc        *services.Server
+	lis         net.Listener
+	served      chan error
+	reg         services.Registry
+	fingerprint string
+	maskID      int32
+	eosID       int32
+
+	m *model.Model
+
+	mu       sync.Mutex // sessions and the backend: one step at a time
+	sessions map[string]*session
+
+	poolMu sync.Mutex
+	pools  map[string]*services.Pool // by expert set
+	routes atomic.Pointer[routes]
+
+	servingOnce sync.Once
+	serving     chan struct{} // closed when first SERVING
+	registered  atomic.Bool
+
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+	closeOnce sync.Once
+	closeErr  error
+}
+
+type session struct {
+	cache    *model.Cache
+	blockLen int
+}
+
+var _ pb.AttentionServer = (*Server)(nil)
+
+// New validates cfg, starts serving on cfg.Listen with health NOT_SERVING, loads the attention part
+// of the model (ctx cancels the load) and starts watching reg for expertd instances. Health turns
+// SERVING, and the instance registers itself in reg as kind attnd, once every expert of every MoE
+// layer is served by some group (WaitServing). The caller must Shutdown the server.
+func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.WithDefaults()
+	fp, err := expertd.Fingerprint(cfg.ModelDir)
+	if err != nil {
+		return nil, fmt.Errorf("attnd: %w", err)
+	}
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
+	scfg := cfg.Server
+	scfg.TracerProvider = tp
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp, served: make(chan error, 1),
+		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
+		watchDone: make(chan struct{}), maskID: -1, eosID: -1}
+	s.clientCfg = cfg.Client
+	s.clientCfg.TracerProvider = tp
+	s.grpc = services.NewServer(scfg)
+	pb.RegisterAttentionServer(s.grpc, s)
+	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("attnd: listen: %w", err)
+	}
+	if s.cfg.ID == "" {
+		s.cfg.ID = "attnd-" + s.lis.Addr().String()
+	}
+	go func() { s.served <- s.grpc.Serve(s.lis) }()
+	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopWatch = cancel
+	if err := s.load(ctx); err != nil {
+		close(s.watchDone)
+		return nil, errors.Join(err, s.Shutdown(context.WithoutCancel(ctx)))
+	}
+	go s.watchExperts(wctx, reg)
+	return s, nil
+}
+
+func (s *Server) load(ctx context.Context) error {
+	newBackend := s.cfg.NewBackend
+	if newBackend == nil {
+		newBackend = func() (kernels.Backend, error) { return cpu.New(), nil }
+	}
+	be, err := newBackend()
+	if err != nil {
+		return fmt.Errorf("attnd: backend: %w", err)
+	}
+	m, err := model.Load(ctx, s.cfg.ModelDir, be, model.LoadOptions{Attention: true})
+	if err != nil {
+		be.Close()
+		return fmt.Errorf("attnd: load attention part: %w", err)
+	}
+	if tok, err := tokenizer.Load(s.cfg.ModelDir); err == nil {
+		s.maskID, s.eosID = tok.MaskID(), tok.EOSID()
+	} else {
+		slog.Warn("attnd: no tokenizer: Info reports mask_id and eos_id -1", "err", err)
+	}
+	s.mu.Lock()
+	s.m = m
+	s.mu.Unlock()
+	return nil
+}
+
+// covered is called when every expert is served: the first time it turns health SERVING and
+// registers the instance.
+func (s *Server) covered() {
+	s.servingOnce.Do(func() {
+		s.grpc.SetServing(true)
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InfoTimeout)
+		defer cancel()
+		if err := s.reg.Register(ctx, s.Instance()); err != nil {
+			slog.Error("attnd: register", "err", err)
+		} else {
+			s.registered.Store(true)
+		}
+		close(s.serving)
+	})
+}
+
+// WaitServing blocks until every expert is covered (health SERVING) or ctx ends.
+func (s *Server) WaitServing(ctx context.Context) error {
+	select {
+	case <-s.serving:
+		return nil
+	case <-ctx.Done():
+		r := s.routes.Load()
+		if r == nil {
+			return fmt.Errorf("attnd: no expert group found: %w", ctx.Err())
+		}
+		return fmt.Errorf("attnd: experts %s not served: %w", r.uncovered(), ctx.Err())
+	}
+}
+
+// Addr is the address the server listens on.
+func (s *Server) Addr() string { return s.lis.Addr().String() }
+
+// Instance describes this attnd for discovery.
+func (s *Server) Instance() services.Instance {
+	return services.Instance{ID: s.cfg.ID, Kind: services.KindAttnd, Addr: s.Addr(),
+		Meta: map[string]string{"fingerprint": s.fingerprint}}
+}
+
+// Sessions is the number of open sessions.
+func (s *Server) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.sessions)
+}
+
+// Shutdown reports NOT_SERVING, stops discovery, deregisters the instance, stops gracefully
+// within cfg.Server.StopTimeout (or ctx), and frees the sessions and the model.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
+		defer cancel()
+		var errs []error
+		s.grpc.SetServing(false)
+		s.stopWatch() // no registration after this
+		<-s.watchDone
+		if s.registered.Load() {
+			errs = append(errs, s.reg.Deregister(ctx, s.cfg.ID))
+		}
+		errs = append(errs, s.grpc.Stop(ctx), <-s.served)
+		s.poolMu.Lock()
+		for k, p := range s.pools {
+			errs = append(errs, p.Close())
+			delete(s.pools, k)
+		}
+		s.poolMu.Unlock()
+		s.mu.Lock()
+		for id, ss := range s.sessions {
+			ss.cache.Free()
+			delete(s.sessions, id)
+		}
+		if s.m != nil {
+			errs = append(errs, s.m.Close(), s.m.Be.Close())
+			s.m = nil
+		}
+		s.mu.Unlock()
+		s.closeErr = errors.Join(errs...)
+	})
+	return s.closeErr
+}
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("attnd: %s: %w", fmt.Sprintf(format, args...), services.ErrInvalidArgument)
+}
+
+// Open implements pb.AttentionServer.
+func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		return nil, ErrNotReady
+	}
+	id := req.GetSessionId()
+	if id == "" {
+		return nil, invalid("session_id is empty")
+	}
+	if _, ok := s.sessions[id]; ok {
+		return nil, fmt.Errorf("%w: %q", ErrSessionExists, id)
+	}
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, services.ErrOverloaded)
+	}
+	capLen, maxPos := int(req.GetCapacity()), s.m.Cfg.MaxPositions
+	if capLen < 1 || (maxPos > 0 && capLen > maxPos) {
+		return nil, invalid("capacity %d not in [1, %d]", capLen, maxPos)
+	}
+	bl := int(req.GetBlockLength())
+	if bl == 0 {
+		bl = DefaultBlockLen
+	}
+	if bl < 1 {
+		return nil, invalid("block_length %d: want a positive length (0 = %d)", bl, DefaultBlockLen)
+	}
+	c, err := s.m.NewCache(capLen)
+	if err != nil {
+		return nil, fmt.Errorf("attnd: open %q: %w", id, err)
+	}
+	s.sessions[id] = &session{cache: c, blockLen: bl}
+	return &pb.OpenResponse{}, nil
+}
+
+// Close implements pb.AttentionServer: it frees a session's KV cache; closing an unknown session
+// is not an error. (Shutdown stops the server.)
+func (s *Server) Close(_ context.Context, req *pb.CloseRequest) (*pb.CloseResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ss, ok := s.sessions[req.GetSessionId()]; ok {
+		ss.cache.Free()
+		delete(s.sessions, req.GetSessionId())
+	}
+	return &pb.CloseResponse{}, nil
+}
+
+// Info implements pb.AttentionServer.
+func (s *Server) Info(context.Context, *pb.InfoRequest) (*pb.ModelInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		return nil, ErrNotReady
+	}
+	c := s.m.Cfg
+	return &pb.ModelInfo{ModelType: "llada2_moe", Fingerprint: s.fingerprint, Vocab: int32(c.Vocab), Hidden: int32(c.Hidden),
+		Layers: int32(c.Layers), Experts: int32(c.Experts), TopK: int32(c.TopK), BlockLength: DefaultBlockLen,
+		MaskId: s.maskID, EosId: s.eosID, Gpus: []*pb.GPUInfo{{Index: -1, Name: "cpu", Backend: s.m.Be.Name()}},
+		Meta: map[string]string{"max_positions": fmt.Sprint(c.MaxPositions), "groups": fmt.Sprint(s.Groups())}}, nil
+}
+
+// Step implements pb.AttentionServer: one model.Step per block length among the sessions (the
+// gateway sends one), with the routed experts on the expert groups.
+func (s *Server) Step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
+	ctx, span := s.tracer.Start(ctx, "attnd.step", trace.WithAttributes(attribute.Int("sessions", len(req.GetSessions()))))
+	defer span.End()
+	resp, err := s.step(ctx, req)
+	if err != nil {
+		span.SetStatus(otcodes.Error, err.Error())
+	}
+	return resp, err
+}
+
+func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
+	t0 := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		return nil, ErrNotReady
+	}
+	ss := req.GetSessions()
+	if len(ss) == 0 {
+		return nil, invalid("sessions is empty")
+	}
+	r := s.routes.Load()
+	if r == nil || len(r.groups) == 0 {
+		return nil, fmt.Errorf("attnd: no expert group: %w", services.ErrNoReplica)
+	}
+	if r.degraded() {
+		served := 0
+		for _, ok := range r.allowed {
+			if ok {
+				served++
+			}
+		}
+		if served < s.m.Cfg.TopK {
+			return nil, fmt.Errorf("attnd: %d experts served, fewer than top_k %d (experts %s have no replica): %w",
+				served, s.m.Cfg.TopK, r.uncovered(), services.ErrNoReplica)
+		}
+	}
+	seqs := make([]model.StepSeq, len(ss))
+	lens := make([]int, len(ss))
+	seen := make(map[string]bool, len(ss))
+	for i, st := range ss {
+		id := st.GetSessionId()
+		sess, ok := s.sessions[id]
+		if !ok {
+			return nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, services.ErrUnknownSession)
+		}
+		if seen[id] {
+			return nil, invalid("sessions[%d]: session %q appears twice", i, id)
+		}
+		seen[id] = true
+		inv := st.GetInvTemperature()
+		if inv < 0 {
+			return nil, invalid("sessions[%d].inv_temperature %v: want >= 0 (0 = 1)", i, inv)
+		}
+		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
+			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
+		lens[i] = sess.blockLen
+	}
+	f := &fanout{s: s, r: r, be: s.m.Be}
+	outs := make([]model.StepOut, len(ss))
+	done := make([]bool, len(ss))
+	for i := range ss {
+		if done[i] {
+			continue
+		}
+		var idx []int
+		var batch []model.StepSeq
+		for j := i; j < len(ss); j++ {
+			if !done[j] && lens[j] == lens[i] {
+				idx = append(idx, j)
+				batch = append(batch, seqs[j])
+				done[j] = true
+			}
+		}
+		o, err := s.m.Step(ctx, batch, lens[i], model.StepOptions{Experts: f, Allowed: r.allowed})
+		if err != nil {
+			return nil, fmt.Errorf("attnd: step: %w", err)
+		}
+		for k, j := range idx {
+			outs[j] = o[k]
+		}
+	}
+	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
+	for i, o := range outs {
+		inv := seqs[i].InvTemp
+		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: expertd.AppendI32(nil, o.IDs),
+			Logits: expertd.AppendF32(nil, o.Logits, false), Lse: expertd.AppendF32(nil, o.LSE, false),
+			Probs: make([]float32, len(o.LSE))}
+		for row := range res.Probs {
+			res.Probs[row] = o.Prob(row, 0, inv)
+		}
+		resp.Results[i] = res
+	}
+	total := time.Since(t0)
+	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
+	resp.Stats = &pb.StepStats{MsTotal: ms(total.Nanoseconds()), MsExperts: ms(f.expertsNs),
+		MsAttention: ms(total.Nanoseconds() - f.expertsNs), Degraded: r.degraded()}
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("degraded", r.degraded()))
+	return resp, nil
+}

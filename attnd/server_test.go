@@ -1,0 +1,232 @@
+package attnd_test
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"slices"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/dlmesh/dlmesh/attnd"
+	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/model"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/services"
+)
+
+const tinyDir = "../models/llada2-tiny-go"
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func startExpertd(tb testing.TB, reg services.Registry, id string, ids []int) *expertd.Server {
+	tb.Helper()
+	e, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: ids})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = e.Shutdown(context.Background()) })
+	if err := reg.Register(context.Background(), e.Instance(id)); err != nil {
+		tb.Fatal(err)
+	}
+	return e
+}
+
+func startAttnd(tb testing.TB, reg services.Registry) (*attnd.Server, pb.AttentionClient, healthpb.HealthClient) {
+	tb.Helper()
+	a, err := attnd.New(context.Background(), attnd.Config{ModelDir: tinyDir}, reg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cc, err := services.Dial(a.Addr(), services.ClientConfig{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		cc.Close()
+		if err := a.Shutdown(context.Background()); err != nil {
+			tb.Error(err)
+		}
+	})
+	return a, pb.NewAttentionClient(cc), healthpb.NewHealthClient(cc)
+}
+
+func health(tb testing.TB, h healthpb.HealthClient) healthpb.HealthCheckResponse_ServingStatus {
+	tb.Helper()
+	r, err := h.Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return r.GetStatus()
+}
+
+// TestNotServingUntilCovered: with only experts 0-7 served attnd stays NOT_SERVING and
+// unregistered; the second group makes it SERVING.
+func TestNotServingUntilCovered(t *testing.T) {
+	reg := services.NewMemRegistry()
+	startExpertd(t, reg, "e0", []int{0, 1, 2, 3, 4, 5, 6, 7})
+	a, _, h := startAttnd(t, reg)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := a.WaitServing(ctx); err == nil {
+		t.Fatal("serving with experts 8-15 missing")
+	}
+	if st := health(t, h); st != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Errorf("health %v with experts 8-15 missing, want NOT_SERVING", st)
+	}
+	if ins, _ := reg.Instances(context.Background(), services.KindAttnd); len(ins) != 0 {
+		t.Errorf("attnd registered before it serves: %v", ins)
+	}
+	startExpertd(t, reg, "e1", []int{8, 9, 10, 11, 12, 13, 14, 15})
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.WaitServing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st := health(t, h); st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health %v with every expert served, want SERVING", st)
+	}
+	if ins, _ := reg.Instances(context.Background(), services.KindAttnd); len(ins) != 1 {
+		t.Errorf("attnd instances %v, want itself", ins)
+	}
+}
+
+func TestSessions(t *testing.T) {
+	reg := services.NewMemRegistry()
+	startExpertd(t, reg, "e0", model.AllExperts(16))
+	a, c, _ := startAttnd(t, reg)
+	ctx := context.Background()
+	if _, err := c.Close(ctx, &pb.CloseRequest{SessionId: "never"}); err != nil {
+		t.Errorf("close of an unknown session: %v", err)
+	}
+	_, err := c.Step(ctx, &pb.StepRequest{Sessions: []*pb.SessionStep{{SessionId: "never", Tokens: []int32{1}, OutRows: 1, TopK: 1}}})
+	if status.Code(err) != codes.NotFound {
+		t.Errorf("step of an unknown session: %v, want NotFound", err)
+	}
+	for _, capLen := range []int32{0, -1, 1 << 20} {
+		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: "s", Capacity: capLen})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("open with capacity %d: %v, want InvalidArgument", capLen, err)
+		}
+	}
+	if _, err := c.Open(ctx, &pb.OpenRequest{SessionId: "s", Capacity: 64}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Open(ctx, &pb.OpenRequest{SessionId: "s", Capacity: 64}); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("second open: %v, want AlreadyExists", err)
+	}
+	_, err = c.Step(ctx, &pb.StepRequest{Sessions: []*pb.SessionStep{{SessionId: "s", StartPos: 5, Tokens: []int32{1}, OutRows: 1}}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("step past the cache: %v, want InvalidArgument", err)
+	}
+	if a.Sessions() != 1 {
+		t.Errorf("%d sessions, want 1", a.Sessions())
+	}
+	if _, err := c.Close(ctx, &pb.CloseRequest{SessionId: "s"}); err != nil || a.Sessions() != 0 {
+		t.Errorf("close: %v, %d sessions left", err, a.Sessions())
+	}
+}
+
+// TestStepMatchesLocal: one attnd step over two sessions equals the in-process model's step (ids
+// exactly, logits to float rounding: the groups' partial sums are added in another order), and
+// survives a dead replica (retried on the other replica of its group).
+func TestStepMatchesLocal(t *testing.T) {
+	reg := services.NewMemRegistry()
+	dead := startExpertd(t, reg, "e0a", []int{0, 1, 2, 3, 4, 5, 6, 7})
+	startExpertd(t, reg, "e0b", []int{0, 1, 2, 3, 4, 5, 6, 7})
+	startExpertd(t, reg, "e1", []int{8, 9, 10, 11, 12, 13, 14, 15})
+	a, c, _ := startAttnd(t, reg)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := a.WaitServing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for len(a.Groups()) != 2 || a.Groups()[0] != "0-7×2" {
+		if ctx.Err() != nil {
+			t.Fatalf("groups %v", a.Groups())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	m, err := model.Load(context.Background(), tinyDir, cpu.New(), model.LoadOptions{Attention: true, Experts: model.AllExperts(16)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	seqs := [][]int32{{952, 2311, 449, 945, 1032, 197, 2728, 489}, {5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 8190, 8190}}
+
+	for round := 0; round < 2; round++ {
+		if round == 1 {
+			// the replica dies but stays registered: calls to it fail and are retried on e0b
+			if err := dead.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var caches []*model.Cache
+		var local []model.StepSeq
+		req := &pb.StepRequest{}
+		for i, toks := range seqs {
+			id := fmt.Sprintf("r%d-s%d", round, i)
+			if _, err := c.Open(ctx, &pb.OpenRequest{SessionId: id, Capacity: 32}); err != nil {
+				t.Fatal(err)
+			}
+			req.Sessions = append(req.Sessions, &pb.SessionStep{SessionId: id, Tokens: toks, OutRows: int32(len(toks)), TopK: 3, InvTemperature: 1})
+			cache, err := m.NewCache(32)
+			if err != nil {
+				t.Fatal(err)
+			}
+			caches = append(caches, cache)
+			local = append(local, model.StepSeq{Cache: cache, Tokens: toks, OutRows: len(toks), TopK: 3, InvTemp: 1})
+		}
+		want, err := m.Step(context.Background(), local, 32, model.StepOptions{})
+		for _, cache := range caches {
+			cache.Free()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := c.Step(ctx, req)
+		if err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if resp.GetStats().GetDegraded() {
+			t.Error("degraded with every expert served")
+		}
+		for i, r := range resp.GetResults() {
+			w := want[i]
+			ids := make([]int32, len(w.IDs))
+			logits := make([]float32, len(w.Logits))
+			lse := make([]float32, len(w.LSE))
+			if err := expertd.DecodeI32(ids, r.GetIds()); err != nil {
+				t.Fatal(err)
+			}
+			if err := expertd.DecodeF32(logits, r.GetLogits(), false); err != nil {
+				t.Fatal(err)
+			}
+			if err := expertd.DecodeF32(lse, r.GetLse(), false); err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(ids, w.IDs) {
+				t.Errorf("round %d session %d: ids %v, want %v", round, i, ids, w.IDs)
+			}
+			for j := range logits {
+				if d := math.Abs(float64(logits[j] - w.Logits[j])); d > 1e-4 {
+					t.Errorf("round %d session %d: logit %d = %v, want %v", round, i, j, logits[j], w.Logits[j])
+					break
+				}
+			}
+			for j := range lse {
+				if p := math.Exp(float64(logits[j*3] - lse[j])); math.Abs(p-float64(r.GetProbs()[j])) > 1e-6 {
+					t.Errorf("round %d session %d: prob %d = %v, want %v", round, i, j, r.GetProbs()[j], p)
+					break
+				}
+			}
+		}
+	}
+}
