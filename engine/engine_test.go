@@ -1,0 +1,270 @@
+package engine_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/dlmesh/dlmesh/diffusion"
+	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/model"
+	"github.com/dlmesh/dlmesh/tokenizer"
+)
+
+const tinyDir = "../models/llada2-tiny-go"
+
+type traceStep struct {
+	Block     int      `json:"block"`
+	Unmasked  []int    `json:"unmasked"`
+	Edited    []int    `json:"edited"`
+	Tokens    []int32  `json:"tokens"`
+	MinMargin *float64 `json:"min_margin"`
+}
+
+type genCase struct {
+	Prompt      string      `json:"prompt"`
+	PromptIDs   []int32     `json:"prompt_ids"`
+	Mode        string      `json:"mode"`
+	GenLength   int         `json:"gen_length"`
+	BlockLength int         `json:"block_length"`
+	IDs         []int32     `json:"ids"`
+	Text        string      `json:"text"`
+	Forwards    int         `json:"forwards"`
+	Trace       []traceStep `json:"trace"`
+}
+
+type genFile struct {
+	MaskID int32     `json:"mask_id"`
+	EOSID  int32     `json:"eos_id"`
+	Cases  []genCase `json:"cases"`
+}
+
+func loadGenCases(tb testing.TB) genFile {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "llada2-tiny-go", "generate_cases.json"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var f genFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		tb.Fatal(err)
+	}
+	if len(f.Cases) != 9 {
+		tb.Fatalf("want 9 generate cases, got %d", len(f.Cases))
+	}
+	return f
+}
+
+type fixture struct {
+	m   *model.Model
+	tok *tokenizer.Tokenizer
+	gen genFile
+}
+
+var (
+	fixOnce sync.Once
+	fix     fixture
+	fixErr  error
+)
+
+func loadFixture(tb testing.TB) fixture {
+	tb.Helper()
+	fixOnce.Do(func() {
+		fix.m, fixErr = model.Load(context.Background(), tinyDir, cpu.New(), model.LoadOptions{Attention: true, Experts: model.AllExperts(16)})
+		if fixErr != nil {
+			return
+		}
+		fix.tok, fixErr = tokenizer.Load(tinyDir)
+	})
+	if fixErr != nil {
+		tb.Fatal(fixErr)
+	}
+	fix.gen = loadGenCases(tb)
+	return fix
+}
+
+func newEngine(tb testing.TB, f fixture, st engine.Stepper) *engine.Engine {
+	tb.Helper()
+	e := engine.New(engine.Config{MaskID: f.gen.MaskID, EOSID: f.gen.EOSID, Vocab: f.m.Cfg.Vocab, MaxContext: f.m.Cfg.MaxPositions}, st, f.tok)
+	tb.Cleanup(e.Stop)
+	return e
+}
+
+func request(tb testing.TB, c genCase, id string) engine.Request {
+	tb.Helper()
+	p, err := diffusion.Preset(c.Mode)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	p.GenLen = c.GenLength
+	p.BlockLen = c.BlockLength
+	return engine.Request{ID: id, Prompt: c.PromptIDs, Params: p, Trace: true}
+}
+
+// checkCase compares a result with the reference, step by step. A divergence is excused only at
+// a step whose smallest masked-confidence distance to the threshold is under 1e-4 (a tie).
+func checkCase(t *testing.T, c genCase, r *engine.Result) {
+	t.Helper()
+	for i, s := range c.Trace {
+		if i >= len(r.Trace) {
+			t.Fatalf("stopped after %d steps, reference has %d", len(r.Trace), len(c.Trace))
+		}
+		g := r.Trace[i]
+		same := g.Block == s.Block && slices.Equal(g.Unmasked, nonNil(s.Unmasked)) && slices.Equal(g.Edited, nonNil(s.Edited)) && slices.Equal(g.Tokens, s.Tokens)
+		if !same {
+			if s.MinMargin != nil && *s.MinMargin < 1e-4 {
+				t.Skipf("step %d diverges at a tie (min margin %.2g < 1e-4)", i, *s.MinMargin)
+			}
+			t.Fatalf("step %d (block %d):\n got unmasked %v edited %v tokens %v\nwant unmasked %v edited %v tokens %v",
+				i, s.Block, g.Unmasked, g.Edited, g.Tokens, s.Unmasked, s.Edited, s.Tokens)
+		}
+	}
+	if len(r.Trace) != len(c.Trace) {
+		t.Errorf("%d steps, reference %d", len(r.Trace), len(c.Trace))
+	}
+	if r.Forwards != c.Forwards {
+		t.Errorf("%d forwards, reference %d", r.Forwards, c.Forwards)
+	}
+	if !slices.Equal(r.IDs, c.IDs) {
+		t.Errorf("ids\n got %v\nwant %v", r.IDs, c.IDs)
+	}
+	if r.Text != c.Text {
+		t.Errorf("text\n got %q\nwant %q", r.Text, c.Text)
+	}
+}
+
+func nonNil(v []int) []int {
+	if v == nil {
+		return []int{}
+	}
+	return v
+}
+
+func TestGenerateMatchesReference(t *testing.T) {
+	f := loadFixture(t)
+	e := newEngine(t, f, engine.NewLocalStepper(f.m))
+	for i, c := range f.gen.Cases {
+		t.Run(fmt.Sprintf("%d-%s", i/3, c.Mode), func(t *testing.T) {
+			r, err := e.Generate(context.Background(), request(t, c, "t"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkCase(t, c, r)
+		})
+	}
+}
+
+// TestGenerateBatchedMatchesReference runs all nine cases at once through one engine, so every
+// forward carries several requests at different prompt lengths, blocks and modes.
+func TestGenerateBatchedMatchesReference(t *testing.T) {
+	f := loadFixture(t)
+	st := engine.NewLocalStepper(f.m)
+	e := newEngine(t, f, st)
+	results := make([]*engine.Result, len(f.gen.Cases))
+	errs := make([]error, len(f.gen.Cases))
+	var wg sync.WaitGroup
+	for i, c := range f.gen.Cases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i], errs[i] = e.Generate(context.Background(), request(t, c, fmt.Sprint("b", i)), nil)
+		}()
+	}
+	wg.Wait()
+	for i, c := range f.gen.Cases {
+		t.Run(fmt.Sprintf("%d-%s", i/3, c.Mode), func(t *testing.T) {
+			if errs[i] != nil {
+				t.Fatal(errs[i])
+			}
+			checkCase(t, c, results[i])
+		})
+	}
+	if n := st.Sessions(); n != 0 {
+		t.Errorf("%d sessions left open", n)
+	}
+}
+
+func TestGenerateEvents(t *testing.T) {
+	f := loadFixture(t)
+	e := newEngine(t, f, engine.NewLocalStepper(f.m))
+	c := f.gen.Cases[0]
+	var steps, blocks int
+	var text string
+	r, err := e.Generate(context.Background(), request(t, c, "ev"), func(ev engine.Event) {
+		switch {
+		case ev.Step != nil:
+			steps++
+			if len(ev.Step.Changes) == 0 && ev.Step.MaskedBefore > 0 {
+				t.Errorf("step %d with %d masks changed nothing", ev.Step.Step, ev.Step.MaskedBefore)
+			}
+		case ev.Block != nil:
+			blocks++
+			text += ev.Block.Text
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if steps != c.Forwards || blocks != r.Blocks {
+		t.Errorf("events: %d steps (want %d), %d blocks (want %d)", steps, c.Forwards, blocks, r.Blocks)
+	}
+	if text != r.Text {
+		t.Errorf("block texts %q != final text %q", text, r.Text)
+	}
+}
+
+func TestGenerateCancel(t *testing.T) {
+	f := loadFixture(t)
+	st := engine.NewLocalStepper(f.m)
+	e := newEngine(t, f, st)
+	c := f.gen.Cases[2]
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	_, err := e.Generate(ctx, request(t, c, "cancel"), func(ev engine.Event) {
+		if ev.Step != nil {
+			n++
+			if n == 3 {
+				cancel()
+			}
+		}
+	})
+	if err == nil {
+		t.Fatal("cancelled request finished without error")
+	}
+	if st.Sessions() != 0 {
+		t.Errorf("cancelled request left its session open")
+	}
+	// the engine still serves
+	r, err := e.Generate(context.Background(), request(t, f.gen.Cases[0], "after"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkCase(t, f.gen.Cases[0], r)
+}
+
+func TestGenerateRejectsBadRequests(t *testing.T) {
+	f := loadFixture(t)
+	e := newEngine(t, f, engine.NewLocalStepper(f.m))
+	p, _ := diffusion.Preset("q")
+	for _, tc := range []struct {
+		name string
+		req  engine.Request
+	}{
+		{"empty prompt", engine.Request{Params: p}},
+		{"token out of range", engine.Request{Prompt: []int32{99999}, Params: p}},
+		{"window too long", engine.Request{Prompt: []int32{1}, Params: func() diffusion.Params { q := p; q.GenLen = 5000; return q }()}},
+		{"bad tau", engine.Request{Prompt: []int32{1}, Params: func() diffusion.Params { q := p; q.TauMask = 2; return q }()}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := e.Generate(context.Background(), tc.req, nil); err == nil {
+				t.Fatal("want an error")
+			}
+		})
+	}
+}
