@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dlmesh/dlmesh/kernels"
+	"github.com/dlmesh/dlmesh/model"
+)
+
+func init() { extraCommands = append(extraCommands, benchCmd) }
+
+type benchRow struct {
+	Backend  string  `json:"backend"`
+	Shape    string  `json:"shape"`
+	Ctx      int     `json:"ctx"`
+	Batch    int     `json:"batch"`
+	Graph    bool    `json:"graph"`
+	Steps    int     `json:"steps"`
+	MedianMs float64 `json:"median_ms"`
+	P10Ms    float64 `json:"p10_ms"`
+	P90Ms    float64 `json:"p90_ms"`
+	TokPerS  float64 `json:"block_tokens_per_s"`
+}
+
+func benchCmd() *cobra.Command {
+	var (
+		dir, shape, backend, ctxs, batches string
+		random, noGraph, asJSON            bool
+		steps, warmup, blockLen            int
+	)
+	cmd := &cobra.Command{
+		Use:   "bench [--shape tiny|mini|flash] [--random-weights] [--backend cpu|cuda] [--ctx 512,4096] [--batch 1,8,32]",
+		Short: "Time one denoising step of one 32-token block per sequence at given contexts and batch sizes",
+		Long: `Times model steps: every sequence of the batch has ctx committed positions in its KV cache
+and runs one 32-token block against it (one denoising step). Reports the median over --steps
+timed steps (after --warmup), replayed as one CUDA graph per step unless --no-graph.
+
+--shape mini|flash with --random-weights builds the LLaDA2.x-mini/flash shapes with random bf16
+weights generated on the device (no checkpoint needed); --shape tiny (default) uses the bundled
+model's checkpoint, or --model DIR.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			cl, err := parseInts("--ctx", ctxs)
+			if err != nil {
+				return err
+			}
+			bl, err := parseInts("--batch", batches)
+			if err != nil {
+				return err
+			}
+			be, err := newBackend(backend)
+			if err != nil {
+				return err
+			}
+			defer be.Close()
+			var m *model.Model
+			switch {
+			case shape == "tiny" && !random:
+				d, err := resolveModelDir(dir)
+				if err != nil {
+					return err
+				}
+				if m, err = loadModel(ctx, d, be, true, nil); err != nil {
+					return err
+				}
+			default:
+				var cfg *model.Config
+				switch shape {
+				case "mini":
+					cfg = model.MiniConfig()
+				case "flash":
+					cfg = model.FlashConfig()
+				case "tiny":
+					d, err := resolveModelDir(dir)
+					if err != nil {
+						return err
+					}
+					if cfg, err = model.LoadConfig(d); err != nil {
+						return err
+					}
+				default:
+					return fmt.Errorf("--shape %q: want tiny, mini or flash", shape)
+				}
+				if !random {
+					return fmt.Errorf("--shape %s needs --random-weights (or use --model DIR with a real checkpoint)", shape)
+				}
+				fmt.Fprintf(os.Stderr, "building %s with random weights on %s...\n", shape, be.Name())
+				t0 := time.Now()
+				if m, err = model.NewRandom(cfg, be, model.LoadOptions{Attention: true, Experts: model.AllExperts(cfg.Experts)}, 1); err != nil {
+					return err
+				}
+				if err := be.Sync(); err != nil {
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "  done in %.1f s\n", time.Since(t0).Seconds())
+			}
+			defer m.Close()
+			var rows []benchRow
+			for _, c := range cl {
+				for _, b := range bl {
+					r, err := benchStep(ctx, m, shape, c, b, blockLen, steps, warmup, !noGraph)
+					if err != nil {
+						return fmt.Errorf("ctx %d batch %d: %w", c, b, err)
+					}
+					rows = append(rows, r)
+					if !asJSON {
+						fmt.Fprintf(os.Stderr, "  ctx %d batch %d: %.2f ms\n", c, b, r.MedianMs)
+					}
+				}
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(rows)
+			}
+			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintln(tw, "backend\tshape\tctx\tbatch\tgraph\tsteps\tmedian ms\tp10 ms\tp90 ms\tblock tok/s\t")
+			for _, r := range rows {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%v\t%d\t%.2f\t%.2f\t%.2f\t%.0f\t\n", r.Backend, r.Shape, r.Ctx, r.Batch, r.Graph, r.Steps, r.MedianMs, r.P10Ms, r.P90Ms, r.TokPerS)
+			}
+			return tw.Flush()
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&dir, "model", "", "model directory for --shape tiny (default: the bundled model)")
+	f.StringVar(&shape, "shape", "tiny", "tiny (bundled), mini (16B) or flash (100B)")
+	f.BoolVar(&random, "random-weights", false, "random bf16 weights instead of a checkpoint")
+	f.StringVar(&backend, "backend", "cpu", "cpu or cuda[:N]")
+	f.StringVar(&ctxs, "ctx", "512", "committed context lengths, comma-separated")
+	f.StringVar(&batches, "batch", "1", "batch sizes, comma-separated")
+	f.IntVar(&steps, "steps", 20, "timed steps per point")
+	f.IntVar(&warmup, "warmup", 3, "untimed steps first")
+	f.IntVar(&blockLen, "block", 32, "block length")
+	f.BoolVar(&noGraph, "no-graph", false, "do not capture the step as a CUDA graph")
+	f.BoolVar(&asJSON, "json", false, "print the rows as JSON")
+	return cmd
+}
+
+func parseInts(flag, s string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(p))
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("%s %q: want comma-separated non-negative integers", flag, s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func benchStep(ctx context.Context, m *model.Model, shape string, ctxLen, batch, blockLen, steps, warmup int, graph bool) (benchRow, error) {
+	be := m.Be
+	seqs := make([]model.StepSeq, batch)
+	for i := range seqs {
+		c, err := m.NewCache(ctxLen + blockLen)
+		if err != nil {
+			return benchRow{}, err
+		}
+		defer c.Free()
+		if err := fillContext(ctx, m, c, ctxLen, blockLen, uint64(i)); err != nil {
+			return benchRow{}, err
+		}
+		block := make([]int32, blockLen)
+		for j := range block {
+			block[j] = int32((i*131 + j*17) % m.Cfg.Vocab)
+		}
+		seqs[i] = model.StepSeq{Cache: c, Pos: ctxLen, Tokens: block, OutRows: blockLen, TopK: 1}
+	}
+	p, err := m.Prepare(seqs, blockLen)
+	if err != nil {
+		return benchRow{}, err
+	}
+	defer p.Close()
+	captured := false
+	if graph {
+		if captured, err = p.Capture(ctx); err != nil {
+			return benchRow{}, err
+		}
+	}
+	for i := 0; i < warmup; i++ {
+		if _, err := p.Run(ctx); err != nil {
+			return benchRow{}, err
+		}
+	}
+	ms := make([]float64, steps)
+	for i := range ms {
+		t0 := time.Now()
+		if _, err := p.Run(ctx); err != nil {
+			return benchRow{}, err
+		}
+		ms[i] = float64(time.Since(t0).Microseconds()) / 1000
+	}
+	slices.Sort(ms)
+	q := func(f float64) float64 { return ms[min(len(ms)-1, int(f*float64(len(ms))))] }
+	med := q(0.5)
+	return benchRow{Backend: be.Name(), Shape: shape, Ctx: ctxLen, Batch: batch, Graph: captured, Steps: steps,
+		MedianMs: med, P10Ms: q(0.1), P90Ms: q(0.9), TokPerS: float64(batch*blockLen) / (med / 1000)}, nil
+}
+
+// fillContext gives the cache ctxLen committed positions: random K/V written in place when the
+// backend can (the values do not change a step's time), else a real prefill.
+func fillContext(ctx context.Context, m *model.Model, c *model.Cache, ctxLen, blockLen int, seed uint64) error {
+	if ctxLen == 0 {
+		return nil
+	}
+	if r, ok := m.Be.(kernels.Randomizer); ok {
+		if err := r.FillRandom(c.T, seed+1000, 1); err != nil {
+			return err
+		}
+		c.Len = ctxLen
+		return nil
+	}
+	for lo := 0; lo < ctxLen; lo += 512 {
+		hi := min(lo+512, ctxLen)
+		toks := make([]int32, hi-lo)
+		for i := range toks {
+			toks[i] = int32((lo + i*31) % m.Cfg.Vocab)
+		}
+		if _, err := m.Step(ctx, []model.StepSeq{{Cache: c, Pos: lo, Tokens: toks, OutRows: 1, TopK: 1}}, blockLen, model.StepOptions{}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
