@@ -290,7 +290,7 @@ func attendRow(dst, q, keys, vals []float32, n int, scale float32, scratch []flo
 	}
 	var sum float64
 	for j, v := range sc {
-		e := float32(math.Exp(float64(v - m)))
+		e := float32(expNonPos(float64(v - m)))
 		sc[j] = e
 		sum += float64(e)
 	}

@@ -149,7 +149,7 @@ func (q *topK) add(l []float32, id0 int, invTemp float32) {
 	}
 	var s float64
 	for _, v := range l {
-		s += math.Exp(float64(v*invTemp) - q.m)
+		s += expNonPos(float64(v*invTemp) - q.m)
 	}
 	q.s += s
 }

@@ -99,11 +99,11 @@ func (m *mat) at(i int) float32 {
 }
 
 // tileRows is how many weight rows are widened together: about 64 KiB of float32, a multiple
-// of 4 in [4, 64].
+// of 3 (the micro-kernel's width) in [3, 96].
 func tileRows(k int) int {
 	nb := 16384 / max(k, 1)
-	nb = min(max(nb, 4), 64)
-	return nb &^ 3
+	nb = min(max(nb, 3), 96)
+	return nb - nb%3
 }
 
 // MatMul implements kernels.Backend: dst[t,n] = Σ_k x[t,k]·w[n,k].
@@ -150,8 +150,8 @@ func (b *Backend) matmul(dst, x []float32, T int, w mat) {
 	nb := tileRows(K)
 	nTiles := (N + nb - 1) / nb
 	// Shrink the tile when there are too few of them to feed every worker.
-	for nb > 4 && nTiles < 2*b.workers {
-		nb = max(4, (nb/2)&^3)
+	for nb > 3 && nTiles < 2*b.workers {
+		nb = max(3, nb/2-(nb/2)%3)
 		nTiles = (N + nb - 1) / nb
 	}
 	const tChunk = 64
@@ -181,20 +181,23 @@ func matmulSerial(dst, x []float32, T int, w mat, buf []float32) {
 }
 
 // gemmTile computes dst[t·ldd + n0 + j] = Σ_k x[t·K + k]·wt[j·K + k] for t < T, j < nb.
+//
+// The micro-kernel takes 2 x rows × 3 weight rows (six accumulators: as many as the Go
+// compiler keeps in registers without spilling on amd64). Every path sums each dot product in
+// the same order, so a result does not depend on the tiling or the number of workers.
 func gemmTile(dst []float32, ldd, n0 int, x []float32, T, K int, wt []float32, nb int) {
 	t := 0
 	for ; t+2 <= T; t += 2 {
 		x0, x1 := x[t*K:(t+1)*K], x[(t+1)*K:(t+2)*K]
 		d0, d1 := dst[t*ldd+n0:t*ldd+n0+nb], dst[(t+1)*ldd+n0:(t+1)*ldd+n0+nb]
 		j := 0
-		for ; j+4 <= nb; j += 4 {
-			a0, a1, a2, a3, c0, c1, c2, c3 := dot2x4(x0, x1, wt[j*K:(j+1)*K], wt[(j+1)*K:(j+2)*K], wt[(j+2)*K:(j+3)*K], wt[(j+3)*K:(j+4)*K])
-			d0[j], d0[j+1], d0[j+2], d0[j+3] = a0, a1, a2, a3
-			d1[j], d1[j+1], d1[j+2], d1[j+3] = c0, c1, c2, c3
+		for ; j+3 <= nb; j += 3 {
+			a0, a1, a2, c0, c1, c2 := dot2x3(x0, x1, wt[j*K:(j+1)*K], wt[(j+1)*K:(j+2)*K], wt[(j+2)*K:(j+3)*K])
+			d0[j], d0[j+1], d0[j+2] = a0, a1, a2
+			d1[j], d1[j+1], d1[j+2] = c0, c1, c2
 		}
 		for ; j < nb; j++ {
-			wj := wt[j*K : (j+1)*K]
-			d0[j], d1[j] = dot(x0, wj), dot(x1, wj)
+			d0[j], d1[j] = dot2x1(x0, x1, wt[j*K:(j+1)*K])
 		}
 	}
 	if t < T {
@@ -210,21 +213,31 @@ func gemmTile(dst []float32, ldd, n0 int, x []float32, T, K int, wt []float32, n
 	}
 }
 
-// dot2x4 returns the dot products of x rows u, v with weight rows w0..w3.
-func dot2x4(u, v, w0, w1, w2, w3 []float32) (a0, a1, a2, a3, c0, c1, c2, c3 float32) {
+// dot2x3 returns the dot products of x rows u, v with weight rows w0, w1, w2.
+func dot2x3(u, v, w0, w1, w2 []float32) (a0, a1, a2, c0, c1, c2 float32) {
 	n := len(u)
-	v, w0, w1, w2, w3 = v[:n], w0[:n], w1[:n], w2[:n], w3[:n]
+	v, w0, w1, w2 = v[:n], w0[:n], w1[:n], w2[:n]
 	for k, x := range u {
 		y := v[k]
-		p0, p1, p2, p3 := w0[k], w1[k], w2[k], w3[k]
+		p0, p1, p2 := w0[k], w1[k], w2[k]
 		a0 += x * p0
 		a1 += x * p1
 		a2 += x * p2
-		a3 += x * p3
 		c0 += y * p0
 		c1 += y * p1
 		c2 += y * p2
-		c3 += y * p3
+	}
+	return
+}
+
+// dot2x1 returns the dot products of u and v with w.
+func dot2x1(u, v, w []float32) (a, c float32) {
+	n := len(u)
+	v, w = v[:n], w[:n]
+	for k, x := range u {
+		p := w[k]
+		a += x * p
+		c += v[k] * p
 	}
 	return
 }
@@ -242,7 +255,7 @@ func dot1x4(u, w0, w1, w2, w3 []float32) (a0, a1, a2, a3 float32) {
 	return
 }
 
-// dot returns Σ u[k]·w[k], summed in the same order as dot1x4 and dot2x4, so that a logit
+// dot returns Σ u[k]·w[k], summed in the same order as the multi-row kernels, so that a logit
 // does not depend on where its row fell in a tile (or on the number of workers).
 func dot(u, w []float32) float32 {
 	w = w[:len(u)]
