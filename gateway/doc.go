@@ -1,0 +1,30 @@
+// Package gateway is the client-facing service of the mesh: Gateway.Generate. It tokenises the
+// request, validates it, and runs it through an engine.Engine (the same scheduler and diffusion
+// policy as the in-process `dlmesh run`) whose Stepper is a RemoteStepper calling attnd over gRPC,
+// so the mesh produces the in-process engine's output token for token. It streams a StepEvent per
+// denoising step (the positions that changed, with token id, text and UNMASK/EDIT), a BlockEvent
+// per frozen block, and one FinalEvent (text, finish reason, usage, degraded flag).
+//
+// Input: `prompt` is tokenised as is. `messages` are rendered with the default LLaDA2 chat
+// template, one turn at a time and then the assistant's opening tag:
+//
+//	<role>ROLE</role>CONTENT<|role_end|>   (for every message, ROLE as given: system, user, …)
+//	<role>assistant</role>
+//
+// The gateway has no Jinja engine, so a chat_template in tokenizer_config.json is not rendered:
+// the default above is always used (a warning is logged at startup when the file has one).
+//
+// Errors: a bad request gets InvalidArgument naming the field and its range (for example
+// "diffusion: invalid tau_mask 2: want a value in (0, 1]"), a full queue ResourceExhausted, a
+// missing attnd Unavailable. A cancelled or expired call leaves the batch at the next step
+// boundary and its attnd session is closed.
+//
+// Discovery: the gateway watches the attnd instances of the registry and keeps them in a
+// services.Pool; a request's session stays on the attnd it was opened on. Health is SERVING
+// while at least one attnd is known.
+//
+// Client is a small helper that streams one Generate (used by `dlmesh generate`).
+//
+// Who may import: cmd/dlmesh, mesh, tests. It imports engine, diffusion, tokenizer, model (config
+// only), services, proto.
+package gateway

@@ -1,0 +1,213 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/model"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/services"
+)
+
+// RemoteStepper is the engine.Stepper of the gateway: sessions live on attnd instances. Open
+// picks the attnd with the fewest open sessions from the pool and keeps that replica reserved
+// for the session's lifetime (affinity: its KV cache is there); Step sends each attnd its
+// sessions' part of the batch, in parallel; Close frees the session. Every call has a deadline
+// and goes through the attnd's breaker. Safe for concurrent use.
+type RemoteStepper struct {
+	pool        *services.Pool
+	stepTimeout time.Duration
+	callTimeout time.Duration
+
+	mu       sync.Mutex
+	sessions map[string]*remoteSession
+}
+
+type remoteSession struct {
+	r        *services.Replica
+	release  func()
+	capacity int
+	blockLen int  // the block length attnd opened the session with
+	stepped  bool // a Step has written K/V
+}
+
+var _ engine.Stepper = (*RemoteStepper)(nil)
+
+// NewRemoteStepper returns a stepper over the attnd replicas of pool.
+func NewRemoteStepper(pool *services.Pool, stepTimeout, callTimeout time.Duration) *RemoteStepper {
+	return &RemoteStepper{pool: pool, stepTimeout: stepTimeout, callTimeout: callTimeout, sessions: map[string]*remoteSession{}}
+}
+
+// Sessions is the number of sessions open through this stepper.
+func (st *RemoteStepper) Sessions() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.sessions)
+}
+
+func (st *RemoteStepper) call(ctx context.Context, r *services.Replica, d time.Duration, fn func(context.Context, pb.AttentionClient) error) error {
+	return r.Breaker().Do(ctx, func(ctx context.Context) error {
+		cctx, cancel := services.WithTimeout(ctx, d)
+		defer cancel()
+		return fn(cctx, pb.NewAttentionClient(r.Conn()))
+	})
+}
+
+// Open implements engine.Stepper. The attnd session is opened with the model's block length;
+// a request with another one is reopened before its first step (the Stepper interface does not
+// carry the block length at Open).
+func (st *RemoteStepper) Open(ctx context.Context, session string, capacity int) error {
+	r, release, err := st.pool.Pick()
+	if err != nil {
+		return fmt.Errorf("gateway: open session: %w", err)
+	}
+	err = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
+		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: session, Capacity: int32(capacity)})
+		return err
+	})
+	if err != nil {
+		release()
+		return fmt.Errorf("gateway: open session on %s: %w", r.Instance().ID, err)
+	}
+	st.mu.Lock()
+	st.sessions[session] = &remoteSession{r: r, release: release, capacity: capacity, blockLen: DefaultBlockLen}
+	st.mu.Unlock()
+	return nil
+}
+
+// Close implements engine.Stepper; closing an unknown session is not an error.
+func (st *RemoteStepper) Close(ctx context.Context, session string) error {
+	st.mu.Lock()
+	s, ok := st.sessions[session]
+	delete(st.sessions, session)
+	st.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	defer s.release()
+	return st.call(ctx, s.r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
+		_, err := c.Close(ctx, &pb.CloseRequest{SessionId: session})
+		return err
+	})
+}
+
+// reopen reopens a session that has not stepped yet with block length bl.
+func (st *RemoteStepper) reopen(ctx context.Context, id string, s *remoteSession, bl int) error {
+	return st.call(ctx, s.r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
+		if _, err := c.Close(ctx, &pb.CloseRequest{SessionId: id}); err != nil {
+			return err
+		}
+		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: id, Capacity: int32(s.capacity), BlockLength: int32(bl)})
+		return err
+	})
+}
+
+// Step implements engine.Stepper: one Attention.Step per attnd holding some of the sessions.
+func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
+	type call struct {
+		s   *remoteSession
+		idx []int
+		req *pb.StepRequest
+	}
+	var calls []*call
+	byReplica := map[*services.Replica]*call{}
+	st.mu.Lock()
+	var reopen []string
+	for i, sp := range steps {
+		s, ok := st.sessions[sp.Session]
+		if !ok {
+			st.mu.Unlock()
+			return nil, engine.StepInfo{}, fmt.Errorf("gateway: step: session %q: %w", sp.Session, services.ErrUnknownSession)
+		}
+		if !s.stepped && s.blockLen != blockLen {
+			reopen = append(reopen, sp.Session)
+		}
+		s.stepped = true
+		c, ok := byReplica[s.r]
+		if !ok {
+			c = &call{s: s, req: &pb.StepRequest{}}
+			byReplica[s.r] = c
+			calls = append(calls, c)
+		}
+		c.idx = append(c.idx, i)
+		c.req.Sessions = append(c.req.Sessions, &pb.SessionStep{SessionId: sp.Session, StartPos: int32(sp.StartPos),
+			Tokens: sp.Tokens, OutRows: int32(sp.OutRows), TopK: int32(sp.TopK), InvTemperature: sp.InvTemp})
+	}
+	sessions := make(map[string]*remoteSession, len(reopen))
+	for _, id := range reopen {
+		sessions[id] = st.sessions[id]
+		st.sessions[id].blockLen = blockLen
+	}
+	st.mu.Unlock()
+	for id, s := range sessions {
+		if err := st.reopen(ctx, id, s, blockLen); err != nil {
+			return nil, engine.StepInfo{}, fmt.Errorf("gateway: reopen session %q with block length %d: %w", id, blockLen, err)
+		}
+	}
+
+	outs := make([]model.StepOut, len(steps))
+	errs := make([]error, len(calls))
+	degraded := make([]bool, len(calls))
+	var wg sync.WaitGroup
+	for ci, c := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var resp *pb.StepResponse
+			err := st.call(ctx, c.s.r, st.stepTimeout, func(ctx context.Context, ac pb.AttentionClient) error {
+				var err error
+				resp, err = ac.Step(ctx, c.req)
+				return err
+			})
+			if err == nil {
+				err = convert(resp, c.idx, steps, outs)
+			}
+			if err != nil {
+				errs[ci] = fmt.Errorf("gateway: step on %s: %w", c.s.r.Instance().ID, err)
+				return
+			}
+			degraded[ci] = resp.GetStats().GetDegraded()
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, engine.StepInfo{}, err
+	}
+	info := engine.StepInfo{}
+	for _, d := range degraded {
+		info.Degraded = info.Degraded || d
+	}
+	return outs, info, nil
+}
+
+// convert decodes an attnd StepResponse into the StepOuts of the steps idx.
+func convert(resp *pb.StepResponse, idx []int, steps []engine.SeqStep, outs []model.StepOut) error {
+	res := resp.GetResults()
+	if len(res) != len(idx) {
+		return fmt.Errorf("gateway: attnd returned %d results for %d sessions", len(res), len(idx))
+	}
+	for k, i := range idx {
+		r, sp := res[k], steps[i]
+		rows, topK := sp.OutRows, max(sp.TopK, 1)
+		o := model.StepOut{TopK: topK, IDs: make([]int32, rows*topK), Logits: make([]float32, rows*topK), LSE: make([]float32, rows)}
+		if r.GetSessionId() != sp.Session {
+			return fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), sp.Session)
+		}
+		if err := expertd.DecodeI32(o.IDs, r.GetIds()); err != nil {
+			return fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
+		}
+		if err := expertd.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
+			return fmt.Errorf("gateway: session %q logits: %w", sp.Session, err)
+		}
+		if err := expertd.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
+			return fmt.Errorf("gateway: session %q lse: %w", sp.Session, err)
+		}
+		outs[i] = o
+	}
+	return nil
+}
