@@ -9,7 +9,9 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/kernels/cuda"
 	"github.com/dlmesh/dlmesh/model"
 )
 
@@ -43,9 +45,27 @@ func loadForwardCases(tb testing.TB) []forwardCase {
 	return f.Cases
 }
 
+// testBackend is the CPU backend, or CUDA when DLMESH_TEST_BACKEND=cuda (the GPU check runs
+// these tests on the lent GPU that way; the attention part is then widened to float32 so the
+// parity tolerances stay those of the float32 reference).
+func testBackend(tb testing.TB, opts *model.LoadOptions) kernels.Backend {
+	tb.Helper()
+	if os.Getenv("DLMESH_TEST_BACKEND") != "cuda" {
+		return cpu.New()
+	}
+	b, err := cuda.New(0)
+	if err != nil {
+		tb.Fatalf("DLMESH_TEST_BACKEND=cuda: %v", err)
+	}
+	tb.Cleanup(func() { b.Close() })
+	opts.F32Weights = true
+	return b
+}
+
 func loadTiny(tb testing.TB, opts model.LoadOptions) *model.Model {
 	tb.Helper()
-	m, err := model.Load(context.Background(), tinyDir, cpu.New(), opts)
+	be := testBackend(tb, &opts)
+	m, err := model.Load(context.Background(), tinyDir, be, opts)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -43,6 +44,10 @@ type LoadOptions struct {
 	Experts   []int // routed expert ids to load (every MoE layer); nil or empty = none
 	// Progress, when set, is called after each tensor with the bytes loaded so far and the total.
 	Progress func(done, total int64)
+	// F32Weights widens the attention part's bf16/f16 matrices to float32 on load. A backend
+	// that rounds activations to bf16 for bf16 GEMMs (CUDA) then computes those in float32:
+	// the exact-parity mode for small models. Routed experts stay as stored.
+	F32Weights bool
 }
 
 // AllExperts returns the ids 0..n-1.
@@ -176,13 +181,35 @@ func (l *loader) tensor(ctx context.Context, name string, dts []kernels.DType, s
 	if err != nil {
 		return nil, err
 	}
-	t, err := l.m.Be.Load(ti.DType, ti.Shape, ti.Data)
+	dt, raw := ti.DType, ti.Data
+	if l.opts.F32Weights && len(ti.Shape) == 2 {
+		dt, raw = widen(dt, raw)
+	}
+	t, err := l.m.Be.Load(dt, ti.Shape, raw)
 	if err != nil {
 		return nil, fmt.Errorf("model: upload %s: %w", name, err)
 	}
 	l.m.owned = append(l.m.owned, t)
 	l.progress(int64(len(ti.Data)))
 	return t, nil
+}
+
+// widen converts bf16/f16 little-endian data to float32; other dtypes pass through.
+func widen(dt kernels.DType, raw []byte) (kernels.DType, []byte) {
+	var conv func(uint16) float32
+	switch dt {
+	case kernels.BF16:
+		conv = kernels.BF16ToF32
+	case kernels.F16:
+		conv = kernels.F16ToF32
+	default:
+		return dt, raw
+	}
+	out := make([]byte, 2*len(raw))
+	for i := 0; i+1 < len(raw); i += 2 {
+		binary.LittleEndian.PutUint32(out[2*i:], math.Float32bits(conv(binary.LittleEndian.Uint16(raw[i:]))))
+	}
+	return kernels.F32, out
 }
 
 func (l *loader) progress(n int64) {
@@ -193,7 +220,7 @@ func (l *loader) progress(n int64) {
 }
 
 // ffn loads a SwiGLU FFN with gate and up concatenated into one [2I, H] matrix.
-func (l *loader) ffn(ctx context.Context, prefix string, inter int) (*kernels.Expert, error) {
+func (l *loader) ffn(ctx context.Context, prefix string, inter int, routed bool) (*kernels.Expert, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -208,13 +235,20 @@ func (l *loader) ffn(ctx context.Context, prefix string, inter int) (*kernels.Ex
 	}
 	raw := make([]byte, 0, len(g.Data)+len(u.Data))
 	raw = append(append(raw, g.Data...), u.Data...)
-	gu, err := l.m.Be.Load(g.DType, []int{2 * inter, h}, raw)
+	dt := g.DType
+	if l.opts.F32Weights && !routed {
+		dt, raw = widen(dt, raw)
+	}
+	gu, err := l.m.Be.Load(dt, []int{2 * inter, h}, raw)
 	if err != nil {
 		return nil, fmt.Errorf("model: upload %sgate_up: %w", prefix, err)
 	}
 	l.m.owned = append(l.m.owned, gu)
-	l.progress(int64(len(raw)))
+	l.progress(int64(len(g.Data) + len(u.Data)))
+	save := l.opts.F32Weights
+	l.opts.F32Weights = save && !routed
 	down, err := l.tensor(ctx, prefix+"down_proj.weight", weightTypes, h, inter)
+	l.opts.F32Weights = save
 	if err != nil {
 		return nil, err
 	}
@@ -265,7 +299,7 @@ func (l *loader) layer(ctx context.Context, i int) (*Layer, error) {
 		return nil, err
 	}
 	if !c.IsMoELayer(i) {
-		ly.MLP, err = l.ffn(ctx, p+"mlp.", c.Intermediate)
+		ly.MLP, err = l.ffn(ctx, p+"mlp.", c.Intermediate, false)
 		return ly, err
 	}
 	load(&ly.Gate, "mlp.gate.weight", c.Experts, c.Hidden)
@@ -276,7 +310,7 @@ func (l *loader) layer(ctx context.Context, i int) (*Layer, error) {
 		return nil, err
 	}
 	if c.SharedExperts > 0 {
-		ly.Shared, err = l.ffn(ctx, p+"mlp.shared_experts.", c.MoEIntermediate*c.SharedExperts)
+		ly.Shared, err = l.ffn(ctx, p+"mlp.shared_experts.", c.MoEIntermediate*c.SharedExperts, false)
 	}
 	return ly, err
 }
@@ -294,7 +328,7 @@ func (l *loader) experts(ctx context.Context, ids []int) (*ExpertWeights, error)
 	for _, i := range c.MoELayers() {
 		set := &kernels.ExpertSet{Experts: make([]*kernels.Expert, c.Experts)}
 		for _, e := range held {
-			x, err := l.ffn(ctx, fmt.Sprintf("model.layers.%d.mlp.experts.%d.", i, e), c.MoEIntermediate)
+			x, err := l.ffn(ctx, fmt.Sprintf("model.layers.%d.mlp.experts.%d.", i, e), c.MoEIntermediate, true)
 			if err != nil {
 				return nil, err
 			}
