@@ -12,7 +12,9 @@ import (
 
 	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/kernels/cuda"
 	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/tokenizer"
 )
@@ -76,7 +78,15 @@ var (
 func loadFixture(tb testing.TB) fixture {
 	tb.Helper()
 	fixOnce.Do(func() {
-		fix.m, fixErr = model.Load(context.Background(), tinyDir, cpu.New(), model.LoadOptions{Attention: true, Experts: model.AllExperts(16)})
+		opts := model.LoadOptions{Attention: true, Experts: model.AllExperts(16)}
+		var be kernels.Backend = cpu.New()
+		if os.Getenv("DLMESH_TEST_BACKEND") == "cuda" { // the GPU check; see model's testBackend
+			if be, fixErr = cuda.New(0); fixErr != nil {
+				return
+			}
+			opts.F32Weights = true
+		}
+		fix.m, fixErr = model.Load(context.Background(), tinyDir, be, opts)
 		if fixErr != nil {
 			return
 		}
