@@ -2,9 +2,13 @@
 # GPU checks of kernels/cuda.
 #
 #   scripts/gpu-check.sh            build the test binaries here (no GPU needed) into bin/
-#   scripts/gpu-check.sh --remote   run them on the device machine (no Go there): binding smoke
-#                                   test, op parity tests, graph replay, NVML, kernel benchmarks,
-#                                   then a short table of the benchmark results.
+#   scripts/gpu-check.sh --remote   run them on the device machine (no Go there):
+#                                   1. binding smoke test, op parity tests, graph replay, NVML
+#                                   2. the tiny model's forward parity (forward_cases.json) and the
+#                                      decoding fixtures through the engine, on the CUDA backend
+#                                   3. dlmesh bench --shape mini --random-weights (512/4096 ctx,
+#                                      batch 1/8/32, median of 20 graphed steps)
+#                                   4. kernel benchmarks (KERNEL_BENCH=1), then a short table.
 #
 # The device tool call: run(command="bash scripts/gpu-check.sh --remote", carry=["bin"]).
 # BENCHTIME (default 20x) sets -test.benchtime; BENCH (default .) filters the benchmarks.
@@ -16,7 +20,10 @@ if [[ "${1:-}" != "--remote" ]]; then
 	mkdir -p bin
 	CGO_ENABLED=0 go test -c -o bin/cuda.test ./kernels/cuda
 	CGO_ENABLED=1 go test -c -o bin/nvml.test ./kernels/cuda/nvml
-	echo "built bin/cuda.test bin/nvml.test; on the device machine: bash scripts/gpu-check.sh --remote"
+	CGO_ENABLED=0 go test -c -o bin/model.test ./model
+	CGO_ENABLED=0 go test -c -o bin/engine.test ./engine
+	CGO_ENABLED=1 go build -o bin/dlmesh ./cmd/dlmesh
+	echo "built bin/{cuda,nvml,model,engine}.test bin/dlmesh; on the device machine: bash scripts/gpu-check.sh --remote"
 	exit 0
 fi
 
@@ -32,6 +39,18 @@ grep -q '^FAIL' "$log" && status=1
 if [[ -x bin/nvml.test ]]; then
 	echo "== nvml" | tee -a "$log"
 	./bin/nvml.test -test.v 2>&1 | tee -a "$log" | tail -8
+fi
+echo "== model forward parity on cuda (forward_cases.json)" | tee -a "$log"
+(cd model && DLMESH_TEST_BACKEND=cuda ../bin/model.test -test.v -test.run 'Forward|Step' -test.timeout 120s 2>&1) | tee -a "$log" | grep -E '^(--- |ok|PASS|FAIL|panic)|tie|reference' | head -40
+echo "== decoding fixtures on cuda (generate_cases.json)" | tee -a "$log"
+(cd engine && DLMESH_TEST_BACKEND=cuda ../bin/engine.test -test.v -test.run 'TestGenerateMatchesReference|TestGenerateBatched' -test.timeout 200s 2>&1) | tee -a "$log" | grep -E '^\s*(--- |ok|PASS|FAIL|panic)|tie|want' | head -60
+grep -q '^--- FAIL' "$log" && status=1
+echo "== dlmesh bench --shape mini --random-weights" | tee -a "$log"
+timeout 240 ./bin/dlmesh bench --shape mini --random-weights --backend cuda --ctx "${BENCH_CTX:-512,4096}" --batch "${BENCH_BATCH:-1,8,32}" --steps 20 2>&1 | tee -a "$log" || status=1
+if [[ -x bin/dlmesh ]]; then ./bin/dlmesh gpus 2>&1 | tee -a "$log" || true; fi
+if [[ "${KERNEL_BENCH:-0}" != 1 ]]; then
+	echo "status: $status (full log: $log)"
+	exit $status
 fi
 echo "== benchmarks" | tee -a "$log"
 ./bin/cuda.test -test.run '^$' -test.bench "${BENCH:-.}" -test.benchtime "${BENCHTIME:-20x}" -test.timeout 115s 2>&1 | tee -a "$log" >/dev/null
