@@ -66,8 +66,9 @@ func (b *Backend) LMHead(ids, logits, lse, x, w *kernels.Tensor, invTemp float32
 	nb := tileRows(H)
 	// Per chunk and row: K (id, logit) pairs, then m and s.
 	tops := make([]topK, nChunks*T)
+	idSlab, valSlab := make([]int32, len(tops)*K), make([]float32, len(tops)*K)
 	for i := range tops {
-		tops[i] = newTopK(K)
+		tops[i] = topK{ids: idSlab[i*K : (i+1)*K], vals: valSlab[i*K : (i+1)*K], m: math.Inf(-1)}
 	}
 	b.parallel(nChunks, nb*H+T*nb, func(c int, buf []float32) {
 		wt, sc := buf[:nb*H], buf[nb*H:]
@@ -101,10 +102,6 @@ type topK struct {
 	vals []float32
 	n    int
 	m, s float64
-}
-
-func newTopK(k int) topK {
-	return topK{ids: make([]int32, k), vals: make([]float32, k), m: math.Inf(-1)}
 }
 
 // better reports whether (v, id) ranks before (w, jd).
