@@ -1,0 +1,238 @@
+package mesh_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/mesh"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/services"
+)
+
+const tinyDir = "../models/llada2-tiny-go"
+
+// The generation fixtures, as in engine/engine_test.go.
+type traceStep struct {
+	Block     int      `json:"block"`
+	Unmasked  []int    `json:"unmasked"`
+	Edited    []int    `json:"edited"`
+	Tokens    []int32  `json:"tokens"`
+	MinMargin *float64 `json:"min_margin"`
+}
+
+type genCase struct {
+	Prompt      string      `json:"prompt"`
+	PromptIDs   []int32     `json:"prompt_ids"`
+	Mode        string      `json:"mode"`
+	GenLength   int         `json:"gen_length"`
+	BlockLength int         `json:"block_length"`
+	IDs         []int32     `json:"ids"`
+	Text        string      `json:"text"`
+	Forwards    int         `json:"forwards"`
+	Trace       []traceStep `json:"trace"`
+}
+
+type genFile struct {
+	MaskID int32     `json:"mask_id"`
+	EOSID  int32     `json:"eos_id"`
+	Cases  []genCase `json:"cases"`
+}
+
+func loadGenCases(tb testing.TB) genFile {
+	tb.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "testdata", "llada2-tiny-go", "generate_cases.json"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var f genFile
+	if err := json.Unmarshal(b, &f); err != nil {
+		tb.Fatal(err)
+	}
+	if len(f.Cases) != 9 {
+		tb.Fatalf("want 9 generate cases, got %d", len(f.Cases))
+	}
+	return f
+}
+
+// shared is the mesh most tests use, started on first use and closed by TestMain.
+var shared struct {
+	once sync.Once
+	m    *mesh.Mesh
+	err  error
+}
+
+func sharedMesh(tb testing.TB) *mesh.Mesh {
+	tb.Helper()
+	shared.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		shared.m, shared.err = mesh.Up(ctx, mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0"})
+	})
+	if shared.err != nil {
+		tb.Fatal(shared.err)
+	}
+	return shared.m
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if shared.m != nil {
+		if err := shared.m.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "mesh close:", err)
+			code = 1
+		}
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// upMesh starts an embedded mesh on loopback ports and shuts it down at cleanup.
+func upMesh(tb testing.TB, cfg mesh.Config) *mesh.Mesh {
+	tb.Helper()
+	cfg.ModelDir = tinyDir
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m, err := mesh.Up(ctx, cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			tb.Errorf("mesh close: %v", err)
+		}
+	})
+	return m
+}
+
+func dialGateway(tb testing.TB, m *mesh.Mesh) *gateway.Client {
+	tb.Helper()
+	c, err := gateway.Dial(m.Addrs().Gateway, services.ClientConfig{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	return c
+}
+
+// request is the Generate request of a fixture case: its prompt text, which the gateway
+// tokenises to the case's prompt ids.
+func request(c genCase, id string) *pb.GenerateRequest {
+	return &pb.GenerateRequest{RequestId: id, Input: &pb.GenerateRequest_Prompt{Prompt: c.Prompt},
+		Params: &pb.DecodeParams{Mode: c.Mode, GenLength: int32(c.GenLength), BlockLength: int32(c.BlockLength)}}
+}
+
+// streamed is what one Generate stream delivered.
+type streamed struct {
+	steps  []*pb.StepEvent
+	blocks []*pb.BlockEvent
+	final  *pb.FinalEvent
+}
+
+func generate(ctx context.Context, c *gateway.Client, req *pb.GenerateRequest) (*streamed, error) {
+	s := &streamed{}
+	f, err := c.Generate(ctx, req, func(ev *pb.GenerateEvent) error {
+		switch {
+		case ev.GetStep() != nil:
+			s.steps = append(s.steps, ev.GetStep())
+		case ev.GetBlock() != nil:
+			s.blocks = append(s.blocks, ev.GetBlock())
+		}
+		return nil
+	})
+	s.final = f
+	return s, err
+}
+
+// checkCase replays the streamed step events on the prompt and compares every step with the
+// reference trace (block, unmasked and edited positions, the block's tokens after the step), then
+// the ids, text and number of forwards. As in the engine's test, a divergence is excused only at a
+// step whose smallest masked-confidence distance to the threshold is under 1e-4 (a tie).
+func checkCase(t *testing.T, f genFile, c genCase, s *streamed) {
+	t.Helper()
+	n, bl := len(c.PromptIDs), c.BlockLength
+	window := (n + c.GenLength + bl - 1) / bl * bl
+	x := make([]int32, window)
+	copy(x, c.PromptIDs)
+	for i := n; i < window; i++ {
+		x[i] = f.MaskID
+	}
+	firstBlock := n / bl
+	for i, ref := range c.Trace {
+		if i >= len(s.steps) {
+			t.Fatalf("stream stopped after %d steps, reference has %d", len(s.steps), len(c.Trace))
+		}
+		ev := s.steps[i]
+		block := int(ev.GetBlock()) + firstBlock
+		unmasked, edited := []int{}, []int{}
+		for _, ch := range ev.GetChanges() {
+			p := int(ch.GetPosition()) + n
+			x[p] = ch.GetTokenId()
+			if ch.GetKind() == pb.TokenChange_KIND_EDIT {
+				edited = append(edited, p)
+			} else {
+				unmasked = append(unmasked, p)
+			}
+		}
+		lo := block * bl
+		same := block == ref.Block && slices.Equal(unmasked, nonNil(ref.Unmasked)) && slices.Equal(edited, nonNil(ref.Edited)) &&
+			slices.Equal(x[lo:lo+bl], ref.Tokens)
+		if !same {
+			if ref.MinMargin != nil && *ref.MinMargin < 1e-4 {
+				t.Skipf("step %d diverges at a tie (min margin %.2g < 1e-4)", i, *ref.MinMargin)
+			}
+			t.Fatalf("step %d (block %d):\n got block %d unmasked %v edited %v tokens %v\nwant unmasked %v edited %v tokens %v",
+				i, ref.Block, block, unmasked, edited, x[lo:lo+bl], ref.Unmasked, ref.Edited, ref.Tokens)
+		}
+	}
+	if len(s.steps) != len(c.Trace) {
+		t.Errorf("%d step events, reference %d", len(s.steps), len(c.Trace))
+	}
+	fin := s.final
+	if fin == nil {
+		t.Fatal("no final event")
+	}
+	if got := int(fin.GetUsage().GetForwards()); got != c.Forwards {
+		t.Errorf("%d forwards, reference %d", got, c.Forwards)
+	}
+	if !slices.Equal(fin.GetTokenIds(), c.IDs) {
+		t.Errorf("ids\n got %v\nwant %v", fin.GetTokenIds(), c.IDs)
+	}
+	if fin.GetText() != c.Text {
+		t.Errorf("text\n got %q\nwant %q", fin.GetText(), c.Text)
+	}
+	if fin.GetDegraded() {
+		t.Error("degraded with every expert served")
+	}
+	var text string
+	for _, b := range s.blocks {
+		text += b.GetText()
+	}
+	if text != fin.GetText() && fin.GetFinishReason() != "stop" {
+		t.Errorf("block texts %q != final text %q", text, fin.GetText())
+	}
+}
+
+func nonNil(v []int) []int {
+	if v == nil {
+		return []int{}
+	}
+	return v
+}

@@ -1,0 +1,206 @@
+// Package mesh runs a whole dlmesh mesh in one process: one expertd per expert group (the experts
+// split evenly: 16 experts in 2 groups are 0-7 and 8-15), one attnd and the gateway, each a real
+// gRPC server on its own loopback port, wired through an in-process services.MemRegistry (attnd
+// discovers the expertd instances, the gateway the attnd). It is `dlmesh up`, and the fixture for
+// the mesh's end-to-end tests and benchmarks.
+//
+// Who may import: cmd/dlmesh, tests. It imports attnd, expertd, gateway, services, kernels, model.
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/dlmesh/dlmesh/attnd"
+	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/kernels"
+	"github.com/dlmesh/dlmesh/model"
+	"github.com/dlmesh/dlmesh/services"
+)
+
+// Defaults of Config.
+const (
+	DefaultGroups       = 2
+	DefaultReplicas     = 1
+	DefaultListen       = gateway.DefaultListen
+	DefaultReadyTimeout = 60 * time.Second
+	DefaultStopTimeout  = 10 * time.Second
+)
+
+// ErrBadConfig wraps every Config.Validate error.
+var ErrBadConfig = errors.New("mesh: invalid config")
+
+// Config configures an embedded mesh.
+type Config struct {
+	// ModelDir is the checkpoint (and tokenizer) directory.
+	ModelDir string
+	// Groups is the number of expert groups (DefaultGroups); Replicas the expertd replicas of
+	// each group (DefaultReplicas).
+	Groups   int
+	Replicas int
+	// Listen is the gateway's address (DefaultListen); the other services listen on
+	// 127.0.0.1:0.
+	Listen string
+	// MaxActive and MaxQueue bound the gateway's engine (gateway defaults).
+	MaxActive int
+	MaxQueue  int
+	// WireBF16 sends the expert rows as bf16 (attnd.Config.WireBF16).
+	WireBF16 bool
+	// ReadyTimeout bounds the wait for attnd to see every expert (DefaultReadyTimeout).
+	ReadyTimeout time.Duration
+	// StopTimeout bounds each service's graceful stop in Close (DefaultStopTimeout).
+	StopTimeout time.Duration
+	// Backend makes a kernels backend; every service gets its own. nil means the CPU backend.
+	Backend func() (kernels.Backend, error)
+	// TracerProvider traces every service; nil means the global provider.
+	TracerProvider trace.TracerProvider
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Groups == 0 {
+		c.Groups = DefaultGroups
+	}
+	if c.Replicas == 0 {
+		c.Replicas = DefaultReplicas
+	}
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.ReadyTimeout == 0 {
+		c.ReadyTimeout = DefaultReadyTimeout
+	}
+	if c.StopTimeout == 0 {
+		c.StopTimeout = DefaultStopTimeout
+	}
+	return c
+}
+
+// Validate checks c (zero fields are fine: they take the defaults); Groups is checked against
+// the model's expert count by Up.
+func (c Config) Validate() error {
+	c = c.WithDefaults()
+	switch {
+	case c.ModelDir == "":
+		return fmt.Errorf("%w: model_dir is empty", ErrBadConfig)
+	case c.Groups < 1:
+		return fmt.Errorf("%w: groups %d: want at least 1", ErrBadConfig, c.Groups)
+	case c.Replicas < 1:
+		return fmt.Errorf("%w: replicas %d: want at least 1", ErrBadConfig, c.Replicas)
+	case c.ReadyTimeout < 0 || c.StopTimeout < 0:
+		return fmt.Errorf("%w: ready_timeout %v and stop_timeout %v: want positive durations", ErrBadConfig, c.ReadyTimeout, c.StopTimeout)
+	}
+	return nil
+}
+
+// Mesh is a running embedded mesh.
+type Mesh struct {
+	cfg      Config
+	Registry *services.MemRegistry
+	Experts  []*expertd.Server // group-major: group g replica r at g·Replicas+r
+	Attnd    *attnd.Server
+	Gateway  *gateway.Server
+}
+
+// Addrs are the listen addresses of a mesh's services.
+type Addrs struct {
+	Gateway string
+	Attnd   string
+	Expertd []string // in Mesh.Experts order
+}
+
+// Up starts the mesh: the expertd replicas, then attnd (waiting until it sees every expert),
+// then the gateway. On error everything started is shut down.
+func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.WithDefaults()
+	mc, err := model.LoadConfig(cfg.ModelDir)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	groups, err := expertd.SplitExperts(mc.Experts, cfg.Groups)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	m := &Mesh{cfg: cfg, Registry: services.NewMemRegistry()}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, m.Close())
+		}
+	}()
+	for g, ids := range groups {
+		for r := 0; r < cfg.Replicas; r++ {
+			e, err := expertd.New(ctx, expertd.Config{ModelDir: cfg.ModelDir, Experts: ids, Group: fmt.Sprint(g),
+				NewBackend: cfg.Backend, TracerProvider: cfg.TracerProvider})
+			if err != nil {
+				return nil, fmt.Errorf("mesh: expertd group %d: %w", g, err)
+			}
+			m.Experts = append(m.Experts, e)
+			if err := m.Registry.Register(ctx, e.Instance(fmt.Sprintf("expertd-g%d-r%d", g, r))); err != nil {
+				return nil, fmt.Errorf("mesh: %w", err)
+			}
+		}
+	}
+	if m.Attnd, err = attnd.New(ctx, attnd.Config{ModelDir: cfg.ModelDir, ID: "attnd-0", WireBF16: cfg.WireBF16,
+		NewBackend: cfg.Backend, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
+	defer cancel()
+	if err := m.Attnd.WaitServing(rctx); err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	if m.Gateway, err = gateway.New(ctx, gateway.Config{ModelDir: cfg.ModelDir, ID: "gateway-0", Listen: cfg.Listen,
+		MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	return m, nil
+}
+
+// Addrs returns the services' listen addresses.
+func (m *Mesh) Addrs() Addrs {
+	a := Addrs{}
+	if m.Gateway != nil {
+		a.Gateway = m.Gateway.Addr()
+	}
+	if m.Attnd != nil {
+		a.Attnd = m.Attnd.Addr()
+	}
+	for _, e := range m.Experts {
+		a.Expertd = append(a.Expertd, e.Addr())
+	}
+	return a
+}
+
+// Close stops the services gracefully in the order gateway, attnd, expertd, each within
+// Config.StopTimeout.
+func (m *Mesh) Close() error {
+	var errs []error
+	stop := func(f func(context.Context) error) {
+		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout)
+		defer cancel()
+		errs = append(errs, f(ctx))
+	}
+	if m.Gateway != nil {
+		stop(m.Gateway.Shutdown)
+	}
+	if m.Attnd != nil {
+		stop(m.Attnd.Shutdown)
+	}
+	for i, e := range m.Experts {
+		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout)
+		errs = append(errs, m.Registry.Deregister(ctx, fmt.Sprintf("expertd-g%d-r%d", i/m.cfg.Replicas, i%m.cfg.Replicas)))
+		if err := e.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("mesh: expertd %d: %w", i, err))
+		}
+		cancel()
+	}
+	return errors.Join(errs...)
+}
