@@ -250,6 +250,209 @@ __device__ void attention_impl(float* out, const float* qkv, const int* tiles, c
   }
 }
 
+// ---- split-key attention (flash-decoding) ----
+// Block (tile of ≤ FA_ROWS rows of one sequence, group of GB q heads sharing one kv head, key
+// split z): the block's FA_QN = 64 query vectors (row-major over (row, head)) share every K/V
+// tile it loads; it covers keys [z·split, min((z+1)·split, kmax)) with an online softmax in fp32
+// and writes, when the grid has one split, out = Σ p·V / Σ p, else its unnormalised Σ p·V and
+// (max, Σ p) for attention_merge. 256 threads: thread (qg = tid/16, kg = tid%16) scores queries
+// 4qg..4qg+3 against keys kg and kg+16 of a 32-key tile, then accumulates those queries' outputs
+// over dims 4kg..4kg+3 (+64 for D = 128). K/V tiles are prefetched into registers one tile ahead.
+
+#define FA_QN 64
+#define FA_KT 32
+
+template <int D>
+__device__ __forceinline__ void flash_impl(float* out, float* po, float* pml, const float* qkv, const int* tiles,
+                                           const long long* seqs, const int* pos, int H, int KV, int GB, int layer,
+                                           int blockLen, float scale, int split, int rows) {
+  constexpr int QS = D + 4;        // padded row of q and k
+  constexpr int NV = D / 32;       // float4s of K (and of V) per thread per tile
+  constexpr int DV = D / 64;       // float4 output columns per thread
+  extern __shared__ float smf[];
+  float* qs = smf;                 // [FA_QN][QS]
+  float* ks = qs + FA_QN * QS;     // [FA_KT][QS]
+  float* vs = ks + FA_KT * QS;     // [FA_KT][D]
+  float* ps = vs + FA_KT * D;      // [FA_QN][FA_KT + 1]
+  int s = tiles[3 * blockIdx.x], r0 = tiles[3 * blockIdx.x + 1], n = tiles[3 * blockIdx.x + 2];
+  int hb = blockIdx.y, z = blockIdx.z;
+  int G = H / KV, kh = hb * GB / G;
+  const float* cache = (const float*)seqs[4 * s];
+  long long cap = seqs[4 * s + 1];
+  long long P0 = seqs[4 * s + 2], L = seqs[4 * s + 3];
+  long long qc = (long long)(H + 2 * KV) * D;
+  int tid = threadIdx.x, qg = tid >> 4, kg = tid & 15;
+  for (int i = tid; i < FA_QN * D / 4; i += blockDim.x) {
+    int qi = i / (D / 4), d4 = i % (D / 4);
+    int row = qi / GB, hl = qi % GB;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (row < n) {
+      v = *(const float4*)(qkv + (r0 + row) * qc + (long long)(hb * GB + hl) * D + 4 * d4);
+      v.x *= scale; v.y *= scale; v.z *= scale; v.w *= scale;
+    }
+    *(float4*)(qs + qi * QS + 4 * d4) = v;
+  }
+  int lim[4];
+  float m[4], l[4], o[4][DV][4];
+#pragma unroll
+  for (int a = 0; a < 4; a++) {
+    int row = (4 * qg + a) / GB;
+    long long p = row < n ? pos[r0 + row] : 0;
+    long long bl = (p / blockLen + 1) * blockLen;
+    lim[a] = row < n ? (int)(bl < P0 + L ? bl : P0 + L) : 0;
+    m[a] = -INF;
+    l[a] = 0.f;
+#pragma unroll
+    for (int v = 0; v < DV; v++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) o[a][v][e] = 0.f;
+  }
+  long long plast = pos[r0 + n - 1];
+  long long kmax = (plast / blockLen + 1) * blockLen;
+  if (kmax > P0 + L) kmax = P0 + L;
+  if (kmax > cap) kmax = cap;
+  long long kb = (long long)z * split, ke = kb + split;
+  if (ke > kmax) ke = kmax;
+  const float* K = cache + ((long long)layer * 2 * KV + kh) * cap * D;
+  const float* V = cache + ((long long)(layer * 2 + 1) * KV + kh) * cap * D;
+  float4 kr[NV], vr[NV];
+  auto fetch = [&](long long j0) {
+#pragma unroll
+    for (int u = 0; u < NV; u++) {
+      int i = tid + u * 256, j = i / (D / 4), d4 = i % (D / 4);
+      bool ok = j0 + j < ke;
+      kr[u] = ok ? *(const float4*)(K + (j0 + j) * D + 4 * d4) : make_float4(0.f, 0.f, 0.f, 0.f);
+      vr[u] = ok ? *(const float4*)(V + (j0 + j) * D + 4 * d4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  if (kb < ke) fetch(kb);
+  for (long long j0 = kb; j0 < ke; j0 += FA_KT) {
+    __syncthreads();  // the previous tile's readers are done
+#pragma unroll
+    for (int u = 0; u < NV; u++) {
+      int i = tid + u * 256, j = i / (D / 4), d4 = i % (D / 4);
+      *(float4*)(ks + j * QS + 4 * d4) = kr[u];
+      *(float4*)(vs + j * D + 4 * d4) = vr[u];
+    }
+    __syncthreads();
+    if (j0 + FA_KT < ke) fetch(j0 + FA_KT);
+    float sc[4][2];
+#pragma unroll
+    for (int a = 0; a < 4; a++) sc[a][0] = sc[a][1] = 0.f;
+#pragma unroll 8
+    for (int d = 0; d < D; d += 4) {
+      float4 k0 = *(const float4*)(ks + kg * QS + d), k1 = *(const float4*)(ks + (kg + 16) * QS + d);
+#pragma unroll
+      for (int a = 0; a < 4; a++) {
+        float4 q = *(const float4*)(qs + (4 * qg + a) * QS + d);
+        sc[a][0] += q.x * k0.x + q.y * k0.y + q.z * k0.z + q.w * k0.w;
+        sc[a][1] += q.x * k1.x + q.y * k1.y + q.z * k1.z + q.w * k1.w;
+      }
+    }
+#pragma unroll
+    for (int a = 0; a < 4; a++) {
+      if (j0 + kg >= lim[a]) sc[a][0] = -INF;
+      if (j0 + kg + 16 >= lim[a]) sc[a][1] = -INF;
+      float mt = fmaxf(sc[a][0], sc[a][1]);
+#pragma unroll
+      for (int off = 8; off > 0; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+      float mn = fmaxf(m[a], mt);
+      float corr = 1.f, p0 = 0.f, p1 = 0.f;
+      if (mn > -INF) {
+        corr = expf(m[a] - mn);
+        p0 = expf(sc[a][0] - mn);
+        p1 = expf(sc[a][1] - mn);
+      }
+      float ls = p0 + p1;
+#pragma unroll
+      for (int off = 8; off > 0; off >>= 1) ls += __shfl_xor_sync(0xffffffffu, ls, off);
+      l[a] = l[a] * corr + ls;
+      m[a] = mn;
+#pragma unroll
+      for (int v = 0; v < DV; v++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) o[a][v][e] *= corr;
+      ps[(4 * qg + a) * (FA_KT + 1) + kg] = p0;
+      ps[(4 * qg + a) * (FA_KT + 1) + kg + 16] = p1;
+    }
+    __syncthreads();
+#pragma unroll 4
+    for (int j = 0; j < FA_KT; j++) {
+      float pa[4];
+#pragma unroll
+      for (int a = 0; a < 4; a++) pa[a] = ps[(4 * qg + a) * (FA_KT + 1) + j];
+#pragma unroll
+      for (int v = 0; v < DV; v++) {
+        float4 x = *(const float4*)(vs + j * D + v * 64 + 4 * kg);
+#pragma unroll
+        for (int a = 0; a < 4; a++) {
+          o[a][v][0] += pa[a] * x.x;
+          o[a][v][1] += pa[a] * x.y;
+          o[a][v][2] += pa[a] * x.z;
+          o[a][v][3] += pa[a] * x.w;
+        }
+      }
+    }
+  }
+  bool final = gridDim.z == 1;
+#pragma unroll
+  for (int a = 0; a < 4; a++) {
+    int qi = 4 * qg + a, row = qi / GB;
+    if (row >= n) continue;
+    long long rh = (long long)(r0 + row) * H + hb * GB + qi % GB;
+    float inv = final ? 1.f / l[a] : 1.f;
+    float* dst = final ? out + rh * D : po + ((long long)z * rows * H + rh) * D;
+#pragma unroll
+    for (int v = 0; v < DV; v++)
+      *(float4*)(dst + v * 64 + 4 * kg) = make_float4(o[a][v][0] * inv, o[a][v][1] * inv, o[a][v][2] * inv, o[a][v][3] * inv);
+    if (!final && kg == 0) {
+      pml[2 * ((long long)z * rows * H + rh)] = m[a];
+      pml[2 * ((long long)z * rows * H + rh) + 1] = l[a];
+    }
+  }
+}
+
+extern "C" {
+
+__global__ void __launch_bounds__(256, 2) flash_d128(float* out, float* po, float* pml, const float* qkv, const int* tiles,
+                                                  const long long* seqs, const int* pos, int H, int KV, int GB,
+                                                  int layer, int blockLen, float scale, int split, int rows) {
+  flash_impl<128>(out, po, pml, qkv, tiles, seqs, pos, H, KV, GB, layer, blockLen, scale, split, rows);
+}
+
+__global__ void __launch_bounds__(256, 1) flash_d128_1(float* out, float* po, float* pml, const float* qkv, const int* tiles,
+                                                  const long long* seqs, const int* pos, int H, int KV, int GB,
+                                                  int layer, int blockLen, float scale, int split, int rows) {
+  flash_impl<128>(out, po, pml, qkv, tiles, seqs, pos, H, KV, GB, layer, blockLen, scale, split, rows);
+}
+
+__global__ void __launch_bounds__(256) flash_d64(float* out, float* po, float* pml, const float* qkv, const int* tiles,
+                                                 const long long* seqs, const int* pos, int H, int KV, int GB,
+                                                 int layer, int blockLen, float scale, int split, int rows) {
+  flash_impl<64>(out, po, pml, qkv, tiles, seqs, pos, H, KV, GB, layer, blockLen, scale, split, rows);
+}
+
+// attention_merge: block (row, head), D threads: out = Σ_z e^(m_z−M)·O_z / Σ_z e^(m_z−M)·l_z over
+// the nz splits' partials (splits past a row's keys have m = −inf and add nothing).
+__global__ void attention_merge(float* out, const float* po, const float* pml, int rows, int H, int D, int nz) {
+  long long rh = (long long)blockIdx.x * H + blockIdx.y;
+  int d = threadIdx.x;
+  float M = -INF;
+  for (int z = 0; z < nz; z++) M = fmaxf(M, pml[2 * ((long long)z * rows * H + rh)]);
+  float L = 0.f, acc = 0.f;
+  for (int z = 0; z < nz; z++) {
+    long long i = (long long)z * rows * H + rh;
+    float mz = pml[2 * i];
+    if (mz == -INF) continue;
+    float f = expf(mz - M);
+    L += f * pml[2 * i + 1];
+    acc += f * po[i * D + d];
+  }
+  out[rh * D + d] = acc / L;
+}
+
+}  // extern "C"
+
 extern "C" {
 
 __global__ void __launch_bounds__(128) attention_d128(float* out, const float* qkv, const int* tiles,
@@ -620,6 +823,215 @@ __global__ void lm_final(int* ids, float* logits, float* lse, const float* pval,
     pv = bv;
     pi = bi;
     if (bi < 0) pv = -INF, pi = 0x7fffffff;
+  }
+}
+
+}  // extern "C"
+
+// ---- routed experts on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulate) ----
+// Activations are split into two bf16 terms, x ≈ hi + lo with hi = bf16(x), lo = bf16(x − hi)
+// (16 significant bits), and every product is W·hi + W·lo; the bf16 weights are exact, so the
+// result matches the fp32-activation kernels to ~1e-6 relative. A and B fragments both come
+// from 16-byte loads of 8 consecutive k: lane (g = lane/4, c = lane%4) holds k0+8c..k0+8c+7 of
+// its row, and the k order inside a 32-wide chunk is permuted identically for A and B (two mma
+// per chunk), which leaves each dot product unchanged.
+
+__device__ __forceinline__ void mma_bf16(float* d, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                         unsigned b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// mma_chunk: d += A(32 k of rows g, g+8: ua, ub) · B(32 k of column g: x).
+__device__ __forceinline__ void mma_chunk(float* d, uint4 ua, uint4 ub, uint4 x) {
+  mma_bf16(d, ua.x, ub.x, ua.y, ub.y, x.x, x.y);
+  mma_bf16(d, ua.z, ub.z, ua.w, ub.w, x.z, x.w);
+}
+
+__device__ __forceinline__ uint4 ldg16(const unsigned short* p) { return __ldg((const uint4*)p); }
+
+extern "C" {
+
+// split_bf16: hi[i] = bf16(x[i]), lo[i] = bf16(x[i] − hi[i]).
+__global__ void split_bf16(unsigned short* hi, unsigned short* lo, const float* x, long long n) {
+  for (long long k = blockIdx.x * (long long)blockDim.x + threadIdx.x; k < n; k += (long long)gridDim.x * blockDim.x) {
+    float v = x[k];
+    unsigned short h = f2bf(v);
+    hi[k] = h;
+    lo[k] = f2bf(v - bf2f(h));
+  }
+}
+
+}  // extern "C"
+
+#define XM_PASS 32  // tokens per pass over an expert's weight tile (4 mma column groups)
+
+// gateup pass: 8 warps split H; warp w accumulates 16 gate rows and the matching 16 up rows
+// over its H/8 columns for NG groups of 8 entries, then the block sums the warps in order.
+template <int NG>
+__device__ __forceinline__ void gateup_pass(float* red, unsigned short* acth, unsigned short* actl,
+                                            const unsigned short* xh, const unsigned short* xl, const int* lst, int nc,
+                                            const unsigned short* gu, int H, int I, int k, int i0) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+  int kw = H >> 3;
+  long long col = (long long)w * kw + 8 * c;
+  const unsigned short* ag0 = gu + (long long)(i0 + g) * H + col;
+  const unsigned short* ag8 = ag0 + 8LL * H;
+  const unsigned short* au0 = ag0 + (long long)I * H;
+  const unsigned short* au8 = au0 + 8LL * H;
+  const unsigned short* bh[NG];
+  const unsigned short* bl[NG];
+#pragma unroll
+  for (int q = 0; q < NG; q++) {
+    int slot = min(q * 8 + g, nc - 1);
+    long long tok = lst[slot] / k;
+    bh[q] = xh + tok * H + col;
+    bl[q] = xl + tok * H + col;
+  }
+  float acc[NG][8];
+#pragma unroll
+  for (int q = 0; q < NG; q++)
+#pragma unroll
+    for (int r = 0; r < 8; r++) acc[q][r] = 0.f;
+#pragma unroll 2
+  for (int kk = 0; kk < kw; kk += 32) {
+    uint4 g0 = ldg16(ag0 + kk), g8 = ldg16(ag8 + kk), u0 = ldg16(au0 + kk), u8 = ldg16(au8 + kk);
+#pragma unroll
+    for (int q = 0; q < NG; q++) {
+      uint4 h = ldg16(bh[q] + kk), l = ldg16(bl[q] + kk);
+      mma_chunk(acc[q], g0, g8, h);
+      mma_chunk(acc[q], g0, g8, l);
+      mma_chunk(acc[q] + 4, u0, u8, h);
+      mma_chunk(acc[q] + 4, u0, u8, l);
+    }
+  }
+  __syncthreads();  // red is free (previous pass done)
+#pragma unroll
+  for (int q = 0; q < NG; q++)
+#pragma unroll
+    for (int r = 0; r < 8; r++) red[(w * 32 + q * 8 + r) * 32 + lane] = acc[q][r];
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < NG * 8 * 16; idx += blockDim.x) {
+    int il = idx & 15, slot = idx >> 4;
+    if (slot >= nc) continue;
+    int q = slot >> 3, cl = slot & 7, r = (il >> 3) * 2 + (cl & 1), ln = (il & 7) * 4 + (cl >> 1);
+    float sg = 0.f, su = 0.f;
+#pragma unroll
+    for (int ww = 0; ww < 8; ww++) {
+      sg += red[(ww * 32 + q * 8 + r) * 32 + ln];
+      su += red[(ww * 32 + q * 8 + 4 + r) * 32 + ln];
+    }
+    float a = silu(sg) * su;
+    long long o = (long long)lst[slot] * I + i0 + il;
+    unsigned short hi = f2bf(a);
+    acth[o] = hi;
+    actl[o] = f2bf(a - bf2f(hi));
+  }
+}
+
+extern "C" {
+
+// expert_gateup_mma: block (e, tile of 16 i's), 256 threads. For every entry routed to e:
+//   act[entry, i] = silu(G_e[i,:]·x[t,:]) · (U_e[i,:]·x[t,:]), t = entry / k, stored as hi/lo bf16.
+// H a multiple of 256, I of 16.
+__global__ void __launch_bounds__(256, 2) expert_gateup_mma(unsigned short* acth, unsigned short* actl,
+                                                            const unsigned short* xh, const unsigned short* xl,
+                                                            const int* offsets, const int* list,
+                                                            const unsigned long long* table, int H, int I, int k) {
+  __shared__ float red[8 * 32 * 32];
+  int e = blockIdx.x;
+  int b0 = offsets[e], n = offsets[e + 1] - b0;
+  if (n == 0) return;
+  const unsigned short* gu = (const unsigned short*)table[2 * e];
+  int i0 = blockIdx.y * 16;
+  for (int p0 = 0; p0 < n; p0 += XM_PASS) {
+    int nc = min(XM_PASS, n - p0);
+    const int* lst = list + b0 + p0;
+    if (nc <= 8) gateup_pass<1>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
+    else if (nc <= 16) gateup_pass<2>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
+    else gateup_pass<4>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
+  }
+}
+
+}  // extern "C"
+
+// down pass: 4 warps split I; warp w accumulates 32 h rows (two m16 tiles) over its I/4 columns.
+template <int NG>
+__device__ __forceinline__ void down_pass(float* red, float* ys, const unsigned short* acth, const unsigned short* actl,
+                                          const float* weights, const int* lst, int nc, const unsigned short* dn, int H,
+                                          int I, int h0) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+  int kw = I >> 2;
+  long long col = (long long)w * kw + 8 * c;
+  const unsigned short* a0 = dn + (long long)(h0 + g) * I + col;
+  const unsigned short* a8 = a0 + 8LL * I;
+  const unsigned short* a16 = a0 + 16LL * I;
+  const unsigned short* a24 = a0 + 24LL * I;
+  const unsigned short* bh[NG];
+  const unsigned short* bl[NG];
+#pragma unroll
+  for (int q = 0; q < NG; q++) {
+    long long ent = lst[min(q * 8 + g, nc - 1)];
+    bh[q] = acth + ent * I + col;
+    bl[q] = actl + ent * I + col;
+  }
+  float acc[NG][8];
+#pragma unroll
+  for (int q = 0; q < NG; q++)
+#pragma unroll
+    for (int r = 0; r < 8; r++) acc[q][r] = 0.f;
+#pragma unroll 2
+  for (int kk = 0; kk < kw; kk += 32) {
+    uint4 w0 = ldg16(a0 + kk), w8 = ldg16(a8 + kk), w16 = ldg16(a16 + kk), w24 = ldg16(a24 + kk);
+#pragma unroll
+    for (int q = 0; q < NG; q++) {
+      uint4 h = ldg16(bh[q] + kk), l = ldg16(bl[q] + kk);
+      mma_chunk(acc[q], w0, w8, h);
+      mma_chunk(acc[q], w0, w8, l);
+      mma_chunk(acc[q] + 4, w16, w24, h);
+      mma_chunk(acc[q] + 4, w16, w24, l);
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int q = 0; q < NG; q++)
+#pragma unroll
+    for (int r = 0; r < 8; r++) red[(w * 32 + q * 8 + r) * 32 + lane] = acc[q][r];
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < NG * 8 * 32; idx += blockDim.x) {
+    int hl = idx & 31, slot = idx >> 5;
+    if (slot >= nc) continue;
+    int m = hl >> 4, il = hl & 15;
+    int q = slot >> 3, cl = slot & 7, r = m * 4 + (il >> 3) * 2 + (cl & 1), ln = (il & 7) * 4 + (cl >> 1);
+    float s = 0.f;
+#pragma unroll
+    for (int ww = 0; ww < 4; ww++) s += red[(ww * 32 + q * 8 + r) * 32 + ln];
+    int ent = lst[slot];
+    ys[(long long)ent * H + h0 + hl] = weights[ent] * s;
+  }
+}
+
+extern "C" {
+
+// expert_down_mma: block (e, tile of 32 h's), 128 threads. For every entry routed to e:
+//   ys[entry, h] = weights[entry] · (D_e[h,:]·act[entry,:]). I a multiple of 128, H of 32.
+__global__ void __launch_bounds__(128, 4) expert_down_mma(float* ys, const unsigned short* acth,
+                                                          const unsigned short* actl, const float* weights,
+                                                          const int* offsets, const int* list,
+                                                          const unsigned long long* table, int H, int I) {
+  __shared__ float red[4 * 32 * 32];
+  int e = blockIdx.x;
+  int b0 = offsets[e], n = offsets[e + 1] - b0;
+  if (n == 0) return;
+  const unsigned short* dn = (const unsigned short*)table[2 * e + 1];
+  int h0 = blockIdx.y * 32;
+  for (int p0 = 0; p0 < n; p0 += XM_PASS) {
+    int nc = min(XM_PASS, n - p0);
+    const int* lst = list + b0 + p0;
+    if (nc <= 8) down_pass<1>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
+    else if (nc <= 16) down_pass<2>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
+    else down_pass<4>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
   }
 }
 

@@ -18,11 +18,11 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" != "--remote" ]]; then
 	set -e
 	mkdir -p bin
-	CGO_ENABLED=0 go test -c -o bin/cuda.test ./kernels/cuda
-	CGO_ENABLED=1 go test -c -o bin/nvml.test ./kernels/cuda/nvml
-	CGO_ENABLED=0 go test -c -o bin/model.test ./model
-	CGO_ENABLED=0 go test -c -o bin/engine.test ./engine
-	CGO_ENABLED=1 go build -o bin/dlmesh ./cmd/dlmesh
+	CGO_ENABLED=0 go test -c -ldflags='-s -w' -trimpath -o bin/cuda.test ./kernels/cuda
+	CGO_ENABLED=1 go test -c -ldflags='-s -w' -trimpath -o bin/nvml.test ./kernels/cuda/nvml
+	CGO_ENABLED=0 go test -c -ldflags='-s -w' -trimpath -o bin/model.test ./model
+	CGO_ENABLED=0 go test -c -ldflags='-s -w' -trimpath -o bin/engine.test ./engine
+	CGO_ENABLED=1 go build -ldflags='-s -w' -trimpath -o bin/dlmesh ./cmd/dlmesh
 	echo "built bin/{cuda,nvml,model,engine}.test bin/dlmesh; on the device machine: bash scripts/gpu-check.sh --remote"
 	exit 0
 fi

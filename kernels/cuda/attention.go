@@ -8,8 +8,9 @@ import (
 	"github.com/dlmesh/dlmesh/kernels"
 )
 
-// attnTileRows is ATT_QT of llada2.cu: query rows of one sequence per attention block.
-const attnTileRows = 8
+// attnTileRows: query rows of one sequence per attention block (FA_QN / 4 of llada2.cu, so a
+// block holds at most 64 query vectors with up to 4 q heads per kv head).
+const attnTileRows = 16
 
 // batchDev is Batch.Storage: the step metadata on the device, in one buffer.
 type batchDev struct {
@@ -143,7 +144,9 @@ func (b *Backend) batchDev(op string, batch *kernels.Batch) (*batchDev, error) {
 }
 
 // Attention implements kernels.Backend: kv_write stores the step's k and v heads into the caches,
-// then one block per (tile of ≤ 8 rows, q head) runs the block-causal online-softmax attention.
+// then one block per (tile of ≤ 16 rows, group of ≤ 4 q heads of one kv head, key split) runs the
+// block-causal online-softmax attention over its keys (flash_d64/flash_d128, every K/V tile shared
+// by the group's heads), and attention_merge combines the splits when there are several.
 func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, layer int, p kernels.AttnParams) error {
 	const op = "attention"
 	return b.do(func() error {
@@ -161,9 +164,9 @@ func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, laye
 		kern := ""
 		switch p.HeadDim {
 		case 64:
-			kern = "attention_d64"
+			kern = "flash_d64"
 		case 128:
-			kern = "attention_d128"
+			kern = flashD128
 		default:
 			return fmt.Errorf("%s: head dim %d (64 or 128): %w", op, p.HeadDim, kernels.ErrUnsupported)
 		}
@@ -177,8 +180,63 @@ func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, laye
 			return err
 		}
 		scale := float32(1 / math.Sqrt(float64(p.HeadDim)))
-		a = b.args.reset().ptr(ptrOf(out)).ptr(ptrOf(qkv)).ptr(bd.tiles).ptr(bd.seqs).ptr(bd.pos).i32(p.Heads).i32(p.KVHeads).
-			i32(layer).i32(p.BlockLen).f32(scale)
-		return b.launch(kern, dim3{uint32(bd.nTiles), uint32(p.Heads), 1}, dim3{128, 1, 1}, 0, a)
+		gb := attnHeadGroup(p.Heads / p.KVHeads)
+		maxKeys := 0
+		for _, s := range batch.Seqs {
+			maxKeys = max(maxKeys, s.Pos+s.Len)
+		}
+		split, nz := attnSplit(bd.nTiles*(p.Heads/gb), maxKeys)
+		var po, pml uintptr
+		if nz > 1 {
+			n := batch.Rows * p.Heads
+			s, err := b.scratchBuf("attention.partials", 4*nz*n*(p.HeadDim+2))
+			if err != nil {
+				return err
+			}
+			po, pml = s.ptr, s.ptr+uintptr(4*nz*n*p.HeadDim)
+		}
+		D := p.HeadDim
+		smem := 4 * (attnQN*(D+4) + attnKT*(D+4) + attnKT*D + attnQN*(attnKT+1))
+		if err := b.allowSmem(kern, smem); err != nil {
+			return err
+		}
+		a = b.args.reset().ptr(ptrOf(out)).ptr(po).ptr(pml).ptr(ptrOf(qkv)).ptr(bd.tiles).ptr(bd.seqs).ptr(bd.pos).i32(p.Heads).i32(p.KVHeads).
+			i32(gb).i32(layer).i32(p.BlockLen).f32(scale).i32(split).i32(batch.Rows)
+		if err := b.launch(kern, dim3{uint32(bd.nTiles), uint32(p.Heads / gb), uint32(nz)}, dim3{256, 1, 1}, smem, a); err != nil {
+			return err
+		}
+		if nz == 1 {
+			return nil
+		}
+		a = b.args.reset().ptr(ptrOf(out)).ptr(po).ptr(pml).i32(batch.Rows).i32(p.Heads).i32(D).i32(nz)
+		return b.launch("attention_merge", dim3{uint32(batch.Rows), uint32(p.Heads), 1}, dim3{uint32(D), 1, 1}, 0, a)
 	})
+}
+
+// flashD128 is the head-dim-128 kernel: flash_d128 (2 blocks per SM, 128 registers) or
+// flash_d128_1 (1 block per SM, no register cap); the benchmarks compare them.
+var flashD128 = "flash_d128"
+
+// FA_QN and FA_KT of llada2.cu: query vectors per block, keys per tile.
+const attnQN, attnKT = 64, 32
+
+// attnHeadGroup: q heads of one kv group per block (4, 2 or 1; tiles of 16 rows × ≤ 4 heads).
+func attnHeadGroup(g int) int {
+	switch {
+	case g%4 == 0:
+		return 4
+	case g%2 == 0:
+		return 2
+	}
+	return 1
+}
+
+// attnSplit picks the keys per block (a multiple of the 32-key tile, at least 64) and the number
+// of splits: as many splits as keep the grid near 1024 blocks, so short batches still fill the GPU.
+func attnSplit(blocks, maxKeys int) (split, nz int) {
+	split = 2 * attnKT
+	for blocks*((maxKeys+split-1)/split) > 1024 && split < maxKeys {
+		split *= 2
+	}
+	return split, max(1, (maxKeys+split-1)/split)
 }

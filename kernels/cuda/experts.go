@@ -183,10 +183,6 @@ func (b *Backend) ExpertsFFN(dst, x, ids, weights *kernels.Tensor, set *kernels.
 		if err != nil {
 			return err
 		}
-		act, err := b.scratchBuf("experts.act", 4*N*I)
-		if err != nil {
-			return err
-		}
 		ys, err := b.scratchBuf("experts.ys", 4*N*H)
 		if err != nil {
 			return err
@@ -196,8 +192,15 @@ func (b *Backend) ExpertsFFN(dst, x, ids, weights *kernels.Tensor, set *kernels.
 		if err := b.launch("route_group", grid1(1), dim3{1024, 1, 1}, 8*E, a); err != nil {
 			return err
 		}
+		if H%256 == 0 && I%128 == 0 {
+			return b.expertsMMA(dst, x, ids, weights, st, offsets, list, ys.ptr, T, H, I, k, E, N)
+		}
 		sm := 4 * expNT * H
 		if err := b.allowSmem("expert_gateup", sm); err != nil {
+			return err
+		}
+		act, err := b.scratchBuf("experts.act", 4*N*I)
+		if err != nil {
 			return err
 		}
 		a = b.args.reset().ptr(act.ptr).ptr(ptrOf(x)).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I).i32(k)
@@ -238,4 +241,36 @@ func (b *Backend) allowSmem(name string, n int) error {
 	}
 	b.smem[key] = n
 	return nil
+}
+
+// expertsMMA is ExpertsFFN on the tensor cores (H a multiple of 256, I of 128): split_bf16
+// writes x as hi + lo bf16 terms, expert_gateup_mma (block: expert × 16 i's, warps splitting H)
+// writes the activations as hi + lo terms, expert_down_mma (block: expert × 32 h's, warps
+// splitting I) the weighted expert outputs, and expert_combine sums each token's choices in order.
+// Each touched expert's weights are read once per 32 of its entries (once at batch 1).
+func (b *Backend) expertsMMA(dst, x, ids, weights *kernels.Tensor, st *setTable, offsets, list, ys uintptr, T, H, I, k, E, N int) error {
+	xs, err := b.scratchBuf("experts.x16", 4*T*H)
+	if err != nil {
+		return err
+	}
+	as, err := b.scratchBuf("experts.act16", 4*N*I)
+	if err != nil {
+		return err
+	}
+	xh, xl := xs.ptr, xs.ptr+uintptr(2*T*H)
+	ah, al := as.ptr, as.ptr+uintptr(2*N*I)
+	a := b.args.reset().ptr(xh).ptr(xl).ptr(ptrOf(x)).u64(uint64(T * H))
+	if err := b.launch("split_bf16", gridFor(T*H, 256), dim3{256, 1, 1}, 0, a); err != nil {
+		return err
+	}
+	a = b.args.reset().ptr(ah).ptr(al).ptr(xh).ptr(xl).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I).i32(k)
+	if err := b.launch("expert_gateup_mma", dim3{uint32(E), uint32(I / 16), 1}, dim3{256, 1, 1}, 0, a); err != nil {
+		return err
+	}
+	a = b.args.reset().ptr(ys).ptr(ah).ptr(al).ptr(ptrOf(weights)).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I)
+	if err := b.launch("expert_down_mma", dim3{uint32(E), uint32(H / 32), 1}, dim3{128, 1, 1}, 0, a); err != nil {
+		return err
+	}
+	a = b.args.reset().ptr(ptrOf(dst)).ptr(ys).ptr(ptrOf(ids)).ptr(st.buf.ptr).i32(H).i32(k).i32(E)
+	return b.launch("expert_combine", grid1(T), dim3{256, 1, 1}, 0, a)
 }
