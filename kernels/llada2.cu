@@ -141,7 +141,7 @@ __global__ void qknorm_rope(float* qkv, const void* qw, const void* kw, int wdt,
 }
 
 // Sequence metadata of a step (uploaded by NewBatch): per sequence 4 int64
-// {cache pointer, cache capacity, Pos, Len}; per row its sequence; attention tiles of ≤ ATT_QT
+// {cache pointer, cache capacity, Pos, Len}; per row its sequence; attention tiles of ≤ 16
 // rows of one sequence as int3 {seq, first row, rows}.
 
 // kv_write: cache[layer, 0, kh, pos[t], :] = k head kh of row t; likewise v (cache [L,2,KV,cap,D]).
@@ -162,96 +162,10 @@ __global__ void kv_write(const float* qkv, const int* rowSeq, const long long* s
   }
 }
 
-#define ATT_QT 8   // query rows per block (4 warps × 2 rows)
-#define ATT_KT 32  // keys per shared-memory tile (one per lane)
-
-// attention: one block per (tile, q head h), 128 threads. For each row t at position p:
-//   out[t, h·D:(h+1)·D] = Σ_j softmax_j(q·K_j/√D)·V_j, j < min(Pos+Len, (p/BL+1)·BL),
-// K, V of kv head h/(H/KV) from the cache. One pass over the keys with an online softmax in
-// fp32; scores never leave registers.
 }  // extern "C"
 
-template <int DPL>
-__device__ void attention_impl(float* out, const float* qkv, const int* tiles, const long long* seqs, const int* pos,
-                               int H, int KV, int layer, int blockLen, float scale) {
-  const int D = DPL * 32;
-  __shared__ float qs[ATT_QT][DPL * 32];
-  __shared__ float ks[ATT_KT][DPL * 32 + 1];
-  __shared__ float vs[ATT_KT][DPL * 32];
-  int s = tiles[3 * blockIdx.x], r0 = tiles[3 * blockIdx.x + 1], n = tiles[3 * blockIdx.x + 2];
-  int h = blockIdx.y, kh = h / (H / KV);
-  const float* cache = (const float*)seqs[4 * s];
-  long long cap = seqs[4 * s + 1];
-  long long P0 = seqs[4 * s + 2], L = seqs[4 * s + 3];
-  long long qc = (long long)(H + 2 * KV) * D;
-  int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-  for (int i = tid; i < ATT_QT * D; i += blockDim.x) {
-    int r = i / D, d = i % D;
-    qs[r][d] = r < n ? qkv[(r0 + r) * qc + (long long)h * D + d] * scale : 0.f;
-  }
-  long long lim[2];
-  float m[2], l[2], acc[2][DPL];
-#pragma unroll
-  for (int rr = 0; rr < 2; rr++) {
-    int r = w + 4 * rr;
-    long long p = r < n ? pos[r0 + r] : 0;
-    long long bl = (p / blockLen + 1) * blockLen;
-    lim[rr] = r < n ? (bl < P0 + L ? bl : P0 + L) : 0;
-    m[rr] = -INF;
-    l[rr] = 0.f;
-#pragma unroll
-    for (int e = 0; e < DPL; e++) acc[rr][e] = 0.f;
-  }
-  long long plast = pos[r0 + n - 1];
-  long long kmax = (plast / blockLen + 1) * blockLen;
-  if (kmax > P0 + L) kmax = P0 + L;
-  if (kmax > cap) kmax = cap;
-  const float* K = cache + ((long long)layer * 2 * KV + kh) * cap * D;
-  const float* V = cache + ((long long)(layer * 2 + 1) * KV + kh) * cap * D;
-  for (long long j0 = 0; j0 < kmax; j0 += ATT_KT) {
-    __syncthreads();
-    for (int i = tid; i < ATT_KT * D; i += blockDim.x) {
-      int j = i / D, d = i % D;
-      bool ok = j0 + j < kmax;
-      ks[j][d] = ok ? K[(j0 + j) * D + d] : 0.f;
-      vs[j][d] = ok ? V[(j0 + j) * D + d] : 0.f;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-      int r = w + 4 * rr;
-      if (r >= n || j0 >= lim[rr]) continue;  // warp-uniform
-      float sc = 0.f;
-#pragma unroll 8
-      for (int d = 0; d < D; d++) sc += qs[r][d] * ks[lane][d];
-      if (j0 + lane >= lim[rr]) sc = -INF;
-      float mt = warp_max(sc);
-      float mn = fmaxf(m[rr], mt);
-      float corr = expf(m[rr] - mn);
-      float pj = expf(sc - mn);
-      l[rr] = l[rr] * corr + warp_sum(pj);
-#pragma unroll
-      for (int e = 0; e < DPL; e++) acc[rr][e] *= corr;
-      for (int jj = 0; jj < ATT_KT; jj++) {
-        float pb = __shfl_sync(0xffffffffu, pj, jj);
-#pragma unroll
-        for (int e = 0; e < DPL; e++) acc[rr][e] += pb * vs[jj][lane + 32 * e];
-      }
-      m[rr] = mn;
-    }
-  }
-#pragma unroll
-  for (int rr = 0; rr < 2; rr++) {
-    int r = w + 4 * rr;
-    if (r >= n) continue;
-    float inv = 1.f / l[rr];
-#pragma unroll
-    for (int e = 0; e < DPL; e++) out[(long long)(r0 + r) * H * D + (long long)h * D + lane + 32 * e] = acc[rr][e] * inv;
-  }
-}
-
 // ---- split-key attention (flash-decoding) ----
-// Block (tile of ≤ FA_ROWS rows of one sequence, group of GB q heads sharing one kv head, key
+// Block (tile of ≤ 16 rows of one sequence, group of GB q heads sharing one kv head, key
 // split z): the block's FA_QN = 64 query vectors (row-major over (row, head)) share every K/V
 // tile it loads; it covers keys [z·split, min((z+1)·split, kmax)) with an online softmax in fp32
 // and writes, when the grid has one split, out = Σ p·V / Σ p, else its unnormalised Σ p·V and
@@ -420,12 +334,6 @@ __global__ void __launch_bounds__(256, 2) flash_d128(float* out, float* po, floa
   flash_impl<128>(out, po, pml, qkv, tiles, seqs, pos, H, KV, GB, layer, blockLen, scale, split, rows);
 }
 
-__global__ void __launch_bounds__(256, 1) flash_d128_1(float* out, float* po, float* pml, const float* qkv, const int* tiles,
-                                                  const long long* seqs, const int* pos, int H, int KV, int GB,
-                                                  int layer, int blockLen, float scale, int split, int rows) {
-  flash_impl<128>(out, po, pml, qkv, tiles, seqs, pos, H, KV, GB, layer, blockLen, scale, split, rows);
-}
-
 __global__ void __launch_bounds__(256) flash_d64(float* out, float* po, float* pml, const float* qkv, const int* tiles,
                                                  const long long* seqs, const int* pos, int H, int KV, int GB,
                                                  int layer, int blockLen, float scale, int split, int rows) {
@@ -449,22 +357,6 @@ __global__ void attention_merge(float* out, const float* po, const float* pml, i
     acc += f * po[i * D + d];
   }
   out[rh * D + d] = acc / L;
-}
-
-}  // extern "C"
-
-extern "C" {
-
-__global__ void __launch_bounds__(128) attention_d128(float* out, const float* qkv, const int* tiles,
-                                                      const long long* seqs, const int* pos, int H, int KV, int layer,
-                                                      int blockLen, float scale) {
-  attention_impl<4>(out, qkv, tiles, seqs, pos, H, KV, layer, blockLen, scale);
-}
-
-__global__ void __launch_bounds__(128) attention_d64(float* out, const float* qkv, const int* tiles,
-                                                     const long long* seqs, const int* pos, int H, int KV, int layer,
-                                                     int blockLen, float scale) {
-  attention_impl<2>(out, qkv, tiles, seqs, pos, H, KV, layer, blockLen, scale);
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }

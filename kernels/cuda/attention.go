@@ -166,7 +166,7 @@ func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, laye
 		case 64:
 			kern = "flash_d64"
 		case 128:
-			kern = flashD128
+			kern = "flash_d128"
 		default:
 			return fmt.Errorf("%s: head dim %d (64 or 128): %w", op, p.HeadDim, kernels.ErrUnsupported)
 		}
@@ -212,10 +212,6 @@ func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, laye
 		return b.launch("attention_merge", dim3{uint32(batch.Rows), uint32(p.Heads), 1}, dim3{uint32(D), 1, 1}, 0, a)
 	})
 }
-
-// flashD128 is the head-dim-128 kernel: flash_d128 (2 blocks per SM, 128 registers) or
-// flash_d128_1 (1 block per SM, no register cap); the benchmarks compare them.
-var flashD128 = "flash_d128"
 
 // FA_QN and FA_KT of llada2.cu: query vectors per block, keys per tile.
 const attnQN, attnKT = 64, 32

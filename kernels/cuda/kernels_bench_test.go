@@ -110,41 +110,29 @@ func BenchmarkQKNormRoPE(b *testing.B) {
 }
 
 // BenchmarkAttention: seqs sequences of 32 rows after a ctx-token context (8 layers' cache,
-// layer 7), as in one denoising step of the mini model; kern=1 is flash_d128_1.
+// layer 7), as in one denoising step of the mini model.
 func BenchmarkAttention(b *testing.B) {
 	be := gpu(b)
 	p := miniAttn()
 	for _, ctx := range []int{512, 4096} {
 		for _, seqs := range []int{1, 8, 32} {
-			for _, kern := range []string{"flash_d128", "flash_d128_1"} {
-				if kern != "flash_d128" && seqs == 8 {
-					continue
-				}
-				name := fmt.Sprintf("T=%d/ctx=%d", 32*seqs, ctx)
-				if kern != "flash_d128" {
-					name += "/kern=1"
-				}
-				b.Run(name, func(b *testing.B) {
-					var ks []kernels.Seq
-					for i := 0; i < seqs; i++ {
-						cache, err := be.NewCache(8, ctx+32, p)
-						must(b, err)
-						defer be.Free(cache)
-						must(b, be.FillRandom(cache, uint64(3+i), 1))
-						ks = append(ks, kernels.Seq{Row: 32 * i, Len: 32, Pos: ctx, Cache: cache})
-					}
-					batch, err := be.NewBatch(ks)
+			b.Run(fmt.Sprintf("T=%d/ctx=%d", 32*seqs, ctx), func(b *testing.B) {
+				var ks []kernels.Seq
+				for i := 0; i < seqs; i++ {
+					cache, err := be.NewCache(8, ctx+32, p)
 					must(b, err)
-					defer be.FreeBatch(batch)
-					qkv := rnd(b, be, kernels.F32, 1, 32*seqs, p.QKVCols())
-					o := rnd(b, be, kernels.F32, 1, 32*seqs, p.Heads*p.HeadDim)
-					kvBytes := float64(seqs * 2 * p.KVHeads * (ctx + 32) * p.HeadDim * 4)
-					old := flashD128
-					flashD128 = kern
-					defer func() { flashD128 = old }()
-					timeOp(b, be, kvBytes, func() error { return be.Attention(o, qkv, batch, 7, p) })
-				})
-			}
+					defer be.Free(cache)
+					must(b, be.FillRandom(cache, uint64(3+i), 1))
+					ks = append(ks, kernels.Seq{Row: 32 * i, Len: 32, Pos: ctx, Cache: cache})
+				}
+				batch, err := be.NewBatch(ks)
+				must(b, err)
+				defer be.FreeBatch(batch)
+				qkv := rnd(b, be, kernels.F32, 1, 32*seqs, p.QKVCols())
+				o := rnd(b, be, kernels.F32, 1, 32*seqs, p.Heads*p.HeadDim)
+				kvBytes := float64(seqs * 2 * p.KVHeads * (ctx + 32) * p.HeadDim * 4)
+				timeOp(b, be, kvBytes, func() error { return be.Attention(o, qkv, batch, 7, p) })
+			})
 		}
 	}
 }
