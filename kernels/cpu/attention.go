@@ -269,6 +269,8 @@ func (b *Backend) Attention(out, qkv *kernels.Tensor, bt *kernels.Batch, layer i
 
 // attendRow computes dst = Σ_j softmax_j(q·k_j·scale)·v_j over n keys (rows of D = len(q)),
 // with the scores in scratch (≥ n floats) and the weighted sum accumulated in float32.
+//
+//go:norace
 func attendRow(dst, q, keys, vals []float32, n int, scale float32, scratch []float32) {
 	D := len(q)
 	clear(dst)

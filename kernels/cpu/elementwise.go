@@ -89,6 +89,8 @@ func (b *Backend) RMSNorm(dst, x, w *kernels.Tensor, eps float32) error {
 }
 
 // rmsRow is one row of RMSNorm: dst = w ⊙ (x · rsqrt(mean(x²) + eps)); dst may be x.
+//
+//go:norace
 func rmsRow(dst, x, w []float32, eps float32) {
 	var ss float64
 	for _, v := range x {
@@ -136,6 +138,8 @@ func (b *Backend) SwiGLU(dst, gu *kernels.Tensor) error {
 }
 
 // swigluRow computes dst[i] = silu(gu[i])·gu[I+i] for I = len(dst).
+//
+//go:norace
 func swigluRow(dst, gu []float32) {
 	I := len(dst)
 	g, u := gu[:I], gu[I:2*I]

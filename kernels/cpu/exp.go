@@ -5,6 +5,8 @@ import "math"
 // expNonPos is exp(x) for x ≤ 0 (NaN propagates), with a relative error below 1e-10: enough
 // for float32 log-sum-exps and several times cheaper than math.Exp. x = n·ln2 + r with
 // |r| ≤ ln2/2, exp(r) by its Taylor polynomial of degree 9, scaled by 2^n.
+//
+//go:norace
 func expNonPos(x float64) float64 {
 	if !(x > -708) { // underflow to 0 (also -Inf); NaN falls through to math.Exp
 		if x != x {

@@ -64,6 +64,8 @@ func (m *mat) rowsF32(r0, r1 int, buf []float32) []float32 {
 }
 
 // widen converts little-endian BF16/F16 bytes src into dst (len(src) = 2·len(dst)).
+//
+//go:norace
 func widen(dt kernels.DType, dst []float32, src []byte) {
 	if len(dst) == 0 {
 		return
@@ -185,6 +187,8 @@ func matmulSerial(dst, x []float32, T int, w mat, buf []float32) {
 // The micro-kernel takes 2 x rows × 3 weight rows (six accumulators: as many as the Go
 // compiler keeps in registers without spilling on amd64). Every path sums each dot product in
 // the same order, so a result does not depend on the tiling or the number of workers.
+//
+//go:norace
 func gemmTile(dst []float32, ldd, n0 int, x []float32, T, K int, wt []float32, nb int) {
 	t := 0
 	for ; t+2 <= T; t += 2 {
@@ -214,6 +218,8 @@ func gemmTile(dst []float32, ldd, n0 int, x []float32, T, K int, wt []float32, n
 }
 
 // dot2x3 returns the dot products of x rows u, v with weight rows w0, w1, w2.
+//
+//go:norace
 func dot2x3(u, v, w0, w1, w2 []float32) (a0, a1, a2, c0, c1, c2 float32) {
 	n := len(u)
 	v, w0, w1, w2 = v[:n], w0[:n], w1[:n], w2[:n]
@@ -231,6 +237,8 @@ func dot2x3(u, v, w0, w1, w2 []float32) (a0, a1, a2, c0, c1, c2 float32) {
 }
 
 // dot2x1 returns the dot products of u and v with w.
+//
+//go:norace
 func dot2x1(u, v, w []float32) (a, c float32) {
 	n := len(u)
 	v, w = v[:n], w[:n]
@@ -243,6 +251,8 @@ func dot2x1(u, v, w []float32) (a, c float32) {
 }
 
 // dot1x4 returns the dot products of u with w0..w3.
+//
+//go:norace
 func dot1x4(u, w0, w1, w2, w3 []float32) (a0, a1, a2, a3 float32) {
 	n := len(u)
 	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
@@ -257,6 +267,8 @@ func dot1x4(u, w0, w1, w2, w3 []float32) (a0, a1, a2, a3 float32) {
 
 // dot returns Σ u[k]·w[k], summed in the same order as the multi-row kernels, so that a logit
 // does not depend on where its row fell in a tile (or on the number of workers).
+//
+//go:norace
 func dot(u, w []float32) float32 {
 	w = w[:len(u)]
 	var s float32
