@@ -19,9 +19,6 @@ import (
 // TestMeshMatchesReference runs the nine fixture cases one at a time through gateway → attnd →
 // two expertd groups over loopback gRPC.
 func TestMeshMatchesReference(t *testing.T) {
-	if raceEnabled {
-		t.Skip("fixture parity takes about an hour under -race on the CPU backend; the normal build checks it (TestMeshRaceConcurrentShort covers the race build)")
-	}
 	f := loadGenCases(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
@@ -42,9 +39,6 @@ func TestMeshMatchesReference(t *testing.T) {
 // TestMeshConcurrentStreams runs the nine cases (three prompts × three modes) as concurrent
 // streams: every attnd step carries several sessions at different positions and parameters.
 func TestMeshConcurrentStreams(t *testing.T) {
-	if raceEnabled {
-		t.Skip("fixture parity takes about an hour under -race on the CPU backend; the normal build checks it (TestMeshRaceConcurrentShort covers the race build)")
-	}
 	f := loadGenCases(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
@@ -96,9 +90,6 @@ func TestMeshCancelFreesSession(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	req, after := request(f.Cases[2], "cancel"), request(f.Cases[0], "after")
-	if raceEnabled {
-		req, after = shortRequest("q", 16, 4, "cancel"), shortRequest("s", 8, 4, "after")
-	}
 	steps := 0
 	_, err := c.Generate(ctx, req, func(ev *pb.GenerateEvent) error {
 		if ev.GetStep() != nil {
@@ -120,13 +111,10 @@ func TestMeshCancelFreesSession(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if raceEnabled {
-		return
-	}
 	checkCase(t, f, f.Cases[0], s)
 }
 
-// shortRequest is a request of a few small blocks, for the race build.
+// shortRequest is a request of a few small blocks (block lengths other than the model's).
 func shortRequest(mode string, gen, block int32, id string) *pb.GenerateRequest {
 	return &pb.GenerateRequest{RequestId: id, Input: &pb.GenerateRequest_Prompt{Prompt: "func Reverse(s string) string {"},
 		Params: &pb.DecodeParams{Mode: mode, GenLength: gen, BlockLength: block}}
