@@ -281,7 +281,8 @@ func (e *events) on(ev engine.Event) {
 			e.block, e.blockStep = block, 0
 		}
 		e.blockStep++
-		out := &pb.StepEvent{Block: int32(block), Step: int32(e.blockStep), MaskedBefore: int32(st.MaskedBefore), StepMs: float32(st.StepMs)}
+		out := &pb.StepEvent{Block: int32(block), Step: int32(e.blockStep), MaskedBefore: int32(st.MaskedBefore), StepMs: float32(st.StepMs),
+			BlockStart: int32(st.BlockLo - st.PromptLen), BlockLength: int32(len(st.Tokens))}
 		unmasked, edited := 0, 0
 		for _, c := range st.Changes {
 			kind := pb.TokenChange_KIND_UNMASK

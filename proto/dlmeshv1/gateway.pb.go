@@ -520,7 +520,11 @@ type StepEvent struct {
 	// Masked positions of the block before this step.
 	MaskedBefore int32 `protobuf:"varint,4,opt,name=masked_before,json=maskedBefore,proto3" json:"masked_before,omitempty"`
 	// Wall time of the step in milliseconds.
-	StepMs        float32 `protobuf:"fixed32,5,opt,name=step_ms,json=stepMs,proto3" json:"step_ms,omitempty"`
+	StepMs float32 `protobuf:"fixed32,5,opt,name=step_ms,json=stepMs,proto3" json:"step_ms,omitempty"`
+	// The block's first position relative to the generation start (negative when the block
+	// begins inside the prompt) and its length: what a live view needs to draw the block.
+	BlockStart    int32 `protobuf:"varint,6,opt,name=block_start,json=blockStart,proto3" json:"block_start,omitempty"`
+	BlockLength   int32 `protobuf:"varint,7,opt,name=block_length,json=blockLength,proto3" json:"block_length,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -586,6 +590,20 @@ func (x *StepEvent) GetMaskedBefore() int32 {
 func (x *StepEvent) GetStepMs() float32 {
 	if x != nil {
 		return x.StepMs
+	}
+	return 0
+}
+
+func (x *StepEvent) GetBlockStart() int32 {
+	if x != nil {
+		return x.BlockStart
+	}
+	return 0
+}
+
+func (x *StepEvent) GetBlockLength() int32 {
+	if x != nil {
+		return x.BlockLength
 	}
 	return 0
 }
@@ -941,13 +959,16 @@ const file_dlmesh_v1_gateway_proto_rawDesc = "" +
 	"\x04step\x18\x01 \x01(\v2\x14.dlmesh.v1.StepEventH\x00R\x04step\x12-\n" +
 	"\x05block\x18\x02 \x01(\v2\x15.dlmesh.v1.BlockEventH\x00R\x05block\x12-\n" +
 	"\x05final\x18\x03 \x01(\v2\x15.dlmesh.v1.FinalEventH\x00R\x05finalB\a\n" +
-	"\x05event\"\xa5\x01\n" +
+	"\x05event\"\xe9\x01\n" +
 	"\tStepEvent\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x05R\x05block\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x05R\x04step\x120\n" +
 	"\achanges\x18\x03 \x03(\v2\x16.dlmesh.v1.TokenChangeR\achanges\x12#\n" +
 	"\rmasked_before\x18\x04 \x01(\x05R\fmaskedBefore\x12\x17\n" +
-	"\astep_ms\x18\x05 \x01(\x02R\x06stepMs\"\xd2\x01\n" +
+	"\astep_ms\x18\x05 \x01(\x02R\x06stepMs\x12\x1f\n" +
+	"\vblock_start\x18\x06 \x01(\x05R\n" +
+	"blockStart\x12!\n" +
+	"\fblock_length\x18\a \x01(\x05R\vblockLength\"\xd2\x01\n" +
 	"\vTokenChange\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x05R\bposition\x12\x19\n" +
 	"\btoken_id\x18\x02 \x01(\x05R\atokenId\x12\x1d\n" +
