@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dlmesh/dlmesh/gateway"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/services"
+)
+
+func init() { extraCommands = append(extraCommands, generateCmd) }
+
+func generateCmd() *cobra.Command {
+	var df decodeFlags
+	var addr string
+	cmd := &cobra.Command{
+		Use:   "generate [--addr 127.0.0.1:7070] [--mode q|s|v20] [--gen N] [flags] PROMPT",
+		Short: "Stream a generation from a gateway, with the same live view as 'dlmesh run'",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			return generateTo(ctx, cmd, addr, args[0], &df)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "addr", gateway.DefaultListen, "gateway address")
+	df.register(cmd)
+	return cmd
+}
+
+// decodeParams maps the decoding flags the user set onto the wire parameters (unset ones are
+// left to the gateway's preset).
+func (f *decodeFlags) decodeParams(cmd *cobra.Command) (*pb.DecodeParams, error) {
+	if _, err := f.params(cmd); err != nil { // validate locally first: a clear error, no round trip
+		return nil, err
+	}
+	fl := cmd.Flags()
+	p := &pb.DecodeParams{Mode: f.mode, GenLength: int32(f.gen), Temperature: f.temperature, TopK: int32(f.topK), TopP: f.topP, Seed: f.seed, Stop: f.stop}
+	if fl.Changed("block") {
+		p.BlockLength = int32(f.block)
+	}
+	if fl.Changed("tau-mask") {
+		p.TauMask = &f.tauMask
+	}
+	if fl.Changed("tau-edit") {
+		p.TauEdit = &f.tauEdit
+	}
+	if f.editOff {
+		p.EditOff = &f.editOff
+	}
+	if fl.Changed("max-post-steps") {
+		n := int32(f.maxPost)
+		p.MaxPostSteps = &n
+	}
+	return p, nil
+}
+
+// liveBlock follows the block being denoised from step events, for the live view.
+type liveBlock struct {
+	block, start int32
+	cells        []cell
+}
+
+func (b *liveBlock) apply(s *pb.StepEvent) []cell {
+	if b.cells == nil || s.Block != b.block || int(s.BlockLength) != len(b.cells) {
+		b.block, b.start = s.Block, s.BlockStart
+		b.cells = make([]cell, s.BlockLength)
+		for i := range b.cells {
+			b.cells[i] = cell{masked: true}
+			if int32(i)+s.BlockStart < 0 {
+				b.cells[i] = cell{prompt: true, text: "·"}
+			}
+		}
+	}
+	for i := range b.cells {
+		b.cells[i].mark = markNone
+	}
+	for _, c := range s.Changes {
+		i := c.Position - b.start
+		if i < 0 || int(i) >= len(b.cells) {
+			continue
+		}
+		m := markUnmask
+		if c.Kind == pb.TokenChange_KIND_EDIT {
+			m = markEdit
+		}
+		b.cells[i] = cell{text: c.TokenText, mark: m}
+	}
+	return b.cells
+}
+
+type jsonChangeStep struct {
+	Block    int32   `json:"block"`
+	Step     int32   `json:"step"`
+	Unmasked []int32 `json:"unmasked"`
+	Edited   []int32 `json:"edited"`
+}
+
+// generateTo streams one generation from the gateway at addr to stdout.
+func generateTo(ctx context.Context, cmd *cobra.Command, addr, prompt string, df *decodeFlags) error {
+	params, err := df.decodeParams(cmd)
+	if err != nil {
+		return err
+	}
+	cl, err := gateway.Dial(addr, services.ClientConfig{})
+	if err != nil {
+		return fmt.Errorf("gateway %s: %w", addr, err)
+	}
+	defer cl.Close()
+	req := &pb.GenerateRequest{RequestId: fmt.Sprintf("cli-%d", time.Now().UnixNano()), Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: params}
+	var v *view
+	if !df.json {
+		v = newView(os.Stdout)
+		v.commit(prompt)
+	}
+	var lb liveBlock
+	var steps []jsonChangeStep
+	start := time.Now()
+	final, err := cl.Generate(ctx, req, func(ev *pb.GenerateEvent) error {
+		switch e := ev.Event.(type) {
+		case *pb.GenerateEvent_Step:
+			s := e.Step
+			if v != nil {
+				v.draw(lb.apply(s), fmt.Sprintf("block %d · step %d · %d masked before · %.1f ms", s.Block, s.Step, s.MaskedBefore, s.StepMs))
+			}
+			js := jsonChangeStep{Block: s.Block, Step: s.Step, Unmasked: []int32{}, Edited: []int32{}}
+			for _, c := range s.Changes {
+				if c.Kind == pb.TokenChange_KIND_EDIT {
+					js.Edited = append(js.Edited, c.Position)
+				} else {
+					js.Unmasked = append(js.Unmasked, c.Position)
+				}
+			}
+			steps = append(steps, js)
+		case *pb.GenerateEvent_Block:
+			if v != nil {
+				v.commit(e.Block.Text)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		if v != nil {
+			v.done()
+		}
+		return err
+	}
+	u := final.GetUsage()
+	if df.json {
+		ids := final.TokenIds
+		if ids == nil {
+			ids = []int32{}
+		}
+		b, err := json.Marshal(map[string]any{"ids": ids, "text": final.Text, "forwards": u.GetForwards(), "steps": steps,
+			"finish_reason": final.FinishReason, "degraded": final.Degraded})
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(b))
+		return nil
+	}
+	v.done()
+	stepTime := time.Duration(u.GetMsPerStep() * float64(u.GetForwards()) * float64(time.Millisecond))
+	fmt.Fprintln(os.Stderr, summary(int(u.GetGeneratedTokens()), int(u.GetForwards()), time.Since(start), stepTime, final.FinishReason))
+	if final.Degraded {
+		fmt.Fprintln(os.Stderr, "warning: degraded: some experts had no healthy replica and were left out of the routing")
+	}
+	return nil
+}

@@ -1,0 +1,289 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/dlmesh/dlmesh/attnd"
+	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/kernels"
+	"github.com/dlmesh/dlmesh/mesh"
+	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/tracing"
+)
+
+func init() {
+	extraCommands = append(extraCommands, upCmd, gatewayCmd, attndCmd, expertdCmd)
+}
+
+// common are the flags every service command shares.
+type common struct {
+	dir, backend   string
+	traceFile      string
+	otlp           string
+	stopTimeoutSec int
+}
+
+func (c *common) register(cmd *cobra.Command, service string) {
+	f := cmd.Flags()
+	f.StringVar(&c.dir, "model", "", "model directory (default: the bundled llada2-tiny-go)")
+	f.StringVar(&c.backend, "backend", "cpu", "kernels backend: cpu or cuda[:N]")
+	f.StringVar(&c.traceFile, "trace-file", "", "append every span as one JSON line to this file")
+	f.StringVar(&c.otlp, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "export spans over OTLP/gRPC to host:port")
+	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
+}
+
+// setup resolves the model directory and installs tracing for service.
+func (c *common) setup(ctx context.Context, service string) (func(), error) {
+	d, err := resolveModelDir(c.dir)
+	if err != nil {
+		return nil, err
+	}
+	c.dir = d
+	shutdown, err := tracing.Setup(ctx, tracing.Config{ServiceName: service, OTLPEndpoint: strings.TrimPrefix(c.otlp, "http://"), File: c.traceFile})
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdown(sctx)
+	}, nil
+}
+
+func (c *common) backendFactory() func() (kernels.Backend, error) {
+	name := c.backend
+	return func() (kernels.Backend, error) { return newBackend(name) }
+}
+
+// waitSignal blocks until SIGINT or SIGTERM (or ctx ends).
+func waitSignal(ctx context.Context) {
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+}
+
+// staticRegistry is an in-process registry holding fixed peer addresses (until Consul
+// discovery is configured): each address becomes one instance of kind.
+func staticRegistry(ctx context.Context, kind string, addrs []string) (*services.MemRegistry, error) {
+	reg := services.NewMemRegistry()
+	for i, a := range addrs {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		if err := reg.Register(ctx, services.Instance{ID: fmt.Sprintf("%s-static-%d", kind, i), Kind: kind, Addr: a}); err != nil {
+			return nil, err
+		}
+	}
+	return reg, nil
+}
+
+func upCmd() *cobra.Command {
+	var c common
+	var cfg mesh.Config
+	var exit bool
+	var df decodeFlags
+	cmd := &cobra.Command{
+		Use:   "up [--groups 2] [--listen 127.0.0.1:7070] [PROMPT]",
+		Short: "Run the whole mesh in one process: gateway, attnd and one expertd per group on loopback",
+		Long: `Runs the gateway, one attnd and one expertd per expert group (each a real gRPC server on its
+own loopback port), wired through an in-process registry, on the bundled model and the CPU
+backend unless told otherwise. Prints the addresses and serves until SIGINT/SIGTERM.
+
+With a PROMPT it also streams one generation through the gateway (as 'dlmesh generate' would)
+with the live view; --exit then stops the mesh afterwards.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			done, err := c.setup(ctx, "dlmesh-up")
+			if err != nil {
+				return err
+			}
+			defer done()
+			cfg.ModelDir = c.dir
+			cfg.Backend = c.backendFactory()
+			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
+			fmt.Fprintf(os.Stderr, "starting the mesh on %s (%d expert groups × %d replicas, %s backend)...\n", c.dir, max(cfg.Groups, 1), max(cfg.Replicas, 1), c.backend)
+			m, err := mesh.Up(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			defer func() {
+				fmt.Fprintln(os.Stderr, "stopping the mesh...")
+				if err := m.Close(); err != nil {
+					fmt.Fprintln(os.Stderr, "stop:", err)
+				}
+			}()
+			a := m.Addrs()
+			fmt.Fprintf(os.Stderr, "gateway  %s\nattnd    %s\n", a.Gateway, a.Attnd)
+			for i, e := range a.Expertd {
+				fmt.Fprintf(os.Stderr, "expertd  %s  (experts %s)\n", e, expertd.FormatExperts(m.Experts[i].Experts()))
+			}
+			if len(args) == 1 {
+				if err := generateTo(ctx, cmd, a.Gateway, args[0], &df); err != nil {
+					return err
+				}
+				if exit {
+					return nil
+				}
+			}
+			fmt.Fprintf(os.Stderr, "serving; try: dlmesh generate --addr %s \"func main() {\"   (Ctrl-C stops)\n", a.Gateway)
+			waitSignal(ctx)
+			return nil
+		},
+	}
+	c.register(cmd, "up")
+	f := cmd.Flags()
+	f.IntVar(&cfg.Groups, "groups", mesh.DefaultGroups, "expert groups (one expertd each)")
+	f.IntVar(&cfg.Replicas, "replicas", mesh.DefaultReplicas, "expertd replicas per group")
+	f.StringVar(&cfg.Listen, "listen", mesh.DefaultListen, "gateway listen address")
+	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
+	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
+	f.BoolVar(&cfg.WireBF16, "wire-bf16", false, "send hidden rows to the experts as bf16")
+	f.BoolVar(&exit, "exit", false, "with a PROMPT: stop after generating it")
+	df.register(cmd)
+	return cmd
+}
+
+func gatewayCmd() *cobra.Command {
+	var c common
+	var cfg gateway.Config
+	var attndAddrs string
+	cmd := &cobra.Command{
+		Use:   "gateway --attnd HOST:PORT[,…] [--listen 127.0.0.1:7070]",
+		Short: "Run the gateway: tokenise, validate, batch requests and stream Generate",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if attndAddrs == "" {
+				return fmt.Errorf("--attnd: give the attnd address(es), e.g. --attnd 127.0.0.1:7080")
+			}
+			done, err := c.setup(ctx, "gateway")
+			if err != nil {
+				return err
+			}
+			defer done()
+			reg, err := staticRegistry(ctx, services.KindAttnd, strings.Split(attndAddrs, ","))
+			if err != nil {
+				return err
+			}
+			cfg.ModelDir = c.dir
+			s, err := gateway.New(ctx, cfg, reg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "gateway serving on %s\n", s.Addr())
+			waitSignal(ctx)
+			return stopWithin(c.stopTimeoutSec, s.Shutdown)
+		},
+	}
+	c.register(cmd, "gateway")
+	f := cmd.Flags()
+	f.StringVar(&attndAddrs, "attnd", "", "attnd addresses, comma-separated")
+	f.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "listen address")
+	f.StringVar(&cfg.ID, "id", "", "instance id (default: from the listen address)")
+	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
+	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
+	return cmd
+}
+
+func attndCmd() *cobra.Command {
+	var c common
+	var cfg attnd.Config
+	var experts string
+	cmd := &cobra.Command{
+		Use:   "attnd --expertd HOST:PORT[,…] [--listen 127.0.0.1:7080]",
+		Short: "Run attnd: attention, KV cache, router and LM head; fans MoE layers out to expertd",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			if experts == "" {
+				return fmt.Errorf("--expertd: give the expertd address(es), e.g. --expertd 127.0.0.1:7101,127.0.0.1:7102")
+			}
+			done, err := c.setup(ctx, "attnd")
+			if err != nil {
+				return err
+			}
+			defer done()
+			reg, err := staticRegistry(ctx, services.KindExpertd, strings.Split(experts, ","))
+			if err != nil {
+				return err
+			}
+			cfg.ModelDir = c.dir
+			cfg.NewBackend = c.backendFactory()
+			s, err := attnd.New(ctx, cfg, reg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "attnd on %s: NOT_SERVING until every expert is reachable\n", s.Addr())
+			go func() {
+				if s.WaitServing(ctx) == nil {
+					fmt.Fprintf(os.Stderr, "attnd serving (expert groups %s)\n", s.Groups())
+				}
+			}()
+			waitSignal(ctx)
+			return stopWithin(c.stopTimeoutSec, s.Shutdown)
+		},
+	}
+	c.register(cmd, "attnd")
+	f := cmd.Flags()
+	f.StringVar(&experts, "expertd", "", "expertd addresses, comma-separated")
+	f.StringVar(&cfg.Listen, "listen", attnd.DefaultListen, "listen address")
+	f.StringVar(&cfg.ID, "id", "", "instance id (default: from the listen address)")
+	f.BoolVar(&cfg.WireBF16, "wire-bf16", false, "send hidden rows to the experts as bf16")
+	return cmd
+}
+
+func expertdCmd() *cobra.Command {
+	var c common
+	var cfg expertd.Config
+	var experts string
+	cmd := &cobra.Command{
+		Use:   "expertd --experts LO-HI|LIST [--listen 127.0.0.1:7101]",
+		Short: "Run expertd: the routed experts LO..HI (inclusive) of every MoE layer",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			ids, err := expertd.ParseExperts(experts)
+			if err != nil {
+				return fmt.Errorf("--experts %q: %w", experts, err)
+			}
+			done, err := c.setup(ctx, "expertd")
+			if err != nil {
+				return err
+			}
+			defer done()
+			cfg.ModelDir = c.dir
+			cfg.Experts = ids
+			cfg.NewBackend = c.backendFactory()
+			s, err := expertd.New(ctx, cfg)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "expertd serving experts %s on %s\n", expertd.FormatExperts(s.Experts()), s.Addr())
+			waitSignal(ctx)
+			return stopWithin(c.stopTimeoutSec, s.Shutdown)
+		},
+	}
+	c.register(cmd, "expertd")
+	f := cmd.Flags()
+	f.StringVar(&experts, "experts", "", "experts to serve: LO-HI (inclusive) or a list, e.g. 0-7 or 0,3,5")
+	f.StringVar(&cfg.Listen, "listen", expertd.DefaultListen, "listen address")
+	f.StringVar(&cfg.Group, "group", "", "group label (a tag in discovery)")
+	return cmd
+}
+
+func stopWithin(sec int, stop func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(sec)*time.Second)
+	defer cancel()
+	return stop(ctx)
+}
