@@ -111,6 +111,9 @@ type AttnParams struct {
 	RopeTheta               float64 // base of the rotary frequencies
 	Eps                     float32 // RMSNorm epsilon of the QK-norm
 	BlockLen                int     // block-causal granularity, counted from position 0
+	// CacheDType is the KV cache's element type: F32 (the zero value means F32) or BF16 where
+	// the backend supports it (CUDA). Attention math is float32 either way.
+	CacheDType DType
 }
 
 // QKVCols is the width of a packed query_key_value row: (Heads + 2·KVHeads)·HeadDim.

@@ -15,8 +15,9 @@ type Cache struct {
 	T   *kernels.Tensor
 	Cap int
 	// Len is the number of positions holding K/V written by a Step (the highest Pos+len fed).
-	Len int
-	be  kernels.Backend
+	Len   int
+	be    kernels.Backend
+	dtype kernels.DType
 }
 
 // NewCache allocates a KV cache for a window of capLen positions.
@@ -24,11 +25,13 @@ func (m *Model) NewCache(capLen int) (*Cache, error) {
 	if capLen <= 0 || capLen > m.Cfg.MaxPositions && m.Cfg.MaxPositions > 0 {
 		return nil, fmt.Errorf("model: cache capacity %d out of range [1, %d]", capLen, m.Cfg.MaxPositions)
 	}
-	t, err := m.Be.NewCache(m.Cfg.Layers, capLen, m.attnParams(32))
+	p := m.attnParams(32)
+	p.CacheDType = m.KVDType
+	t, err := m.Be.NewCache(m.Cfg.Layers, capLen, p)
 	if err != nil {
 		return nil, fmt.Errorf("model: new cache: %w", err)
 	}
-	return &Cache{T: t, Cap: capLen, be: m.Be}, nil
+	return &Cache{T: t, Cap: capLen, be: m.Be, dtype: p.CacheDType}, nil
 }
 
 // Free releases the cache's storage.
@@ -108,7 +111,7 @@ func (m *Model) attnParams(blockLen int) kernels.AttnParams {
 	c := m.Cfg
 	return kernels.AttnParams{
 		Heads: c.Heads, KVHeads: c.KVHeads, HeadDim: c.HeadDim, RotaryDim: c.RotaryDim,
-		RopeTheta: c.RopeTheta, Eps: c.Eps, BlockLen: blockLen,
+		RopeTheta: c.RopeTheta, Eps: c.Eps, BlockLen: blockLen, CacheDType: m.KVDType,
 	}
 }
 

@@ -65,6 +65,9 @@ type Model struct {
 	Be      kernels.Backend
 	W       *Weights       // nil when the attention part is not loaded
 	Experts *ExpertWeights // nil when no routed experts are loaded
+	// KVDType is the element type of the KV caches NewCache makes: 0 or F32 (exact), or BF16
+	// on backends that support it (half the cache memory and bandwidth).
+	KVDType kernels.DType
 	ckpt    *Checkpoint
 	owned   []*kernels.Tensor
 }

@@ -35,7 +35,7 @@ type benchRow struct {
 func benchCmd() *cobra.Command {
 	var (
 		dir, shape, backend, ctxs, batches string
-		random, noGraph, asJSON            bool
+		random, noGraph, asJSON, kvBF16    bool
 		steps, warmup, blockLen            int
 	)
 	cmd := &cobra.Command{
@@ -106,6 +106,9 @@ model's checkpoint, or --model DIR.`,
 				fmt.Fprintf(os.Stderr, "  done in %.1f s\n", time.Since(t0).Seconds())
 			}
 			defer m.Close()
+			if kvBF16 {
+				m.KVDType = kernels.BF16
+			}
 			var rows []benchRow
 			for _, c := range cl {
 				for _, b := range bl {
@@ -143,6 +146,7 @@ model's checkpoint, or --model DIR.`,
 	f.IntVar(&blockLen, "block", 32, "block length")
 	f.BoolVar(&noGraph, "no-graph", false, "do not capture the step as a CUDA graph")
 	f.BoolVar(&asJSON, "json", false, "print the rows as JSON")
+	f.BoolVar(&kvBF16, "kv-bf16", false, "keep the KV cache in bf16 (CUDA)")
 	return cmd
 }
 

@@ -30,6 +30,9 @@ func (b *Backend) NewCache(layers, capLen int, p kernels.AttnParams) (*kernels.T
 		return nil, fmt.Errorf("%s: layers %d, capacity %d, kv heads %d, head dim %d must be positive: %w",
 			op, layers, capLen, p.KVHeads, p.HeadDim, kernels.ErrShape)
 	}
+	if p.CacheDType != 0 && p.CacheDType != kernels.F32 {
+		return nil, fmt.Errorf("%s: a %v cache: the CPU backend keeps its KV cache in F32: %w", op, p.CacheDType, kernels.ErrUnsupported)
+	}
 	return b.Alloc(kernels.F32, layers, 2, p.KVHeads, capLen, p.HeadDim)
 }
 

@@ -29,6 +29,9 @@ func (b *Backend) NewCache(layers, capLen int, p kernels.AttnParams) (*kernels.T
 	if layers <= 0 || capLen <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 {
 		return nil, fmt.Errorf("cuda: new cache: layers %d, capLen %d, %+v: %w", layers, capLen, p, kernels.ErrShape)
 	}
+	if p.CacheDType != 0 && p.CacheDType != kernels.F32 {
+		return nil, fmt.Errorf("cuda: new cache: %v cache not implemented yet: %w", p.CacheDType, kernels.ErrUnsupported)
+	}
 	return b.Alloc(kernels.F32, layers, 2, p.KVHeads, capLen, p.HeadDim)
 }
 
