@@ -28,6 +28,11 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/tokenizer"
@@ -351,9 +356,25 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 		steps[i] = SeqStep{Session: j.session, StartPos: j.cached, Tokens: append([]int32(nil), toks[j.cached:hi]...),
 			OutRows: hi - lo, TopK: k, InvTemp: inv}
 	}
+	// One span per batched step, linked to every request it carries, so the stepper's spans
+	// (attnd step, expert fan-out, expertd compute) hang under it and each request's trace
+	// can find the steps that served it.
+	links := make([]trace.Link, 0, len(jobs))
+	for _, j := range jobs {
+		if sc := trace.SpanContextFromContext(j.ctx); sc.IsValid() {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+	}
+	sctx, span := otel.Tracer("github.com/dlmesh/dlmesh/engine").Start(ctx, "engine.step", trace.WithLinks(links...),
+		trace.WithAttributes(attribute.Int("requests", len(jobs)), attribute.Int("block_length", blockLen)))
 	t0 := time.Now()
-	outs, info, err := e.st.Step(ctx, blockLen, steps)
+	outs, info, err := e.st.Step(sctx, blockLen, steps)
 	dt := time.Since(t0)
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
 	if err != nil {
 		for _, j := range jobs {
 			e.end(ctx, j, nil, fmt.Errorf("engine: step: %w", err))
