@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/gateway"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
@@ -149,6 +151,9 @@ func generateTo(ctx context.Context, cmd *cobra.Command, addr, prompt string, df
 	if err != nil {
 		if v != nil {
 			v.done()
+		}
+		if status.Code(err) == codes.Unavailable && len(steps) == 0 {
+			return fmt.Errorf("gateway %s is not reachable (start one with 'dlmesh up', or pass --addr): %w", addr, err)
 		}
 		return err
 	}
