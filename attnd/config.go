@@ -15,6 +15,7 @@ import (
 const (
 	DefaultListen        = "127.0.0.1:0"
 	DefaultMaxSessions   = 1024
+	DefaultMicroBatches  = 2
 	DefaultExpertTimeout = 10 * time.Second // deadline of one Experts.Compute call
 	DefaultInfoTimeout   = 5 * time.Second  // deadline of one Experts.Info call during discovery
 )
@@ -33,6 +34,10 @@ type Config struct {
 	// MaxSessions bounds the open sessions; Open beyond it fails with ResourceExhausted
 	// (DefaultMaxSessions).
 	MaxSessions int
+	// MicroBatches splits a step's sessions into up to this many micro-batches run
+	// concurrently, so one's attention overlaps another's expert calls (DefaultMicroBatches; 1
+	// turns it off).
+	MicroBatches int
 	// ExpertTimeout is the deadline of each Experts.Compute call (DefaultExpertTimeout).
 	ExpertTimeout time.Duration
 	// InfoTimeout is the deadline of each Experts.Info call during discovery (DefaultInfoTimeout).
@@ -55,6 +60,9 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
+	}
+	if c.MicroBatches == 0 {
+		c.MicroBatches = DefaultMicroBatches
 	}
 	if c.MaxSessions == 0 {
 		c.MaxSessions = DefaultMaxSessions

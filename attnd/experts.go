@@ -156,7 +156,9 @@ func (s *Server) callGroup(ctx context.Context, g *group, req *pb.ExpertsRequest
 }
 
 // pickOther picks a replica of p other than avoid (nil: any). The replicas picked and passed over
-// stay reserved until the choice is made, so least-outstanding moves on to the next one.
+// stay reserved until the choice is made, so least-outstanding moves on to the next one; under
+// concurrent calls the others may hold more reservations than avoid, so avoid can be picked
+// several times before another replica has the fewest.
 func pickOther(p *services.Pool, avoid *services.Replica) (*services.Replica, func(), error) {
 	var held []func()
 	defer func() {
@@ -164,7 +166,7 @@ func pickOther(p *services.Pool, avoid *services.Replica) (*services.Replica, fu
 			d()
 		}
 	}()
-	for range max(p.Len(), 1) {
+	for range 8*max(p.Len(), 1) + 64 {
 		r, done, err := p.Pick()
 		if err != nil {
 			return nil, nil, err

@@ -323,22 +323,6 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	if len(ss) == 0 {
 		return nil, invalid("sessions is empty")
 	}
-	r := s.routes.Load()
-	if r == nil || len(r.groups) == 0 {
-		return nil, fmt.Errorf("attnd: no expert group: %w", services.ErrNoReplica)
-	}
-	if r.degraded() {
-		served := 0
-		for _, ok := range r.allowed {
-			if ok {
-				served++
-			}
-		}
-		if served < s.m.Cfg.TopK {
-			return nil, fmt.Errorf("attnd: %d experts served, fewer than top_k %d (experts %s have no replica): %w",
-				served, s.m.Cfg.TopK, r.uncovered(), services.ErrNoReplica)
-		}
-	}
 	seqs := make([]model.StepSeq, len(ss))
 	lens := make([]int, len(ss))
 	seen := make(map[string]bool, len(ss))
@@ -360,29 +344,42 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
 		lens[i] = sess.blockLen
 	}
-	f := &fanout{s: s, r: r, be: s.m.Be}
+	// the request is valid: now the expert groups must be there
+	r := s.routes.Load()
+	if r == nil || len(r.groups) == 0 {
+		return nil, fmt.Errorf("attnd: no expert group: %w", services.ErrNoReplica)
+	}
+	if r.degraded() {
+		served := 0
+		for _, ok := range r.allowed {
+			if ok {
+				served++
+			}
+		}
+		if served < s.m.Cfg.TopK {
+			return nil, fmt.Errorf("attnd: %d experts served, fewer than top_k %d (experts %s have no replica): %w",
+				served, s.m.Cfg.TopK, r.uncovered(), services.ErrNoReplica)
+		}
+	}
 	outs := make([]model.StepOut, len(ss))
 	done := make([]bool, len(ss))
+	var expertsNs int64
 	for i := range ss {
 		if done[i] {
 			continue
 		}
 		var idx []int
-		var batch []model.StepSeq
 		for j := i; j < len(ss); j++ {
 			if !done[j] && lens[j] == lens[i] {
 				idx = append(idx, j)
-				batch = append(batch, seqs[j])
 				done[j] = true
 			}
 		}
-		o, err := s.m.Step(ctx, batch, lens[i], model.StepOptions{Experts: f, Allowed: r.allowed})
+		ns, err := s.microSteps(ctx, r, seqs, idx, lens[i], outs)
 		if err != nil {
 			return nil, fmt.Errorf("attnd: step: %w", err)
 		}
-		for k, j := range idx {
-			outs[j] = o[k]
-		}
+		expertsNs += ns
 	}
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
@@ -397,8 +394,52 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	total := time.Since(t0)
 	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
-	resp.Stats = &pb.StepStats{MsTotal: ms(total.Nanoseconds()), MsExperts: ms(f.expertsNs),
-		MsAttention: ms(total.Nanoseconds() - f.expertsNs), Degraded: r.degraded()}
+	resp.Stats = &pb.StepStats{MsTotal: ms(total.Nanoseconds()), MsExperts: ms(expertsNs),
+		MsAttention: ms(max(total.Nanoseconds()-expertsNs, 0)), Degraded: r.degraded()}
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("degraded", r.degraded()))
 	return resp, nil
+}
+
+// microSteps runs the sessions idx (one block length) as up to Config.MicroBatches concurrent
+// model steps: while one micro-batch waits for its expert groups, another runs its attention
+// (the ping-pong of ARCHITECTURE.md). Each session's result does not depend on the split: every
+// op is computed per row. It returns the summed expert time.
+func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq, idx []int, blockLen int, outs []model.StepOut) (int64, error) {
+	n := min(max(s.cfg.MicroBatches, 1), len(idx))
+	chunks := make([][]int, n)
+	for k, j := range idx {
+		chunks[k%n] = append(chunks[k%n], j)
+	}
+	errs := make([]error, n)
+	fans := make([]*fanout, n)
+	var wg sync.WaitGroup
+	for c, chunk := range chunks {
+		fans[c] = &fanout{s: s, r: r, be: s.m.Be}
+		batch := make([]model.StepSeq, len(chunk))
+		for k, j := range chunk {
+			batch[k] = seqs[j]
+		}
+		run := func() {
+			o, err := s.m.Step(ctx, batch, blockLen, model.StepOptions{Experts: fans[c], Allowed: r.allowed})
+			if err != nil {
+				errs[c] = err
+				return
+			}
+			for k, j := range chunk {
+				outs[j] = o[k]
+			}
+		}
+		if n == 1 {
+			run()
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); run() }()
+	}
+	wg.Wait()
+	var ns int64
+	for _, f := range fans {
+		ns += f.expertsNs
+	}
+	return ns, errors.Join(errs...)
 }
