@@ -38,6 +38,10 @@ type Config struct {
 	// concurrently, so one's attention overlaps another's expert calls (DefaultMicroBatches; 1
 	// turns it off).
 	MicroBatches int
+	// AllowMissingExperts serves degraded when some experts have no healthy replica: the router
+	// leaves them out and renormalises the remaining weights, and responses say so. Without it a
+	// step fails with Unavailable naming the missing experts.
+	AllowMissingExperts bool
 	// ExpertTimeout is the deadline of each Experts.Compute call (DefaultExpertTimeout).
 	ExpertTimeout time.Duration
 	// InfoTimeout is the deadline of each Experts.Info call during discovery (DefaultInfoTimeout).

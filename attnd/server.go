@@ -349,6 +349,10 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	if r == nil || len(r.groups) == 0 {
 		return nil, fmt.Errorf("attnd: no expert group: %w", services.ErrNoReplica)
 	}
+	if r.degraded() && !s.cfg.AllowMissingExperts {
+		return nil, fmt.Errorf("attnd: experts %s have no healthy replica (start an expertd serving them, or run attnd with --allow-missing-experts to serve degraded): %w",
+			r.uncovered(), services.ErrNoReplica)
+	}
 	if r.degraded() {
 		served := 0
 		for _, ok := range r.allowed {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -152,7 +153,7 @@ func generateTo(ctx context.Context, cmd *cobra.Command, addr, prompt string, df
 		if v != nil {
 			v.done()
 		}
-		if status.Code(err) == codes.Unavailable && len(steps) == 0 {
+		if st := status.Convert(err); st.Code() == codes.Unavailable && len(steps) == 0 && strings.HasPrefix(st.Message(), "connection error") {
 			return fmt.Errorf("gateway %s is not reachable (start one with 'dlmesh up', or pass --addr): %w", addr, err)
 		}
 		return err

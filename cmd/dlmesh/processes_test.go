@@ -26,12 +26,7 @@ func TestMeshAsProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and starts four processes; skipped with -short")
 	}
-	bin := filepath.Join(t.TempDir(), "dlmesh")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	build.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	model := filepath.Join("..", "..", "models", "llada2-tiny-go")
 	addrRE := regexp.MustCompile(`(127\.0\.0\.1:\d+)`)
 
@@ -62,6 +57,42 @@ func TestMeshAsProcesses(t *testing.T) {
 	for _, p := range []*proc{e0, e1, at, gw} {
 		t.Logf("%-8s pid %d  VmRSS %6d KiB  (%s)", p.name, p.cmd.Process.Pid, rssKiB(p.cmd.Process.Pid), p.addr)
 	}
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+	binDir  string
+)
+
+// buildBinary builds the dlmesh binary once per test run.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		binDir, binErr = os.MkdirTemp("", "dlmesh-bin")
+		if binErr != nil {
+			return
+		}
+		binPath = filepath.Join(binDir, "dlmesh")
+		build := exec.Command("go", "build", "-o", binPath, ".")
+		build.Env = append(os.Environ(), "CGO_ENABLED=1")
+		if out, err := build.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
 }
 
 type proc struct {

@@ -29,6 +29,9 @@ type common struct {
 	dir, backend   string
 	traceFile      string
 	otlp           string
+	consul         string
+	consulToken    string
+	consulDC       string
 	stopTimeoutSec int
 }
 
@@ -39,6 +42,27 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.StringVar(&c.traceFile, "trace-file", "", "append every span as one JSON line to this file")
 	f.StringVar(&c.otlp, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "export spans over OTLP/gRPC to host:port")
 	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
+	if service != "up" {
+		f.StringVar(&c.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent address for discovery and health (default $CONSUL_HTTP_ADDR; empty: static peers)")
+		f.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
+		f.StringVar(&c.consulDC, "consul-datacenter", "", "Consul datacenter (default: the agent's)")
+	}
+}
+
+// registry is Consul when --consul (or CONSUL_HTTP_ADDR) is set, else a static registry of
+// the given peer addresses of kind.
+func (c *common) registry(ctx context.Context, kind string, peers string) (services.Registry, error) {
+	if c.consul != "" {
+		fp, err := expertd.Fingerprint(c.dir)
+		if err != nil {
+			return nil, err
+		}
+		return services.NewConsulRegistry(services.ConsulConfig{Addr: c.consul, Token: c.consulToken, Datacenter: c.consulDC, Fingerprint: fp})
+	}
+	if peers == "" {
+		return nil, fmt.Errorf("no peers: pass --consul ADDR (or set CONSUL_HTTP_ADDR) or the static %s address(es)", kind)
+	}
+	return staticRegistry(ctx, kind, strings.Split(peers, ","))
 }
 
 // setup resolves the model directory and installs tracing for service.
@@ -159,20 +183,17 @@ func gatewayCmd() *cobra.Command {
 	var cfg gateway.Config
 	var attndAddrs string
 	cmd := &cobra.Command{
-		Use:   "gateway --attnd HOST:PORT[,…] [--listen 127.0.0.1:7070]",
+		Use:   "gateway (--attnd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7070]",
 		Short: "Run the gateway: tokenise, validate, batch requests and stream Generate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if attndAddrs == "" {
-				return fmt.Errorf("--attnd: give the attnd address(es), e.g. --attnd 127.0.0.1:7080")
-			}
 			done, err := c.setup(ctx, "gateway")
 			if err != nil {
 				return err
 			}
 			defer done()
-			reg, err := staticRegistry(ctx, services.KindAttnd, strings.Split(attndAddrs, ","))
+			reg, err := c.registry(ctx, "--attnd", attndAddrs)
 			if err != nil {
 				return err
 			}
@@ -201,20 +222,17 @@ func attndCmd() *cobra.Command {
 	var cfg attnd.Config
 	var experts string
 	cmd := &cobra.Command{
-		Use:   "attnd --expertd HOST:PORT[,…] [--listen 127.0.0.1:7080]",
+		Use:   "attnd (--expertd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7080]",
 		Short: "Run attnd: attention, KV cache, router and LM head; fans MoE layers out to expertd",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
-			if experts == "" {
-				return fmt.Errorf("--expertd: give the expertd address(es), e.g. --expertd 127.0.0.1:7101,127.0.0.1:7102")
-			}
 			done, err := c.setup(ctx, "attnd")
 			if err != nil {
 				return err
 			}
 			defer done()
-			reg, err := staticRegistry(ctx, services.KindExpertd, strings.Split(experts, ","))
+			reg, err := c.registry(ctx, "--expertd", experts)
 			if err != nil {
 				return err
 			}
@@ -240,6 +258,7 @@ func attndCmd() *cobra.Command {
 	f.StringVar(&cfg.Listen, "listen", attnd.DefaultListen, "listen address")
 	f.StringVar(&cfg.ID, "id", "", "instance id (default: from the listen address)")
 	f.BoolVar(&cfg.WireBF16, "wire-bf16", false, "send hidden rows to the experts as bf16")
+	f.BoolVar(&cfg.AllowMissingExperts, "allow-missing-experts", false, "serve degraded (router masks experts without a healthy replica) instead of failing steps")
 	return cmd
 }
 
@@ -248,7 +267,7 @@ func expertdCmd() *cobra.Command {
 	var cfg expertd.Config
 	var experts string
 	cmd := &cobra.Command{
-		Use:   "expertd --experts LO-HI|LIST [--listen 127.0.0.1:7101]",
+		Use:   "expertd --experts LO-HI|LIST [--listen 127.0.0.1:7101] [--consul ADDR]",
 		Short: "Run expertd: the routed experts LO..HI (inclusive) of every MoE layer",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -269,8 +288,32 @@ func expertdCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var reg services.Registry
+			id := cfg.Group
+			if c.consul != "" {
+				if reg, err = c.registry(ctx, "", ""); err != nil {
+					_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
+					return err
+				}
+				if id == "" {
+					id = expertd.FormatExperts(s.Experts())
+				}
+				id = "expertd-" + strings.ReplaceAll(id, ",", "_") + "-" + strings.ReplaceAll(s.Addr(), ":", "-")
+				if err := reg.Register(ctx, s.Instance(id)); err != nil {
+					_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "registered in Consul at %s as %s\n", c.consul, id)
+			}
 			fmt.Fprintf(os.Stderr, "expertd serving experts %s on %s\n", expertd.FormatExperts(s.Experts()), s.Addr())
 			waitSignal(ctx)
+			if reg != nil { // leave discovery first, then drain the calls in flight
+				dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if err := reg.Deregister(dctx, id); err != nil {
+					fmt.Fprintln(os.Stderr, "deregister:", err)
+				}
+				cancel()
+			}
 			return stopWithin(c.stopTimeoutSec, s.Shutdown)
 		},
 	}
