@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -100,7 +101,7 @@ func (r *ConsulRegistry) Register(ctx context.Context, in Instance) error {
 	if err != nil {
 		return fmt.Errorf("%w: register %s: port %q: %w", ErrConsul, in.ID, portS, err)
 	}
-	meta := map[string]string{"kind": in.Kind}
+	meta := map[string]string{"kind": in.Kind, "version": buildVersion()}
 	for k, v := range in.Meta {
 		meta[k] = v
 	}
@@ -211,6 +212,21 @@ func (r *ConsulRegistry) Watch(ctx context.Context, kind string) (<-chan []Insta
 		}
 	}()
 	return ch, nil
+}
+
+// buildVersion is the main module's version ("(devel)" for a source build) and VCS revision.
+func buildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += "+" + s.Value[:12]
+		}
+	}
+	return v
 }
 
 func sameInstances(a, b []Instance) bool {
