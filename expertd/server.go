@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -44,6 +45,7 @@ type Server struct {
 	mu sync.Mutex // the backend is used by one goroutine at a time
 
 	closeOnce sync.Once
+	calls     atomic.Int64 // Compute calls answered without error
 	closeErr  error
 }
 
@@ -143,6 +145,13 @@ func (s *Server) Instance(id string) services.Instance {
 	return in
 }
 
+// Calls is the number of Compute calls the server has answered without error.
+func (s *Server) Calls() int64 { return s.calls.Load() }
+
+// SetServing sets the health status the server reports (grpc.health.v1): a replica about to
+// stop reports NOT_SERVING first, so health checks and discovery drop it before it drains.
+func (s *Server) SetServing(serving bool) { s.grpc.SetServing(serving) }
+
 // Shutdown reports NOT_SERVING, stops gracefully within cfg.Server.StopTimeout (or ctx, whichever
 // ends first), then frees the experts. Later calls return the first call's result.
 func (s *Server) Shutdown(ctx context.Context) error {
@@ -182,6 +191,7 @@ func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (*pb.Exper
 		return nil, err
 	}
 	bf16 := req.GetDtype() == pb.DType_DTYPE_BF16
+	s.calls.Add(1)
 	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),
 		ComputeMs: float64(time.Since(t0).Microseconds()) / 1000}, nil
 }
