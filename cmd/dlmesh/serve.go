@@ -307,7 +307,8 @@ func expertdCmd() *cobra.Command {
 			}
 			fmt.Fprintf(os.Stderr, "expertd serving experts %s on %s\n", expertd.FormatExperts(s.Experts()), s.Addr())
 			waitSignal(ctx)
-			if reg != nil { // leave discovery first, then drain the calls in flight
+			if reg != nil { // leave discovery first (NOT_SERVING, deregister), then drain the calls in flight
+				s.SetServing(false)
 				dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				if err := reg.Deregister(dctx, id); err != nil {
 					fmt.Fprintln(os.Stderr, "deregister:", err)
