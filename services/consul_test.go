@@ -92,9 +92,12 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 		return len(got) == 0
 	})
 	srv.SetServing(true)
-	waitFor(t, "instance back", 10*time.Second, func() bool {
-		l, _ := reg.Instances(ctx, services.KindExpertd)
-		return len(l) == 1
+	waitFor(t, "instance back in the watch", 10*time.Second, func() bool {
+		select {
+		case got = <-ch:
+		default:
+		}
+		return len(got) == 1
 	})
 	if err := reg.Deregister(ctx, in.ID); err != nil {
 		t.Fatal(err)
@@ -105,6 +108,14 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 	if l, _ := reg.Instances(ctx, services.KindExpertd); len(l) != 0 {
 		t.Fatalf("after deregister: %v", l)
 	}
+	d = waitFor(t, "deregistered instance leaving the watch", 5*time.Second, func() bool {
+		select {
+		case got = <-ch:
+		default:
+		}
+		return len(got) == 0
+	})
+	t.Logf("deregistered instance left the watch after %v", d.Round(time.Millisecond))
 	cancel()
 	waitFor(t, "watch channel closed", 5*time.Second, func() bool {
 		for {
