@@ -209,7 +209,7 @@ func TestFailoverThroughConsul(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+			sctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 			defer cancel()
 			results[i] = c.generate(sctx, gc, fmt.Sprint("s", i))
 		}()
