@@ -162,6 +162,24 @@ __global__ void kv_write(const float* qkv, const int* rowSeq, const long long* s
   }
 }
 
+// kv_write_bf16: kv_write into a BF16 cache; k and v are rounded to bf16 (nearest even).
+__global__ void kv_write_bf16(const float* qkv, const int* rowSeq, const long long* seqs, const int* pos, int H,
+                              int KV, int D, int layer) {
+  int t = blockIdx.x, kh = blockIdx.y;
+  int s = rowSeq[t];
+  unsigned short* cache = (unsigned short*)seqs[4 * s];
+  long long cap = seqs[4 * s + 1];
+  long long p = pos[t];
+  if (p < 0 || p >= cap) return;
+  long long qc = (long long)(H + 2 * KV) * D;
+  long long kdst = (((long long)layer * 2 * KV + kh) * cap + p) * D;
+  long long vdst = (((long long)(layer * 2 + 1) * KV + kh) * cap + p) * D;
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    cache[kdst + d] = f2bf(qkv[t * qc + (long long)(H + kh) * D + d]);
+    cache[vdst + d] = f2bf(qkv[t * qc + (long long)(H + KV + kh) * D + d]);
+  }
+}
+
 }  // extern "C"
 
 // ---- split-key attention (flash-decoding) ----
@@ -357,6 +375,244 @@ __global__ void attention_merge(float* out, const float* po, const float* pml, i
     acc += f * po[i * D + d];
   }
   out[rh * D + d] = acc / L;
+}
+
+}  // extern "C"
+
+// ---- split-key attention over a BF16 cache, on tensor cores ----
+// Same blocks as flash_d64/flash_d128 (tile of ≤ 16 rows, GB q heads of one kv head, key split
+// z; FA_QN = 64 query vectors), 128 threads: warp w owns query vectors 16w..16w+15 as the m16
+// rows of mma.sync m16n8k16 (bf16 in, fp32 accumulate). q·scale·log2(e) is rounded to bf16 and
+// held in registers as A fragments; FB_KT = 64-key K/V tiles are double-buffered in shared
+// memory with cp.async (rows padded by 8 bf16, so ldmatrix is conflict-free); S = Q·Kᵀ stays in
+// registers, the online softmax runs in the exp2 domain in fp32 (row max/sum over the lane quad),
+// and P is rounded to bf16 and reused in registers as the A fragments of O += P·V (V through
+// ldmatrix.trans). l sums the fp32 p. Partials for attention_merge carry m in natural-log units.
+
+#define FB_KT 64
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  unsigned r;
+  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(bytes));
+}
+
+__device__ __forceinline__ void ldsm_x4(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldsm_x4_t(unsigned& r0, unsigned& r1, unsigned& r2, unsigned& r3, const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void mma16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <int D>
+__device__ __forceinline__ void flash_bf16_impl(float* out, float* po, float* pml, const float* qkv, const int* tiles,
+                                                const long long* seqs, const int* pos, int H, int KV, int GB,
+                                                int layer, int blockLen, float scale, int split, int rows) {
+  constexpr int RS = D + 8;  // padded shared row (bf16)
+  constexpr int KS = D / 16;  // k-steps of Q·Kᵀ
+  constexpr int NT = D / 8;   // n-tiles of O
+  constexpr int ST = FB_KT / 8;  // n-tiles of S
+  extern __shared__ uint4 smq[];
+  unsigned short* sm = (unsigned short*)smq;  // [2 stages][K, V][FB_KT][RS]
+  int s = tiles[3 * blockIdx.x], r0 = tiles[3 * blockIdx.x + 1], n = tiles[3 * blockIdx.x + 2];
+  int hb = blockIdx.y, z = blockIdx.z;
+  int G = H / KV, kh = hb * GB / G;
+  const unsigned short* cache = (const unsigned short*)seqs[4 * s];
+  long long cap = seqs[4 * s + 1];
+  long long P0 = seqs[4 * s + 2], L = seqs[4 * s + 3];
+  long long qc = (long long)(H + 2 * KV) * D;
+  int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, c = lane & 3;
+  int qa = 16 * w + g, qb = qa + 8, rowa = qa / GB, rowb = qb / GB;
+  bool va = rowa < n, vb = rowb < n;
+  const float* qpa = qkv + (long long)(r0 + (va ? rowa : 0)) * qc + (long long)(hb * GB + qa % GB) * D;
+  const float* qpb = qkv + (long long)(r0 + (vb ? rowb : 0)) * qc + (long long)(hb * GB + qb % GB) * D;
+  float qs = scale * 1.4426950408889634f;
+  unsigned qf[KS][4];
+#pragma unroll
+  for (int k = 0; k < KS; k++) {
+    float2 x0 = va ? *(const float2*)(qpa + 16 * k + 2 * c) : make_float2(0.f, 0.f);
+    float2 x1 = vb ? *(const float2*)(qpb + 16 * k + 2 * c) : make_float2(0.f, 0.f);
+    float2 x2 = va ? *(const float2*)(qpa + 16 * k + 2 * c + 8) : make_float2(0.f, 0.f);
+    float2 x3 = vb ? *(const float2*)(qpb + 16 * k + 2 * c + 8) : make_float2(0.f, 0.f);
+    qf[k][0] = pack_bf16(x0.x * qs, x0.y * qs);
+    qf[k][1] = pack_bf16(x1.x * qs, x1.y * qs);
+    qf[k][2] = pack_bf16(x2.x * qs, x2.y * qs);
+    qf[k][3] = pack_bf16(x3.x * qs, x3.y * qs);
+  }
+  long long plast = pos[r0 + n - 1];
+  long long kmax = (plast / blockLen + 1) * blockLen;
+  if (kmax > P0 + L) kmax = P0 + L;
+  if (kmax > cap) kmax = cap;
+  long long kb = (long long)z * split, ke = kb + split;
+  if (ke > kmax) ke = kmax;
+  long long la = 0, lb = 0;
+  if (va) {
+    long long bl = (pos[r0 + rowa] / blockLen + 1) * blockLen;
+    la = bl < P0 + L ? bl : P0 + L;
+  }
+  if (vb) {
+    long long bl = (pos[r0 + rowb] / blockLen + 1) * blockLen;
+    lb = bl < P0 + L ? bl : P0 + L;
+  }
+  if (la > ke) la = ke;
+  if (lb > ke) lb = ke;
+  const unsigned short* K = cache + ((long long)layer * 2 * KV + kh) * cap * D;
+  const unsigned short* V = cache + ((long long)(layer * 2 + 1) * KV + kh) * cap * D;
+  auto load = [&](int stage, long long j0) {
+    unsigned short* ks = sm + stage * 2 * FB_KT * RS;
+    unsigned short* vs = ks + FB_KT * RS;
+#pragma unroll
+    for (int i = tid; i < FB_KT * D / 8; i += 128) {
+      int j = i / (D / 8), d8 = i % (D / 8);
+      bool ok = j0 + j < ke;
+      long long off = ok ? (j0 + j) * D + 8 * d8 : 0;
+      cp_async16(ks + j * RS + 8 * d8, K + off, ok ? 16 : 0);
+      cp_async16(vs + j * RS + 8 * d8, V + off, ok ? 16 : 0);
+    }
+    asm volatile("cp.async.commit_group;");
+  };
+  float ma = -INF, mb = -INF, sa = 0.f, sb = 0.f, o[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; t++) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+  int nt = kb < ke ? (int)((ke - kb + FB_KT - 1) / FB_KT) : 0;
+  if (nt > 0) load(0, kb);
+  for (int it = 0; it < nt; it++) {
+    long long j0 = kb + (long long)it * FB_KT;
+    if (it + 1 < nt) {
+      load((it + 1) & 1, j0 + FB_KT);
+      asm volatile("cp.async.wait_group 1;");
+    } else {
+      asm volatile("cp.async.wait_group 0;");
+    }
+    __syncthreads();
+    const unsigned short* ks = sm + (it & 1) * 2 * FB_KT * RS;
+    const unsigned short* vs = ks + FB_KT * RS;
+    float sc[ST][4];
+#pragma unroll
+    for (int t = 0; t < ST; t++) sc[t][0] = sc[t][1] = sc[t][2] = sc[t][3] = 0.f;
+#pragma unroll
+    for (int k = 0; k < KS; k += 2) {
+#pragma unroll
+      for (int t = 0; t < ST; t++) {
+        unsigned b0, b1, b2, b3;
+        ldsm_x4(b0, b1, b2, b3, ks + (8 * t + (lane & 7)) * RS + 16 * k + 8 * (lane >> 3));
+        mma16816(sc[t], qf[k], b0, b1);
+        mma16816(sc[t], qf[k + 1], b2, b3);
+      }
+    }
+    float xa = -INF, xb = -INF;
+#pragma unroll
+    for (int t = 0; t < ST; t++)
+#pragma unroll
+      for (int e = 0; e < 2; e++) {
+        long long key = j0 + 8 * t + 2 * c + e;
+        if (key >= la) sc[t][e] = -INF;
+        if (key >= lb) sc[t][2 + e] = -INF;
+        xa = fmaxf(xa, sc[t][e]);
+        xb = fmaxf(xb, sc[t][2 + e]);
+      }
+    xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 1));
+    xa = fmaxf(xa, __shfl_xor_sync(0xffffffffu, xa, 2));
+    xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 1));
+    xb = fmaxf(xb, __shfl_xor_sync(0xffffffffu, xb, 2));
+    float na = fmaxf(ma, xa), nb = fmaxf(mb, xb);
+    float ba = na == -INF ? 0.f : na, bb = nb == -INF ? 0.f : nb;
+    float ca = exp2f(ma - ba), cb = exp2f(mb - bb);
+    ma = na;
+    mb = nb;
+    sa *= ca;
+    sb *= cb;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+      o[t][0] *= ca;
+      o[t][1] *= ca;
+      o[t][2] *= cb;
+      o[t][3] *= cb;
+    }
+#pragma unroll
+    for (int t = 0; t < ST; t++) {
+      sc[t][0] = exp2f(sc[t][0] - ba);
+      sc[t][1] = exp2f(sc[t][1] - ba);
+      sc[t][2] = exp2f(sc[t][2] - bb);
+      sc[t][3] = exp2f(sc[t][3] - bb);
+      sa += sc[t][0] + sc[t][1];
+      sb += sc[t][2] + sc[t][3];
+    }
+#pragma unroll
+    for (int kk = 0; kk < FB_KT / 16; kk++) {
+      unsigned pa[4];
+      pa[0] = pack_bf16(sc[2 * kk][0], sc[2 * kk][1]);
+      pa[1] = pack_bf16(sc[2 * kk][2], sc[2 * kk][3]);
+      pa[2] = pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+      pa[3] = pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+#pragma unroll
+      for (int t = 0; t < NT; t += 2) {
+        unsigned b0, b1, b2, b3;
+        ldsm_x4_t(b0, b1, b2, b3, vs + (16 * kk + (lane & 7) + 8 * ((lane >> 3) & 1)) * RS + 8 * t + 8 * (lane >> 4));
+        mma16816(o[t], pa, b0, b1);
+        mma16816(o[t + 1], pa, b2, b3);
+      }
+    }
+    __syncthreads();  // this stage's readers are done before the next load overwrites it
+  }
+  sa += __shfl_xor_sync(0xffffffffu, sa, 1);
+  sa += __shfl_xor_sync(0xffffffffu, sa, 2);
+  sb += __shfl_xor_sync(0xffffffffu, sb, 1);
+  sb += __shfl_xor_sync(0xffffffffu, sb, 2);
+  bool final = gridDim.z == 1;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    int qi = h ? qb : qa, row = h ? rowb : rowa;
+    if (row >= n) continue;
+    float m = h ? mb : ma, l = h ? sb : sa;
+    long long rh = (long long)(r0 + row) * H + hb * GB + qi % GB;
+    float inv = final ? 1.f / l : 1.f;
+    float* dst = final ? out + rh * D : po + ((long long)z * rows * H + rh) * D;
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+      *(float2*)(dst + 8 * t + 2 * c) = make_float2(o[t][2 * h] * inv, o[t][2 * h + 1] * inv);
+    if (!final && c == 0) {
+      pml[2 * ((long long)z * rows * H + rh)] = m == -INF ? -INF : m * 0.6931471805599453f;
+      pml[2 * ((long long)z * rows * H + rh) + 1] = l;
+    }
+  }
+}
+
+extern "C" {
+
+__global__ void __launch_bounds__(128, 3) flash_bf16_d128(float* out, float* po, float* pml, const float* qkv,
+                                                       const int* tiles, const long long* seqs, const int* pos, int H,
+                                                       int KV, int GB, int layer, int blockLen, float scale, int split,
+                                                       int rows) {
+  flash_bf16_impl<128>(out, po, pml, qkv, tiles, seqs, pos, H, KV, GB, layer, blockLen, scale, split, rows);
+}
+
+__global__ void __launch_bounds__(128, 3) flash_bf16_d64(float* out, float* po, float* pml, const float* qkv,
+                                                      const int* tiles, const long long* seqs, const int* pos, int H,
+                                                      int KV, int GB, int layer, int blockLen, float scale, int split,
+                                                      int rows) {
+  flash_bf16_impl<64>(out, po, pml, qkv, tiles, seqs, pos, H, KV, GB, layer, blockLen, scale, split, rows);
 }
 
 __device__ __forceinline__ float silu(float x) { return x / (1.f + expf(-x)); }

@@ -7,7 +7,8 @@
 #                                   2. the tiny model's forward parity (forward_cases.json) and the
 #                                      decoding fixtures through the engine, on the CUDA backend
 #                                   3. dlmesh bench --shape mini --random-weights (512/4096 ctx,
-#                                      batch 1/8/32, median of 20 graphed steps)
+#                                      batch 1/8/32, median of 20 graphed steps), then the same
+#                                      with --kv-bf16 (BENCH_KV_BF16=0 skips it)
 #                                   4. kernel benchmarks (KERNEL_BENCH=1), then a short table.
 #
 # The device tool call: run(command="bash scripts/gpu-check.sh --remote", carry=["bin"]).
@@ -47,6 +48,10 @@ echo "== decoding fixtures on cuda (generate_cases.json)" | tee -a "$log"
 grep -q '^--- FAIL' "$log" && status=1
 echo "== dlmesh bench --shape mini --random-weights" | tee -a "$log"
 timeout 240 ./bin/dlmesh bench --shape mini --random-weights --backend cuda --ctx "${BENCH_CTX:-512,4096}" --batch "${BENCH_BATCH:-1,8,32}" --steps 20 2>&1 | tee -a "$log" || status=1
+if [[ "${BENCH_KV_BF16:-1}" == 1 ]]; then
+	echo "== dlmesh bench --shape mini --random-weights --kv-bf16" | tee -a "$log"
+	timeout 240 ./bin/dlmesh bench --shape mini --random-weights --backend cuda --kv-bf16 --ctx "${BENCH_CTX:-512,4096}" --batch "${BENCH_BATCH:-1,8,32}" --steps 20 2>&1 | tee -a "$log" || status=1
+fi
 if [[ -x bin/dlmesh ]]; then ./bin/dlmesh gpus 2>&1 | tee -a "$log" || true; fi
 if [[ "${KERNEL_BENCH:-0}" != 1 ]]; then
 	echo "status: $status (full log: $log)"

@@ -14,25 +14,32 @@ const attnTileRows = 16
 
 // batchDev is Batch.Storage: the step metadata on the device, in one buffer.
 type batchDev struct {
-	buf    *devBuf
-	pos    uintptr // b.Pos
-	seqs   uintptr // int64[4·S]: cache pointer, capacity, Pos, Len
-	rowSeq uintptr // int32[Rows]
-	tiles  uintptr // int32[3·nTiles]: seq, first row, rows
-	nTiles int
-	caps   []int // per sequence: cache capacity (host copy for validation)
-	layers []int // per sequence: cache layers
+	buf     *devBuf
+	pos     uintptr // b.Pos
+	seqs    uintptr // int64[4·S]: cache pointer, capacity, Pos, Len
+	rowSeq  uintptr // int32[Rows]
+	tiles   uintptr // int32[3·nTiles]: seq, first row, rows
+	nTiles  int
+	cacheDT kernels.DType // F32 or BF16: the element type of every sequence's cache
+	caps    []int         // per sequence: cache capacity (host copy for validation)
+	layers  []int         // per sequence: cache layers
 }
 
-// NewCache implements kernels.Backend: an F32 tensor [layers, 2, KVHeads, capLen, HeadDim], zeroed.
+// NewCache implements kernels.Backend: a tensor [layers, 2, KVHeads, capLen, HeadDim] of
+// p.CacheDType (F32 when zero, or BF16), zeroed.
 func (b *Backend) NewCache(layers, capLen int, p kernels.AttnParams) (*kernels.Tensor, error) {
 	if layers <= 0 || capLen <= 0 || p.KVHeads <= 0 || p.HeadDim <= 0 {
 		return nil, fmt.Errorf("cuda: new cache: layers %d, capLen %d, %+v: %w", layers, capLen, p, kernels.ErrShape)
 	}
-	if p.CacheDType != 0 && p.CacheDType != kernels.F32 {
-		return nil, fmt.Errorf("cuda: new cache: %v cache not implemented yet: %w", p.CacheDType, kernels.ErrUnsupported)
+	dt := p.CacheDType
+	switch dt {
+	case 0:
+		dt = kernels.F32
+	case kernels.F32, kernels.BF16:
+	default:
+		return nil, fmt.Errorf("cuda: new cache: %v cache: %w", p.CacheDType, kernels.ErrUnsupported)
 	}
-	return b.Alloc(kernels.F32, layers, 2, p.KVHeads, capLen, p.HeadDim)
+	return b.Alloc(dt, layers, 2, p.KVHeads, capLen, p.HeadDim)
 }
 
 // NewBatch implements kernels.Backend: positions, per-row sequence ids, sequence descriptors
@@ -52,8 +59,13 @@ func (b *Backend) NewBatch(seqs []kernels.Seq) (*kernels.Batch, error) {
 		if s.Len <= 0 || s.Row < 0 || s.Row+s.Len > rows || s.Pos < 0 {
 			return nil, fmt.Errorf("cuda: new batch: seq %d rows [%d,%d) of %d, pos %d: %w", i, s.Row, s.Row+s.Len, rows, s.Pos, kernels.ErrShape)
 		}
-		if s.Cache == nil || len(s.Cache.Shape) != 5 || s.Cache.DType != kernels.F32 {
+		if s.Cache == nil || len(s.Cache.Shape) != 5 || (s.Cache.DType != kernels.F32 && s.Cache.DType != kernels.BF16) {
 			return nil, fmt.Errorf("cuda: new batch: seq %d cache %v: %w", i, s.Cache, kernels.ErrShape)
+		}
+		if i == 0 {
+			bd.cacheDT = s.Cache.DType
+		} else if s.Cache.DType != bd.cacheDT {
+			return nil, fmt.Errorf("cuda: new batch: seq %d cache %v among %v caches: %w", i, s.Cache, bd.cacheDT, kernels.ErrDType)
 		}
 		cp := s.Cache.Shape[3]
 		if s.Pos+s.Len > cp {
@@ -149,7 +161,9 @@ func (b *Backend) batchDev(op string, batch *kernels.Batch) (*batchDev, error) {
 // Attention implements kernels.Backend: kv_write stores the step's k and v heads into the caches,
 // then one block per (tile of ≤ 16 rows, group of ≤ 4 q heads of one kv head, key split) runs the
 // block-causal online-softmax attention over its keys (flash_d64/flash_d128, every K/V tile shared
-// by the group's heads), and attention_merge combines the splits when there are several.
+// by the group's heads), and attention_merge combines the splits when there are several. With
+// BF16 caches kv_write_bf16 rounds k and v to bf16 and flash_bf16_d64/flash_bf16_d128 run the
+// same blocks on tensor cores (bf16 q, K, P, V; fp32 accumulation and softmax).
 func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, layer int, p kernels.AttnParams) error {
 	const op = "attention"
 	return b.do(func() error {
@@ -173,13 +187,18 @@ func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, laye
 		default:
 			return fmt.Errorf("%s: head dim %d (64 or 128): %w", op, p.HeadDim, kernels.ErrUnsupported)
 		}
+		bf := bd.cacheDT == kernels.BF16
+		write, threads := "kv_write", 256
+		if bf {
+			kern, write, threads = "flash_bf16_"+kern[len("flash_"):], "kv_write_bf16", 128
+		}
 		for i, s := range batch.Seqs {
 			if layer < 0 || layer >= bd.layers[i] || s.Cache.Shape[2] != p.KVHeads || s.Cache.Shape[4] != p.HeadDim {
 				return fmt.Errorf("%s: layer %d of cache %v: %w", op, layer, s.Cache, kernels.ErrShape)
 			}
 		}
 		a := b.args.reset().ptr(ptrOf(qkv)).ptr(bd.rowSeq).ptr(bd.seqs).ptr(bd.pos).i32(p.Heads).i32(p.KVHeads).i32(p.HeadDim).i32(layer)
-		if err := b.launch("kv_write", dim3{uint32(batch.Rows), uint32(p.KVHeads), 1}, dim3{uint32(threadsFor(p.HeadDim, 128)), 1, 1}, 0, a); err != nil {
+		if err := b.launch(write, dim3{uint32(batch.Rows), uint32(p.KVHeads), 1}, dim3{uint32(threadsFor(p.HeadDim, 128)), 1, 1}, 0, a); err != nil {
 			return err
 		}
 		scale := float32(1 / math.Sqrt(float64(p.HeadDim)))
@@ -200,12 +219,15 @@ func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, laye
 		}
 		D := p.HeadDim
 		smem := 4 * (attnQN*(D+4) + attnKT*(D+4) + attnKT*D + attnQN*(attnKT+1))
+		if bf {
+			smem = 2 * 2 * 2 * attnBKT * (D + 8) // two stages of K and V tiles, bf16 rows padded by 8
+		}
 		if err := b.allowSmem(kern, smem); err != nil {
 			return err
 		}
 		a = b.args.reset().ptr(ptrOf(out)).ptr(po).ptr(pml).ptr(ptrOf(qkv)).ptr(bd.tiles).ptr(bd.seqs).ptr(bd.pos).i32(p.Heads).i32(p.KVHeads).
 			i32(gb).i32(layer).i32(p.BlockLen).f32(scale).i32(split).i32(batch.Rows)
-		if err := b.launch(kern, dim3{uint32(bd.nTiles), uint32(p.Heads / gb), uint32(nz)}, dim3{256, 1, 1}, smem, a); err != nil {
+		if err := b.launch(kern, dim3{uint32(bd.nTiles), uint32(p.Heads / gb), uint32(nz)}, dim3{uint32(threads), 1, 1}, smem, a); err != nil {
 			return err
 		}
 		if nz == 1 {
@@ -218,6 +240,10 @@ func (b *Backend) Attention(out, qkv *kernels.Tensor, batch *kernels.Batch, laye
 
 // FA_QN and FA_KT of llada2.cu: query vectors per block, keys per tile.
 const attnQN, attnKT = 64, 32
+
+// FB_KT of llada2.cu: keys per tile of flash_bf16_d64/flash_bf16_d128 (attnSplit's splits are
+// multiples of it).
+const attnBKT = 64
 
 // attnHeadGroup: q heads of one kv group per block (4, 2 or 1; tiles of 16 rows × ≤ 4 heads).
 func attnHeadGroup(g int) int {

@@ -3,6 +3,7 @@ package cuda
 import (
 	"cmp"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -708,4 +709,96 @@ func TestGPUGraphReplay(t *testing.T) {
 	}
 	closeTo(t, "graph replay y", downF32(t, b, y), wantY, 1e-6)
 	closeTo(t, "graph replay h", downF32(t, b, h), wantH, 1e-6)
+}
+
+// bf16RNE rounds f to bf16 (nearest even), as kv_write_bf16 does.
+func bf16RNE(f float32) uint16 {
+	u := math.Float32bits(f)
+	return uint16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+// TestGPUAttentionBF16Cache checks the BF16-cache path (kv_write_bf16, flash_bf16_*) against the
+// F32 path on the same cache contents: the old positions hold the same bf16 values in both
+// caches, the F32 run gets the step's k and v pre-rounded to bf16, the BF16 cache must hold
+// exactly bf16(k), bf16(v) after the write, and the outputs (poisoned first) must agree within
+// bf16 tolerance. The layouts cover several splits with several 64-key tiles each (merged), one
+// split (normalised in the kernel), and head groups of 4, 2 and 1.
+func TestGPUAttentionBF16Cache(t *testing.T) {
+	b := gpu(t)
+	r := newRand(t)
+	type span struct{ pos, n, cap int }
+	params := []kernels.AttnParams{miniAttn(),
+		{Heads: 4, KVHeads: 2, HeadDim: 64, RotaryDim: 32, RopeTheta: 10000, BlockLen: 32},
+		{Heads: 6, KVHeads: 2, HeadDim: 128, RotaryDim: 64, RopeTheta: 10000, BlockLen: 32}}
+	layouts := [][]span{{{64, 45, 128}, {0, 9, 40}, {4000, 32, 4100}, {1000, 70, 1100}}, {{0, 50, 64}}}
+	for pi, p := range params {
+		for li, lens := range layouts {
+			name := fmt.Sprintf("params %d layout %d", pi, li)
+			pb := p
+			pb.CacheDType = kernels.BF16
+			layers, layer := 2, 1
+			var sf, sb []kernels.Seq
+			row := 0
+			for _, l := range lens {
+				cb, err := b.NewCache(layers, l.cap, pb)
+				must(t, err)
+				defer b.Free(cb)
+				if cb.DType != kernels.BF16 {
+					t.Fatalf("%s: BF16 cache is %v", name, cb)
+				}
+				must(t, b.FillRandom(cb, r.Uint64(), 1))
+				hb := make([]uint16, cb.Numel())
+				must(t, b.Download(hb, cb))
+				hf := make([]float32, len(hb))
+				for j, h := range hb {
+					hf[j] = math.Float32frombits(uint32(h) << 16)
+				}
+				cf, err := b.NewCache(layers, l.cap, p)
+				must(t, err)
+				defer b.Free(cf)
+				must(t, b.Upload(cf, hf))
+				sf = append(sf, kernels.Seq{Row: row, Len: l.n, Pos: l.pos, Cache: cf})
+				sb = append(sb, kernels.Seq{Row: row, Len: l.n, Pos: l.pos, Cache: cb})
+				row += l.n
+			}
+			bf, err := b.NewBatch(sf)
+			must(t, err)
+			defer b.FreeBatch(bf)
+			bb, err := b.NewBatch(sb)
+			must(t, err)
+			defer b.FreeBatch(bb)
+			T, D, QC, KV := bf.Rows, p.HeadDim, p.QKVCols(), p.KVHeads
+			x := randF32(r, T*QC, 2)
+			xr := append([]float32(nil), x...)
+			for i := 0; i < T; i++ {
+				for j := p.Heads * D; j < QC; j++ {
+					xr[i*QC+j] = math.Float32frombits(uint32(bf16RNE(x[i*QC+j])) << 16)
+				}
+			}
+			of := out(t, b, kernels.F32, T, p.Heads*D)
+			ob := out(t, b, kernels.F32, T, p.Heads*D)
+			must(t, b.Attention(of, upF32(t, b, xr, T, QC), bf, layer, p))
+			must(t, b.Attention(ob, upF32(t, b, x, T, QC), bb, layer, pb))
+			for si, s := range sb {
+				cp := lens[si].cap
+				hb := make([]uint16, s.Cache.Numel())
+				must(t, b.Download(hb, s.Cache))
+				for i := 0; i < s.Len; i++ {
+					t0 := (s.Row + i) * QC
+					for kv := 0; kv < 2; kv++ {
+						for h := 0; h < KV; h++ {
+							off := (((layer*2+kv)*KV+h)*cp + s.Pos + i) * D
+							src := t0 + (p.Heads+kv*KV+h)*D
+							for d := 0; d < D; d++ {
+								if got, want := hb[off+d], bf16RNE(x[src+d]); got != want {
+									t.Fatalf("%s: seq %d row %d kv %d head %d dim %d: cache %#04x, want %#04x", name, si, i, kv, h, d, got, want)
+								}
+							}
+						}
+					}
+				}
+			}
+			closeTo(t, name+": bf16-cache attention vs f32-cache attention", downF32(t, b, ob), f64(downF32(t, b, of)), 1e-2)
+		}
+	}
 }

@@ -110,29 +110,36 @@ func BenchmarkQKNormRoPE(b *testing.B) {
 }
 
 // BenchmarkAttention: seqs sequences of 32 rows after a ctx-token context (8 layers' cache,
-// layer 7), as in one denoising step of the mini model.
+// layer 7), as in one denoising step of the mini model; kv=bf16 runs the BF16-cache path.
 func BenchmarkAttention(b *testing.B) {
 	be := gpu(b)
-	p := miniAttn()
-	for _, ctx := range []int{512, 4096} {
-		for _, seqs := range []int{1, 8, 32} {
-			b.Run(fmt.Sprintf("T=%d/ctx=%d", 32*seqs, ctx), func(b *testing.B) {
-				var ks []kernels.Seq
-				for i := 0; i < seqs; i++ {
-					cache, err := be.NewCache(8, ctx+32, p)
+	for _, dt := range []kernels.DType{kernels.F32, kernels.BF16} {
+		p := miniAttn()
+		p.CacheDType = dt
+		suffix := ""
+		if dt == kernels.BF16 {
+			suffix = "/kv=bf16"
+		}
+		for _, ctx := range []int{512, 4096} {
+			for _, seqs := range []int{1, 8, 32} {
+				b.Run(fmt.Sprintf("T=%d/ctx=%d%s", 32*seqs, ctx, suffix), func(b *testing.B) {
+					var ks []kernels.Seq
+					for i := 0; i < seqs; i++ {
+						cache, err := be.NewCache(8, ctx+32, p)
+						must(b, err)
+						defer be.Free(cache)
+						must(b, be.FillRandom(cache, uint64(3+i), 1))
+						ks = append(ks, kernels.Seq{Row: 32 * i, Len: 32, Pos: ctx, Cache: cache})
+					}
+					batch, err := be.NewBatch(ks)
 					must(b, err)
-					defer be.Free(cache)
-					must(b, be.FillRandom(cache, uint64(3+i), 1))
-					ks = append(ks, kernels.Seq{Row: 32 * i, Len: 32, Pos: ctx, Cache: cache})
-				}
-				batch, err := be.NewBatch(ks)
-				must(b, err)
-				defer be.FreeBatch(batch)
-				qkv := rnd(b, be, kernels.F32, 1, 32*seqs, p.QKVCols())
-				o := rnd(b, be, kernels.F32, 1, 32*seqs, p.Heads*p.HeadDim)
-				kvBytes := float64(seqs * 2 * p.KVHeads * (ctx + 32) * p.HeadDim * 4)
-				timeOp(b, be, kvBytes, func() error { return be.Attention(o, qkv, batch, 7, p) })
-			})
+					defer be.FreeBatch(batch)
+					qkv := rnd(b, be, kernels.F32, 1, 32*seqs, p.QKVCols())
+					o := rnd(b, be, kernels.F32, 1, 32*seqs, p.Heads*p.HeadDim)
+					kvBytes := float64(seqs * 2 * p.KVHeads * (ctx + 32) * p.HeadDim * dt.Size())
+					timeOp(b, be, kvBytes, func() error { return be.Attention(o, qkv, batch, 7, p) })
+				})
+			}
 		}
 	}
 }
