@@ -17,23 +17,31 @@ func randTensor(b *testing.B, be *Backend, dt kernels.DType, seed uint64, scale 
 }
 
 // BenchmarkMatMul runs the tiny model's shapes: qkv/dense (N=512 at K=256), dense FFN gate-up
-// (N=768·2) and the LM head (N=8192), with BF16 weights.
+// (N=768·2) and the LM head (N=8192), with BF16 weights, on the pure-Go kernels (kernel=go)
+// and the SIMD ones (kernel=simd, where the CPU has them).
 func BenchmarkMatMul(b *testing.B) {
 	be := New()
 	const T, K = 32, 256
-	for _, N := range []int{512, 768 * 2, 8192} {
-		b.Run(fmt.Sprintf("T=%d,K=%d,N=%d", T, K, N), func(b *testing.B) {
-			x := randTensor(b, be, kernels.F32, 1, 1, T, K)
-			w := randTensor(b, be, kernels.BF16, 2, 0.1, N, K)
-			dst := alloc(b, be, kernels.F32, T, N)
-			b.ReportAllocs()
-			for b.Loop() {
-				if err := be.MatMul(dst, x, w); err != nil {
-					b.Fatal(err)
+	for _, kernel := range []string{"go", "simd"} {
+		for _, N := range []int{512, 768 * 2, 8192} {
+			b.Run(fmt.Sprintf("kernel=%s/T=%d,K=%d,N=%d", kernel, T, K, N), func(b *testing.B) {
+				if kernel == "simd" {
+					simdAvailable(b)
 				}
-			}
-			b.ReportMetric(2*float64(T*K*N)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-		})
+				x := randTensor(b, be, kernels.F32, 1, 1, T, K)
+				w := randTensor(b, be, kernels.BF16, 2, 0.1, N, K)
+				dst := alloc(b, be, kernels.F32, T, N)
+				withSIMD(kernel == "simd", func() {
+					b.ReportAllocs()
+					for b.Loop() {
+						if err := be.MatMul(dst, x, w); err != nil {
+							b.Fatal(err)
+						}
+					}
+				})
+				b.ReportMetric(2*float64(T*K*N)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			})
+		}
 	}
 }
 

@@ -76,6 +76,17 @@ func widen(dt kernels.DType, dst []float32, src []byte) {
 		}
 		return
 	}
+	if useSIMD && littleEndian {
+		n8 := len(dst) &^ 7
+		if n8 > 0 {
+			widenBF16AVX(&dst[0], &src[0], n8)
+		}
+		src = src[:2*len(dst)]
+		for i := n8; i < len(dst); i++ {
+			dst[i] = math.Float32frombits(uint32(src[2*i])<<16 | uint32(src[2*i+1])<<24)
+		}
+		return
+	}
 	if littleEndian && uintptr(unsafe.Pointer(&src[0]))%2 == 0 {
 		u := unsafe.Slice((*uint16)(unsafe.Pointer(&src[0])), len(dst))
 		for i, v := range u {
@@ -217,10 +228,36 @@ func gemmTile(dst []float32, ldd, n0 int, x []float32, T, K int, wt []float32, n
 	}
 }
 
+// The dot kernels below run the AVX2+FMA assembly of simd_amd64.s when useSIMD is set, and
+// the pure-Go loops (the *Go variants) otherwise. Either way every kernel sums a given dot
+// product in the same order: the SIMD path takes the first len(u)&^7 elements in 8 lanes
+// (fused multiply-add, reduced by a fixed tree) and adds the rest one by one with dotTail; the
+// Go path sums every element in order.
+
 // dot2x3 returns the dot products of x rows u, v with weight rows w0, w1, w2.
 //
 //go:norace
 func dot2x3(u, v, w0, w1, w2 []float32) (a0, a1, a2, c0, c1, c2 float32) {
+	if !useSIMD {
+		return dot2x3Go(u, v, w0, w1, w2)
+	}
+	n := len(u)
+	v, w0, w1, w2 = v[:n], w0[:n], w1[:n], w2[:n]
+	n8 := n &^ 7
+	if n8 > 0 {
+		a0, a1, a2, c0, c1, c2 = dot2x3AVX(&u[0], &v[0], &w0[0], &w1[0], &w2[0], n8)
+	}
+	if n8 < n {
+		a0, a1, a2 = dotTail(a0, u[n8:], w0[n8:]), dotTail(a1, u[n8:], w1[n8:]), dotTail(a2, u[n8:], w2[n8:])
+		c0, c1, c2 = dotTail(c0, v[n8:], w0[n8:]), dotTail(c1, v[n8:], w1[n8:]), dotTail(c2, v[n8:], w2[n8:])
+	}
+	return
+}
+
+// dot2x3Go is dot2x3 in pure Go.
+//
+//go:norace
+func dot2x3Go(u, v, w0, w1, w2 []float32) (a0, a1, a2, c0, c1, c2 float32) {
 	n := len(u)
 	v, w0, w1, w2 = v[:n], w0[:n], w1[:n], w2[:n]
 	for k, x := range u {
@@ -240,6 +277,16 @@ func dot2x3(u, v, w0, w1, w2 []float32) (a0, a1, a2, c0, c1, c2 float32) {
 //
 //go:norace
 func dot2x1(u, v, w []float32) (a, c float32) {
+	if useSIMD {
+		return dot(u, w), dot(v, w)
+	}
+	return dot2x1Go(u, v, w)
+}
+
+// dot2x1Go is dot2x1 in pure Go.
+//
+//go:norace
+func dot2x1Go(u, v, w []float32) (a, c float32) {
 	n := len(u)
 	v, w = v[:n], w[:n]
 	for k, x := range u {
@@ -254,6 +301,26 @@ func dot2x1(u, v, w []float32) (a, c float32) {
 //
 //go:norace
 func dot1x4(u, w0, w1, w2, w3 []float32) (a0, a1, a2, a3 float32) {
+	if !useSIMD {
+		return dot1x4Go(u, w0, w1, w2, w3)
+	}
+	n := len(u)
+	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
+	n8 := n &^ 7
+	if n8 > 0 {
+		a0, a1, a2, a3 = dot1x4AVX(&u[0], &w0[0], &w1[0], &w2[0], &w3[0], n8)
+	}
+	if n8 < n {
+		a0, a1 = dotTail(a0, u[n8:], w0[n8:]), dotTail(a1, u[n8:], w1[n8:])
+		a2, a3 = dotTail(a2, u[n8:], w2[n8:]), dotTail(a3, u[n8:], w3[n8:])
+	}
+	return
+}
+
+// dot1x4Go is dot1x4 in pure Go.
+//
+//go:norace
+func dot1x4Go(u, w0, w1, w2, w3 []float32) (a0, a1, a2, a3 float32) {
 	n := len(u)
 	w0, w1, w2, w3 = w0[:n], w1[:n], w2[:n], w3[:n]
 	for k, x := range u {
@@ -270,8 +337,34 @@ func dot1x4(u, w0, w1, w2, w3 []float32) (a0, a1, a2, a3 float32) {
 //
 //go:norace
 func dot(u, w []float32) float32 {
-	w = w[:len(u)]
+	if !useSIMD {
+		return dotGo(u, w)
+	}
+	n := len(u)
+	w = w[:n]
+	n8 := n &^ 7
 	var s float32
+	if n8 > 0 {
+		s = dot1AVX(&u[0], &w[0], n8)
+	}
+	if n8 < n {
+		s = dotTail(s, u[n8:], w[n8:])
+	}
+	return s
+}
+
+// dotGo is dot in pure Go.
+//
+//go:norace
+func dotGo(u, w []float32) float32 {
+	return dotTail(0, u, w)
+}
+
+// dotTail returns s + Σ u[k]·w[k], adding the products one by one in increasing k.
+//
+//go:norace
+func dotTail(s float32, u, w []float32) float32 {
+	w = w[:len(u)]
 	for k, x := range u {
 		s += x * w[k]
 	}
