@@ -300,12 +300,36 @@ func attendRow(dst, q, keys, vals []float32, n int, scale float32, scratch []flo
 		sum += float64(e)
 	}
 	inv := float32(1 / sum)
-	dst = dst[:D]
-	for j, e := range sc {
-		w := e * inv
-		v := vals[j*D : (j+1)*D]
-		for d := range dst {
-			dst[d] += w * v[d]
+	for j := range sc {
+		sc[j] *= inv
+	}
+	accumRows(dst[:D], vals[:n*D], sc, D)
+}
+
+// accumRows adds w[j]·rows[j·ld : j·ld+len(dst)] to dst for j < len(w), in increasing j for
+// every element (fused multiply-adds on the SIMD path, except for the last len(dst)%8 columns).
+//
+//go:norace
+func accumRows(dst, rows, w []float32, ld int) {
+	D := len(dst)
+	if len(w) == 0 || D == 0 {
+		return
+	}
+	_ = rows[(len(w)-1)*ld+D-1]
+	d0 := 0
+	if useSIMD {
+		d0 = D &^ 7
+		if d0 > 0 {
+			accumRowsAVX(&dst[0], &rows[0], &w[0], len(w), d0, ld)
+		}
+	}
+	if d0 == D {
+		return
+	}
+	for j, a := range w {
+		v := rows[j*ld+d0 : j*ld+D]
+		for d := range v {
+			dst[d0+d] += a * v[d]
 		}
 	}
 }

@@ -34,3 +34,9 @@ func dot1AVX(u, w *float32, n int) (s float32)
 //
 //go:noescape
 func widenBF16AVX(dst *float32, src *byte, n int)
+
+// accumRowsAVX adds w[j]·row j to dst[:d] for j < n in order, the rows ld floats apart (d a
+// multiple of 8).
+//
+//go:noescape
+func accumRowsAVX(dst, rows, w *float32, n, d, ld int)

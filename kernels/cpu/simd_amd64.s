@@ -149,3 +149,43 @@ loopWiden:
 doneWiden:
 	VZEROUPPER
 	RET
+
+// func accumRowsAVX(dst, rows, w *float32, n, d, ld int)
+//
+// For j < n in order, dst[i] += w[j]·rows[j·ld + i] for i < d (a multiple of 8), each update a
+// fused multiply-add.
+TEXT ·accumRowsAVX(SB), NOSPLIT, $0-48
+	MOVQ dst+0(FP), DI
+	MOVQ rows+8(FP), SI
+	MOVQ w+16(FP), R8
+	MOVQ n+24(FP), CX
+	MOVQ d+32(FP), DX
+	MOVQ ld+40(FP), R9
+	SHLQ $2, R9
+	XORQ BX, BX
+	CMPQ BX, CX
+	JGE  doneAccum
+
+rowAccum:
+	VBROADCASTSS (R8)(BX*4), Y0
+	XORQ         AX, AX
+	CMPQ         AX, DX
+	JGE          nextAccum
+
+colAccum:
+	VMOVUPS     (DI)(AX*4), Y1
+	VFMADD231PS (SI)(AX*4), Y0, Y1
+	VMOVUPS     Y1, (DI)(AX*4)
+	ADDQ        $8, AX
+	CMPQ        AX, DX
+	JLT         colAccum
+
+nextAccum:
+	ADDQ R9, SI
+	INCQ BX
+	CMPQ BX, CX
+	JLT  rowAccum
+
+doneAccum:
+	VZEROUPPER
+	RET

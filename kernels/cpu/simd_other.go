@@ -20,3 +20,7 @@ func dot1AVX(u, w *float32, n int) (s float32) {
 func widenBF16AVX(dst *float32, src *byte, n int) {
 	panic("cpu: no SIMD kernels on this architecture")
 }
+
+func accumRowsAVX(dst, rows, w *float32, n, d, ld int) {
+	panic("cpu: no SIMD kernels on this architecture")
+}

@@ -155,3 +155,24 @@ func TestSIMDMatMulTilingIndependent(t *testing.T) {
 		}
 	}
 }
+
+// TestSIMDAccumRows compares the SIMD weighted row sum of attention against the Go loop.
+func TestSIMDAccumRows(t *testing.T) {
+	simdAvailable(t)
+	for _, D := range []int{1, 7, 8, 13, 64, 100} {
+		for _, n := range []int{1, 3, 64} {
+			r := rng(uint64(D*1000 + n))
+			ld := D + 3
+			rows, w := randVec(r, n*ld, 1), randVec(r, n, 1)
+			got, want := randVec(r, D, 1), make([]float32, D)
+			copy(want, got)
+			accumRows(got, rows, w, ld)
+			withSIMD(false, func() { accumRows(want, rows, w, ld) })
+			for d := range got {
+				if diff := math.Abs(float64(got[d] - want[d])); diff > float64(n+1)*0x1p-22 {
+					t.Fatalf("D=%d n=%d [%d]: %v, Go loop %v", D, n, d, got[d], want[d])
+				}
+			}
+		}
+	}
+}
