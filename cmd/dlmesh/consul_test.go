@@ -126,6 +126,41 @@ func TestConsulMeshFailover(t *testing.T) {
 	}
 	t.Logf("replica added mid-run served %d expert calls", n)
 
+	// graceful stop under load: SIGTERM the replica that joined (it deregisters, then drains)
+	// while 4 streams run; none may fail
+	res2 := make([]error, 4)
+	var wg2 sync.WaitGroup
+	for i := range res2 {
+		c := cases[i]
+		wg2.Add(1)
+		go func() {
+			defer wg2.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, bin, "generate", "--addr", gw.addr, "--mode", c.Mode, "--gen", fmt.Sprint(c.GenLength), "--json", c.Prompt).Output()
+			if err != nil {
+				res2[i] = fmt.Errorf("%v: %s", err, exitStderr(err))
+				return
+			}
+			var got struct {
+				IDs []int32 `json:"ids"`
+			}
+			if err := json.Unmarshal(out, &got); err != nil || !slices.Equal(got.IDs, c.IDs) {
+				res2[i] = fmt.Errorf("output differs from the reference (%v)", err)
+			}
+		}()
+	}
+	time.Sleep(2 * time.Second)
+	if err := g1c.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	wg2.Wait()
+	for i, err := range res2 {
+		if err != nil {
+			t.Errorf("graceful stop: stream %d: %v", i, err)
+		}
+	}
+
 	// kill every replica of group 1
 	for _, p := range []*proc{g1a, g1b, g1c} {
 		_ = p.cmd.Process.Signal(syscall.SIGKILL)

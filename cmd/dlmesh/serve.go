@@ -51,7 +51,7 @@ func (c *common) register(cmd *cobra.Command, service string) {
 
 // registry is Consul when --consul (or CONSUL_HTTP_ADDR) is set, else a static registry of
 // the given peer addresses of kind.
-func (c *common) registry(ctx context.Context, kind string, peers string) (services.Registry, error) {
+func (c *common) registry(ctx context.Context, kind, flag, peers string) (services.Registry, error) {
 	if c.consul != "" {
 		fp, err := expertd.Fingerprint(c.dir)
 		if err != nil {
@@ -60,7 +60,7 @@ func (c *common) registry(ctx context.Context, kind string, peers string) (servi
 		return services.NewConsulRegistry(services.ConsulConfig{Addr: c.consul, Token: c.consulToken, Datacenter: c.consulDC, Fingerprint: fp})
 	}
 	if peers == "" {
-		return nil, fmt.Errorf("no peers: pass --consul ADDR (or set CONSUL_HTTP_ADDR) or the static %s address(es)", kind)
+		return nil, fmt.Errorf("no peers: pass --consul ADDR (or set CONSUL_HTTP_ADDR) or the static %s address(es)", flag)
 	}
 	return staticRegistry(ctx, kind, strings.Split(peers, ","))
 }
@@ -193,7 +193,7 @@ func gatewayCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			reg, err := c.registry(ctx, "--attnd", attndAddrs)
+			reg, err := c.registry(ctx, services.KindAttnd, "--attnd", attndAddrs)
 			if err != nil {
 				return err
 			}
@@ -232,7 +232,7 @@ func attndCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			reg, err := c.registry(ctx, "--expertd", experts)
+			reg, err := c.registry(ctx, services.KindExpertd, "--expertd", experts)
 			if err != nil {
 				return err
 			}
@@ -291,7 +291,7 @@ func expertdCmd() *cobra.Command {
 			var reg services.Registry
 			id := cfg.Group
 			if c.consul != "" {
-				if reg, err = c.registry(ctx, "", ""); err != nil {
+				if reg, err = c.registry(ctx, services.KindExpertd, "--consul", ""); err != nil {
 					_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
 					return err
 				}
