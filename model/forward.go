@@ -26,7 +26,6 @@ func (m *Model) NewCache(capLen int) (*Cache, error) {
 		return nil, fmt.Errorf("model: cache capacity %d out of range [1, %d]", capLen, m.Cfg.MaxPositions)
 	}
 	p := m.attnParams(32)
-	p.CacheDType = m.KVDType
 	t, err := m.Be.NewCache(m.Cfg.Layers, capLen, p)
 	if err != nil {
 		return nil, fmt.Errorf("model: new cache: %w", err)
