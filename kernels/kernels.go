@@ -153,6 +153,12 @@ type Expert struct {
 // nil when expert e is not held; a routed choice of such an expert contributes nothing.
 type ExpertSet struct {
 	Experts []*Expert
+	// ActDType is the precision of the activations a backend multiplies with bf16 expert
+	// weights: 0 or F32 keeps them to float32 precision (CUDA's tensor-core path splits each
+	// into a hi and a lo bf16 term), BF16 rounds them to bf16 once, as the dense bf16 GEMMs do
+	// (CUDA: half the tensor-core work; relative error ~2⁻⁸ per product). The CPU backend always
+	// computes in float32.
+	ActDType DType
 }
 
 // Backend runs the ops of the forward pass. Implementations are safe for use by one goroutine

@@ -741,6 +741,34 @@ __device__ __forceinline__ void bf8(uint4 u, float* f) {
   f[6] = __uint_as_float(u.w << 16); f[7] = __uint_as_float(u.w & 0xffff0000u);
 }
 
+// rows_dot: acc[r][tt] = Σ_c rows[r][c]·xs[tt·n + c] over c < n for 4 bf16 weight rows and EXP_NT
+// activation rows in shared memory; the warp splits c in 8-element chunks, every lane gets the sums.
+__device__ __forceinline__ void rows_dot(float (&acc)[4][EXP_NT], const unsigned short* const (&rows)[4],
+                                         const float* xs, int n, int lane) {
+#pragma unroll
+  for (int r = 0; r < 4; r++)
+#pragma unroll
+    for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = 0.f;
+  for (int c = lane * 8; c < n; c += 256) {
+    float wf[4][8];
+#pragma unroll
+    for (int r = 0; r < 4; r++) bf8(*(const uint4*)(rows[r] + c), wf[r]);
+#pragma unroll
+    for (int tt = 0; tt < EXP_NT; tt++) {
+      float4 a = *(const float4*)(xs + tt * n + c);
+      float4 b = *(const float4*)(xs + tt * n + c + 4);
+#pragma unroll
+      for (int r = 0; r < 4; r++)
+        acc[r][tt] += wf[r][0] * a.x + wf[r][1] * a.y + wf[r][2] * a.z + wf[r][3] * a.w + wf[r][4] * b.x +
+                      wf[r][5] * b.y + wf[r][6] * b.z + wf[r][7] * b.w;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 4; r++)
+#pragma unroll
+    for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = warp_sum(acc[r][tt]);
+}
+
 // expert_gateup: block (e, tile of 16 i's), 8 warps × 2 i's. For every entry routed to e:
 //   act[entry, i] = silu(G_e[i,:]·x[t,:]) · (U_e[i,:]·x[t,:]), t = entry / k.
 // Each weight row is read once per EXP_NT tokens (16-byte loads), x rows sit in shared memory.
@@ -761,35 +789,14 @@ __global__ void __launch_bounds__(256) expert_gateup(float* act, const float* x,
       xs[q] = tt < nc ? x[(long long)(list[b0 + c0 + tt] / k) * H + c] : 0.f;
     }
     __syncthreads();
-    float acc[4][EXP_NT];
-#pragma unroll
-    for (int r = 0; r < 4; r++)
-#pragma unroll
-      for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = 0.f;
     const unsigned short* rows[4];
 #pragma unroll
     for (int r = 0; r < 4; r++) {
       int i = min(i0 + (r & 1), I - 1);
       rows[r] = gu + (long long)((r < 2 ? 0 : I) + i) * H;
     }
-    for (int c = lane * 8; c < H; c += 256) {
-      float wf[4][8];
-#pragma unroll
-      for (int r = 0; r < 4; r++) bf8(*(const uint4*)(rows[r] + c), wf[r]);
-#pragma unroll
-      for (int tt = 0; tt < EXP_NT; tt++) {
-        float4 a = *(const float4*)(xs + tt * H + c);
-        float4 b = *(const float4*)(xs + tt * H + c + 4);
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-          acc[r][tt] += wf[r][0] * a.x + wf[r][1] * a.y + wf[r][2] * a.z + wf[r][3] * a.w + wf[r][4] * b.x +
-                        wf[r][5] * b.y + wf[r][6] * b.z + wf[r][7] * b.w;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 4; r++)
-#pragma unroll
-      for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = warp_sum(acc[r][tt]);
+    float acc[4][EXP_NT];
+    rows_dot(acc, rows, xs, H, lane);
     if (lane < EXP_NT && lane < nc) {
       int entry = list[b0 + c0 + lane];
 #pragma unroll
@@ -822,32 +829,11 @@ __global__ void __launch_bounds__(256) expert_down(float* ys, const float* act, 
       as[q] = tt < nc ? act[(long long)list[b0 + c0 + tt] * I + c] : 0.f;
     }
     __syncthreads();
-    float acc[4][EXP_NT];
-#pragma unroll
-    for (int r = 0; r < 4; r++)
-#pragma unroll
-      for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = 0.f;
     const unsigned short* rows[4];
 #pragma unroll
     for (int r = 0; r < 4; r++) rows[r] = dn + (long long)min(h0 + r, H - 1) * I;
-    for (int c = lane * 8; c < I; c += 256) {
-      float wf[4][8];
-#pragma unroll
-      for (int r = 0; r < 4; r++) bf8(*(const uint4*)(rows[r] + c), wf[r]);
-#pragma unroll
-      for (int tt = 0; tt < EXP_NT; tt++) {
-        float4 a = *(const float4*)(as + tt * I + c);
-        float4 b = *(const float4*)(as + tt * I + c + 4);
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-          acc[r][tt] += wf[r][0] * a.x + wf[r][1] * a.y + wf[r][2] * a.z + wf[r][3] * a.w + wf[r][4] * b.x +
-                        wf[r][5] * b.y + wf[r][6] * b.z + wf[r][7] * b.w;
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < 4; r++)
-#pragma unroll
-      for (int tt = 0; tt < EXP_NT; tt++) acc[r][tt] = warp_sum(acc[r][tt]);
+    float acc[4][EXP_NT];
+    rows_dot(acc, rows, as, I, lane);
     if (lane < EXP_NT && lane < nc) {
       int entry = list[b0 + c0 + lane];
       float wt = weights[entry];
@@ -1017,7 +1003,9 @@ __global__ void split_bf16(unsigned short* hi, unsigned short* lo, const float* 
 
 // gateup pass: 8 warps split H; warp w accumulates 16 gate rows and the matching 16 up rows
 // over its H/8 columns for NG groups of 8 entries, then the block sums the warps in order.
-template <int NG>
+// LO: the activations are hi + lo bf16 terms (float32-exact products); otherwise hi only (xl,
+// actl unused).
+template <int NG, bool LO>
 __device__ __forceinline__ void gateup_pass(float* red, unsigned short* acth, unsigned short* actl,
                                             const unsigned short* xh, const unsigned short* xl, const int* lst, int nc,
                                             const unsigned short* gu, int H, int I, int k, int i0) {
@@ -1035,7 +1023,7 @@ __device__ __forceinline__ void gateup_pass(float* red, unsigned short* acth, un
     int slot = min(q * 8 + g, nc - 1);
     long long tok = lst[slot] / k;
     bh[q] = xh + tok * H + col;
-    bl[q] = xl + tok * H + col;
+    bl[q] = LO ? xl + tok * H + col : nullptr;
   }
   float acc[NG][8];
 #pragma unroll
@@ -1047,11 +1035,17 @@ __device__ __forceinline__ void gateup_pass(float* red, unsigned short* acth, un
     uint4 g0 = ldg16(ag0 + kk), g8 = ldg16(ag8 + kk), u0 = ldg16(au0 + kk), u8 = ldg16(au8 + kk);
 #pragma unroll
     for (int q = 0; q < NG; q++) {
-      uint4 h = ldg16(bh[q] + kk), l = ldg16(bl[q] + kk);
-      mma_chunk(acc[q], g0, g8, h);
-      mma_chunk(acc[q], g0, g8, l);
-      mma_chunk(acc[q] + 4, u0, u8, h);
-      mma_chunk(acc[q] + 4, u0, u8, l);
+      uint4 h = ldg16(bh[q] + kk);
+      if (LO) {
+        uint4 l = ldg16(bl[q] + kk);
+        mma_chunk(acc[q], g0, g8, h);
+        mma_chunk(acc[q], g0, g8, l);
+        mma_chunk(acc[q] + 4, u0, u8, h);
+        mma_chunk(acc[q] + 4, u0, u8, l);
+      } else {
+        mma_chunk(acc[q], g0, g8, h);
+        mma_chunk(acc[q] + 4, u0, u8, h);
+      }
     }
   }
   __syncthreads();  // red is free (previous pass done)
@@ -1074,19 +1068,15 @@ __device__ __forceinline__ void gateup_pass(float* red, unsigned short* acth, un
     long long o = (long long)lst[slot] * I + i0 + il;
     unsigned short hi = f2bf(a);
     acth[o] = hi;
-    actl[o] = f2bf(a - bf2f(hi));
+    if (LO) actl[o] = f2bf(a - bf2f(hi));
   }
 }
 
-extern "C" {
-
-// expert_gateup_mma: block (e, tile of 16 i's), 256 threads. For every entry routed to e:
-//   act[entry, i] = silu(G_e[i,:]·x[t,:]) · (U_e[i,:]·x[t,:]), t = entry / k, stored as hi/lo bf16.
-// H a multiple of 256, I of 16.
-__global__ void __launch_bounds__(256, 2) expert_gateup_mma(unsigned short* acth, unsigned short* actl,
-                                                            const unsigned short* xh, const unsigned short* xl,
-                                                            const int* offsets, const int* list,
-                                                            const unsigned long long* table, int H, int I, int k) {
+// gateup_mma: the body of expert_gateup_mma (LO) and expert_gateup_mma1 (!LO).
+template <bool LO>
+__device__ __forceinline__ void gateup_mma(unsigned short* acth, unsigned short* actl, const unsigned short* xh,
+                                           const unsigned short* xl, const int* offsets, const int* list,
+                                           const unsigned long long* table, int H, int I, int k) {
   __shared__ float red[8 * 32 * 32];
   int e = blockIdx.x;
   int b0 = offsets[e], n = offsets[e + 1] - b0;
@@ -1096,16 +1086,37 @@ __global__ void __launch_bounds__(256, 2) expert_gateup_mma(unsigned short* acth
   for (int p0 = 0; p0 < n; p0 += XM_PASS) {
     int nc = min(XM_PASS, n - p0);
     const int* lst = list + b0 + p0;
-    if (nc <= 8) gateup_pass<1>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
-    else if (nc <= 16) gateup_pass<2>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
-    else gateup_pass<4>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
+    if (nc <= 8) gateup_pass<1, LO>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
+    else if (nc <= 16) gateup_pass<2, LO>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
+    else gateup_pass<4, LO>(red, acth, actl, xh, xl, lst, nc, gu, H, I, k, i0);
   }
+}
+
+extern "C" {
+
+// expert_gateup_mma: block (e, tile of 16 i's), 256 threads. For every entry routed to e:
+//   act[entry, i] = silu(G_e[i,:]·x[t,:]) · (U_e[i,:]·x[t,:]), t = entry / k, with x given and
+// act stored as hi + lo bf16 terms (x ≈ xh + xl to float32 precision). H a multiple of 256, I of 16.
+__global__ void __launch_bounds__(256, 2) expert_gateup_mma(unsigned short* acth, unsigned short* actl,
+                                                            const unsigned short* xh, const unsigned short* xl,
+                                                            const int* offsets, const int* list,
+                                                            const unsigned long long* table, int H, int I, int k) {
+  gateup_mma<true>(acth, actl, xh, xl, offsets, list, table, H, I, k);
+}
+
+// expert_gateup_mma1: expert_gateup_mma with x and act as single bf16 terms (bf16 activations, as
+// the dense bf16 GEMMs use; half the tensor-core work and activation traffic).
+__global__ void __launch_bounds__(256, 2) expert_gateup_mma1(unsigned short* act, const unsigned short* x,
+                                                             const int* offsets, const int* list,
+                                                             const unsigned long long* table, int H, int I, int k) {
+  gateup_mma<false>(act, nullptr, x, nullptr, offsets, list, table, H, I, k);
 }
 
 }  // extern "C"
 
 // down pass: 4 warps split I; warp w accumulates 32 h rows (two m16 tiles) over its I/4 columns.
-template <int NG>
+// LO as in gateup_pass.
+template <int NG, bool LO>
 __device__ __forceinline__ void down_pass(float* red, float* ys, const unsigned short* acth, const unsigned short* actl,
                                           const float* weights, const int* lst, int nc, const unsigned short* dn, int H,
                                           int I, int h0) {
@@ -1122,7 +1133,7 @@ __device__ __forceinline__ void down_pass(float* red, float* ys, const unsigned 
   for (int q = 0; q < NG; q++) {
     long long ent = lst[min(q * 8 + g, nc - 1)];
     bh[q] = acth + ent * I + col;
-    bl[q] = actl + ent * I + col;
+    bl[q] = LO ? actl + ent * I + col : nullptr;
   }
   float acc[NG][8];
 #pragma unroll
@@ -1134,11 +1145,17 @@ __device__ __forceinline__ void down_pass(float* red, float* ys, const unsigned 
     uint4 w0 = ldg16(a0 + kk), w8 = ldg16(a8 + kk), w16 = ldg16(a16 + kk), w24 = ldg16(a24 + kk);
 #pragma unroll
     for (int q = 0; q < NG; q++) {
-      uint4 h = ldg16(bh[q] + kk), l = ldg16(bl[q] + kk);
-      mma_chunk(acc[q], w0, w8, h);
-      mma_chunk(acc[q], w0, w8, l);
-      mma_chunk(acc[q] + 4, w16, w24, h);
-      mma_chunk(acc[q] + 4, w16, w24, l);
+      uint4 h = ldg16(bh[q] + kk);
+      if (LO) {
+        uint4 l = ldg16(bl[q] + kk);
+        mma_chunk(acc[q], w0, w8, h);
+        mma_chunk(acc[q], w0, w8, l);
+        mma_chunk(acc[q] + 4, w16, w24, h);
+        mma_chunk(acc[q] + 4, w16, w24, l);
+      } else {
+        mma_chunk(acc[q], w0, w8, h);
+        mma_chunk(acc[q] + 4, w16, w24, h);
+      }
     }
   }
   __syncthreads();
@@ -1160,14 +1177,11 @@ __device__ __forceinline__ void down_pass(float* red, float* ys, const unsigned 
   }
 }
 
-extern "C" {
-
-// expert_down_mma: block (e, tile of 32 h's), 128 threads. For every entry routed to e:
-//   ys[entry, h] = weights[entry] · (D_e[h,:]·act[entry,:]). I a multiple of 128, H of 32.
-__global__ void __launch_bounds__(128, 4) expert_down_mma(float* ys, const unsigned short* acth,
-                                                          const unsigned short* actl, const float* weights,
-                                                          const int* offsets, const int* list,
-                                                          const unsigned long long* table, int H, int I) {
+// down_mma: the body of expert_down_mma (LO) and expert_down_mma1 (!LO).
+template <bool LO>
+__device__ __forceinline__ void down_mma(float* ys, const unsigned short* acth, const unsigned short* actl,
+                                         const float* weights, const int* offsets, const int* list,
+                                         const unsigned long long* table, int H, int I) {
   __shared__ float red[4 * 32 * 32];
   int e = blockIdx.x;
   int b0 = offsets[e], n = offsets[e + 1] - b0;
@@ -1177,10 +1191,29 @@ __global__ void __launch_bounds__(128, 4) expert_down_mma(float* ys, const unsig
   for (int p0 = 0; p0 < n; p0 += XM_PASS) {
     int nc = min(XM_PASS, n - p0);
     const int* lst = list + b0 + p0;
-    if (nc <= 8) down_pass<1>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
-    else if (nc <= 16) down_pass<2>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
-    else down_pass<4>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
+    if (nc <= 8) down_pass<1, LO>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
+    else if (nc <= 16) down_pass<2, LO>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
+    else down_pass<4, LO>(red, ys, acth, actl, weights, lst, nc, dn, H, I, h0);
   }
+}
+
+extern "C" {
+
+// expert_down_mma: block (e, tile of 32 h's), 128 threads. For every entry routed to e:
+//   ys[entry, h] = weights[entry] · (D_e[h,:]·act[entry,:]), act as hi + lo bf16 terms.
+// I a multiple of 128, H of 32.
+__global__ void __launch_bounds__(128, 4) expert_down_mma(float* ys, const unsigned short* acth,
+                                                          const unsigned short* actl, const float* weights,
+                                                          const int* offsets, const int* list,
+                                                          const unsigned long long* table, int H, int I) {
+  down_mma<true>(ys, acth, actl, weights, offsets, list, table, H, I);
+}
+
+// expert_down_mma1: expert_down_mma with act as single bf16 terms.
+__global__ void __launch_bounds__(128, 4) expert_down_mma1(float* ys, const unsigned short* act, const float* weights,
+                                                           const int* offsets, const int* list,
+                                                           const unsigned long long* table, int H, int I) {
+  down_mma<false>(ys, act, nullptr, weights, offsets, list, table, H, I);
 }
 
 // fill_random: element i = (2u − 1)·scale with u = hash(seed, i) ∈ [0,1) (I32: ⌊u·scale⌋).

@@ -6,7 +6,9 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/dlmesh/dlmesh/kernels"
@@ -293,5 +295,57 @@ func TestStepRejectsBadInput(t *testing.T) {
 	}
 	if ex.W != nil || len(ex.Experts.IDs) != 2 {
 		t.Fatalf("experts-only model loaded the wrong parts: W %v, experts %v", ex.W != nil, ex.Experts.IDs)
+	}
+}
+
+// TestExpertActBF16 loads the experts with bf16 activations (LoadOptions.ExpertActDType). On the
+// CPU backend, which always computes in float32, the forward must equal the exact one bit for
+// bit; on CUDA (DLMESH_TEST_BACKEND=cuda) the expert products are rounded to bf16, so argmaxes
+// may move only where the reference's top-2 are close and probabilities stay near the reference.
+func TestExpertActBF16(t *testing.T) {
+	bad := fullOpts()
+	bad.ExpertActDType = kernels.I32
+	if _, err := model.Load(context.Background(), tinyDir, cpu.New(), bad); err == nil || !strings.Contains(err.Error(), "expert activation dtype") {
+		t.Fatalf("Load with an I32 expert activation dtype: %v", err)
+	}
+	opts := fullOpts()
+	opts.ExpertActDType = kernels.BF16
+	m := loadTiny(t, opts)
+	for i, set := range m.Experts.Layers {
+		if set.ActDType != kernels.BF16 {
+			t.Fatalf("layer %d: expert set activation dtype %v, want BF16", i, set.ActDType)
+		}
+	}
+	exact := loadTiny(t, fullOpts())
+	onCUDA := os.Getenv("DLMESH_TEST_BACKEND") == "cuda"
+	for ci, c := range loadForwardCases(t) {
+		ids, probs, err := m.Forward(context.Background(), c.IDs, c.BlockLength)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !onCUDA {
+			wantIDs, wantProbs, err := exact.Forward(context.Background(), c.IDs, c.BlockLength)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(ids, wantIDs) || !slices.Equal(probs, wantProbs) {
+				t.Fatalf("case %d: the CPU backend changed its result for bf16 expert activations", ci)
+			}
+			continue
+		}
+		flips, maxDiff := 0, 0.0
+		for p := range ids {
+			maxDiff = math.Max(maxDiff, math.Abs(float64(probs[p])-c.Confidence[p]))
+			if ids[p] != c.Argmax[p] {
+				flips++
+				if gap := c.Top5Probs[p][0] - c.Top5Probs[p][1]; gap > 0.05 {
+					t.Errorf("case %d position %d: argmax %d, reference %d with a top-2 gap of %.3g", ci, p, ids[p], c.Argmax[p], gap)
+				}
+			}
+		}
+		t.Logf("case %d: %d of %d argmaxes differ from the float32 reference, max |Δp| %.3g", ci, flips, len(ids), maxDiff)
+		if maxDiff > 0.05 {
+			t.Errorf("case %d: a probability is %.3g away from the reference (> 0.05)", ci, maxDiff)
+		}
 	}
 }

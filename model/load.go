@@ -48,6 +48,33 @@ type LoadOptions struct {
 	// that rounds activations to bf16 for bf16 GEMMs (CUDA) then computes those in float32:
 	// the exact-parity mode for small models. Routed experts stay as stored.
 	F32Weights bool
+	// ExpertActDType is the precision of the routed experts' activations on backends that have
+	// a choice (kernels.ExpertSet.ActDType): 0 or F32 exact, BF16 rounded once (the precision
+	// of the dense bf16 GEMMs; CUDA then does half the expert tensor-core work).
+	ExpertActDType kernels.DType
+}
+
+// SetExpertActDType changes the precision of the held routed experts' activations (see
+// LoadOptions.ExpertActDType); steps prepared or captured before keep the old one.
+func (m *Model) SetExpertActDType(dt kernels.DType) error {
+	if err := (LoadOptions{ExpertActDType: dt}).validate(); err != nil {
+		return err
+	}
+	if m.Experts != nil {
+		for _, set := range m.Experts.Layers {
+			set.ActDType = dt
+		}
+	}
+	return nil
+}
+
+// validate reports options no backend can honour.
+func (o LoadOptions) validate() error {
+	switch o.ExpertActDType {
+	case 0, kernels.F32, kernels.BF16:
+		return nil
+	}
+	return fmt.Errorf("model: load options: expert activation dtype %v (want F32 or BF16)", o.ExpertActDType)
 }
 
 // AllExperts returns the ids 0..n-1.
@@ -74,6 +101,9 @@ type Model struct {
 
 // Load reads config.json and the checkpoint in dir and uploads the selected parts to be.
 func Load(ctx context.Context, dir string, be kernels.Backend, opts LoadOptions) (*Model, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
 	cfg, err := LoadConfig(dir)
 	if err != nil {
 		return nil, err
@@ -329,7 +359,7 @@ func (l *loader) experts(ctx context.Context, ids []int) (*ExpertWeights, error)
 	}
 	ew := &ExpertWeights{IDs: held, Layers: map[int]*kernels.ExpertSet{}}
 	for _, i := range c.MoELayers() {
-		set := &kernels.ExpertSet{Experts: make([]*kernels.Expert, c.Experts)}
+		set := &kernels.ExpertSet{Experts: make([]*kernels.Expert, c.Experts), ActDType: l.opts.ExpertActDType}
 		for _, e := range held {
 			x, err := l.ffn(ctx, fmt.Sprintf("model.layers.%d.mlp.experts.%d.", i, e), c.MoEIntermediate, true)
 			if err != nil {
@@ -349,6 +379,9 @@ var ErrNoAttention = errors.New("model: attention part not loaded")
 // shapes without their checkpoints). A backend implementing kernels.Randomizer fills the
 // weights in place (no host copies); otherwise they are generated on the host.
 func NewRandom(cfg *Config, be kernels.Backend, opts LoadOptions, seed uint64) (*Model, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -388,7 +421,7 @@ func NewRandom(cfg *Config, be kernels.Backend, opts LoadOptions, seed uint64) (
 		ew := &ExpertWeights{IDs: append([]int(nil), opts.Experts...), Layers: map[int]*kernels.ExpertSet{}}
 		sort.Ints(ew.IDs)
 		for _, i := range c.MoELayers() {
-			set := &kernels.ExpertSet{Experts: make([]*kernels.Expert, c.Experts)}
+			set := &kernels.ExpertSet{Experts: make([]*kernels.Expert, c.Experts), ActDType: opts.ExpertActDType}
 			for _, e := range ew.IDs {
 				set.Experts[e] = r.ffn(c.MoEIntermediate)
 			}

@@ -172,6 +172,9 @@ func (b *Backend) ExpertsFFN(dst, x, ids, weights *kernels.Tensor, set *kernels.
 		if err != nil {
 			return err
 		}
+		if a := set.ActDType; a != 0 && a != kernels.F32 && a != kernels.BF16 {
+			return fmt.Errorf("cuda: %s: activation dtype %v (F32 or BF16): %w", op, a, kernels.ErrUnsupported)
+		}
 		E, I, N := len(set.Experts), st.I, T*k
 		if T == 0 {
 			return nil
@@ -193,6 +196,9 @@ func (b *Backend) ExpertsFFN(dst, x, ids, weights *kernels.Tensor, set *kernels.
 			return err
 		}
 		if H%256 == 0 && I%128 == 0 {
+			if set.ActDType == kernels.BF16 {
+				return b.expertsMMA1(dst, x, ids, weights, st, offsets, list, ys.ptr, T, H, I, k, E, N)
+			}
 			return b.expertsMMA(dst, x, ids, weights, st, offsets, list, ys.ptr, T, H, I, k, E, N)
 		}
 		sm := 4 * expNT * H
@@ -271,6 +277,38 @@ func (b *Backend) expertsMMA(dst, x, ids, weights *kernels.Tensor, st *setTable,
 	if err := b.launch("expert_down_mma", dim3{uint32(E), uint32(H / 32), 1}, dim3{128, 1, 1}, 0, a); err != nil {
 		return err
 	}
-	a = b.args.reset().ptr(ptrOf(dst)).ptr(ys).ptr(ptrOf(ids)).ptr(st.buf.ptr).i32(H).i32(k).i32(E)
+	return b.expertCombine(dst, ids, st, ys, T, H, k, E)
+}
+
+// expertsMMA1 is expertsMMA with bf16 activations (ExpertSet.ActDType BF16): cvt_f32 rounds x to
+// bf16, expert_gateup_mma1 and expert_down_mma1 multiply single bf16 terms (half the MMAs and
+// activation reads of the hi/lo path).
+func (b *Backend) expertsMMA1(dst, x, ids, weights *kernels.Tensor, st *setTable, offsets, list, ys uintptr, T, H, I, k, E, N int) error {
+	xs, err := b.scratchBuf("experts.x16", 2*T*H)
+	if err != nil {
+		return err
+	}
+	as, err := b.scratchBuf("experts.act16", 2*N*I)
+	if err != nil {
+		return err
+	}
+	a := b.args.reset().ptr(xs.ptr).ptr(ptrOf(x)).u64(uint64(T * H)).i32(int(kernels.BF16))
+	if err := b.launch("cvt_f32", gridFor(T*H, 256), dim3{256, 1, 1}, 0, a); err != nil {
+		return err
+	}
+	a = b.args.reset().ptr(as.ptr).ptr(xs.ptr).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I).i32(k)
+	if err := b.launch("expert_gateup_mma1", dim3{uint32(E), uint32(I / 16), 1}, dim3{256, 1, 1}, 0, a); err != nil {
+		return err
+	}
+	a = b.args.reset().ptr(ys).ptr(as.ptr).ptr(ptrOf(weights)).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I)
+	if err := b.launch("expert_down_mma1", dim3{uint32(E), uint32(H / 32), 1}, dim3{128, 1, 1}, 0, a); err != nil {
+		return err
+	}
+	return b.expertCombine(dst, ids, st, ys, T, H, k, E)
+}
+
+// expertCombine launches expert_combine: dst[t,:] = Σ_j ys[t·k+j,:] over the held choices.
+func (b *Backend) expertCombine(dst, ids *kernels.Tensor, st *setTable, ys uintptr, T, H, k, E int) error {
+	a := b.args.reset().ptr(ptrOf(dst)).ptr(ys).ptr(ptrOf(ids)).ptr(st.buf.ptr).i32(H).i32(k).i32(E)
 	return b.launch("expert_combine", grid1(T), dim3{256, 1, 1}, 0, a)
 }

@@ -3,6 +3,7 @@ package cuda
 import (
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,10 +23,12 @@ type fakeDriver struct {
 	tids     map[int]bool
 	launches []fakeLaunch
 	captures int
+	fns      []string // kernel names; a function handle is its index + 1
 }
 
 type fakeLaunch struct {
 	fn     uintptr
+	name   string
 	grid   [3]uint32
 	params unsafe.Pointer
 	args   []uint64 // first n slots, read during the call
@@ -77,12 +80,13 @@ func (f *fakeDriver) table(nargs int) *driver {
 		cuModuleLoadData:    func(m *uintptr, _ unsafe.Pointer) cuResult { *m = 0x3; return ok() },
 		cuModuleUnload:      func(uintptr) cuResult { return ok() },
 		cuModuleGetFunction: func(fn *uintptr, _ uintptr, name *byte) cuResult {
-			*fn = uintptr(len(goString(name)))
+			f.fns = append(f.fns, goString(name))
+			*fn = uintptr(len(f.fns))
 			return ok()
 		},
 		cuFuncSetAttribute: func(uintptr, int32, int32) cuResult { return ok() },
 		cuLaunchKernel: func(fn uintptr, gx, gy, gz, bx, by, bz, sh uint32, s uintptr, params, extra unsafe.Pointer) cuResult {
-			l := fakeLaunch{fn: fn, grid: [3]uint32{gx, gy, gz}, params: params}
+			l := fakeLaunch{fn: fn, name: f.fns[fn-1], grid: [3]uint32{gx, gy, gz}, params: params}
 			ptrs := unsafe.Slice((*unsafe.Pointer)(params), nargs)
 			for _, p := range ptrs {
 				l.args = append(l.args, *(*uint64)(p))
@@ -214,7 +218,7 @@ func TestLaunchArgPacking(t *testing.T) {
 		t.Fatalf("%d launches, want 1", len(f.launches))
 	}
 	l := f.launches[0]
-	if l.fn != uintptr(len("swiglu")) || l.grid != [3]uint32{2, 3, 1} {
+	if l.name != "swiglu" || l.grid != [3]uint32{2, 3, 1} {
 		t.Fatalf("launch %+v", l)
 	}
 	if l.args[0] != 0xdeadbeef00 {
@@ -339,5 +343,48 @@ func TestCaptureKeepsFreedBuffers(t *testing.T) {
 	_, err = b.Capture(func() error { return errors.New("boom") })
 	if err == nil || !strings.Contains(err.Error(), "boom") {
 		t.Fatalf("capture error %v", err)
+	}
+}
+
+// TestExpertsDispatch checks which kernels ExpertsFFN launches for each activation precision and
+// shape: the hi/lo tensor-core path by default, the single-bf16 one for ActDType BF16, and the
+// CUDA-core kernels when the shape does not fit the tensor-core tiles.
+func TestExpertsDispatch(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		H, I int
+		act  kernels.DType
+		want []string
+	}{
+		{"exact", 256, 128, 0, []string{"route_group", "split_bf16", "expert_gateup_mma", "expert_down_mma", "expert_combine"}},
+		{"exact, explicit f32", 256, 128, kernels.F32, []string{"route_group", "split_bf16", "expert_gateup_mma", "expert_down_mma", "expert_combine"}},
+		{"bf16 activations", 256, 128, kernels.BF16, []string{"route_group", "cvt_f32", "expert_gateup_mma1", "expert_down_mma1", "expert_combine"}},
+		{"shape off the mma tiles", 64, 32, kernels.BF16, []string{"route_group", "expert_gateup", "expert_down", "expert_combine"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, f := fakeBackend(t, 0)
+			T, k, E := 3, 2, 4
+			set := &kernels.ExpertSet{Experts: make([]*kernels.Expert, E), ActDType: tc.act}
+			for e := range set.Experts {
+				gu, _ := b.Alloc(kernels.BF16, 2*tc.I, tc.H)
+				dn, _ := b.Alloc(kernels.BF16, tc.H, tc.I)
+				set.Experts[e] = &kernels.Expert{GateUp: gu, Down: dn}
+			}
+			dst, _ := b.Alloc(kernels.F32, T, tc.H)
+			x, _ := b.Alloc(kernels.F32, T, tc.H)
+			ids, _ := b.Alloc(kernels.I32, T, k)
+			wts, _ := b.Alloc(kernels.F32, T, k)
+			f.launches = nil
+			if err := b.ExpertsFFN(dst, x, ids, wts, set); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, l := range f.launches {
+				got = append(got, l.name)
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("launched %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

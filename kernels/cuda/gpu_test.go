@@ -562,7 +562,11 @@ func TestGPUExpertsFFN(t *testing.T) {
 		name           string
 		E, H, I, T, k  int
 		missing, skips bool
-	}{{"tiny shape, chunked tokens, missing experts", 16, 256, 128, 37, 4, true, true}, {"mini shape", 64, 2048, 512, 32, 8, false, false}} {
+	}{
+		{"tiny shape, chunked tokens, missing experts", 16, 256, 128, 37, 4, true, true},
+		{"mini shape", 64, 2048, 512, 32, 8, false, false},
+		{"mini shape, 64 entries per expert", 16, 2048, 512, 128, 8, false, false},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			set := &kernels.ExpertSet{Experts: make([]*kernels.Expert, tc.E)}
 			gu := make([][]float64, tc.E)
@@ -585,8 +589,13 @@ func TestGPUExpertsFFN(t *testing.T) {
 					ids[i] = -1
 				}
 			}
-			dst := out(t, b, kernels.F32, tc.T, tc.H)
-			must(t, b.ExpertsFFN(dst, upF32(t, b, x, tc.T, tc.H), upI32(t, b, ids, tc.T, tc.k), upF32(t, b, wts, tc.T, tc.k), set))
+			run := func(act kernels.DType) []float32 {
+				set.ActDType = act
+				dst := out(t, b, kernels.F32, tc.T, tc.H)
+				must(t, b.ExpertsFFN(dst, upF32(t, b, x, tc.T, tc.H), upI32(t, b, ids, tc.T, tc.k), upF32(t, b, wts, tc.T, tc.k), set))
+				return downF32(t, b, dst)
+			}
+			exact, rounded := run(kernels.F32), run(kernels.BF16)
 			want := make([]float64, tc.T*tc.H)
 			act := make([]float64, tc.I)
 			for i, e := range ids {
@@ -611,7 +620,17 @@ func TestGPUExpertsFFN(t *testing.T) {
 					want[t0*tc.H+h] += float64(wts[i]) * s
 				}
 			}
-			closeTo(t, "experts ffn", downF32(t, b, dst), want, 1e-5)
+			closeTo(t, "experts ffn", exact, want, 1e-5)
+			closeTo(t, "experts ffn, bf16 activations", rounded, want, 1e-2)
+			// The bf16 path must really be another computation than the exact one.
+			var d2, n2 float64
+			for i, v := range exact {
+				d2 += float64(v-rounded[i]) * float64(v-rounded[i])
+				n2 += float64(v) * float64(v)
+			}
+			if math.Sqrt(d2/n2) < 1e-5 {
+				t.Fatalf("bf16 activations: relative difference to the exact path %.3g: the bf16 kernels did not run", math.Sqrt(d2/n2))
+			}
 		})
 	}
 }

@@ -192,23 +192,35 @@ func BenchmarkExpertsFFN(b *testing.B) {
 	}
 	p := kernels.RouterParams{TopK: miniK, NGroup: 8, TopKGroup: 4, Norm: true, Scale: 2.5}
 	for _, T := range benchRows {
-		b.Run(fmt.Sprintf("T=%d", T), func(b *testing.B) {
-			logits := rnd(b, be, kernels.F32, 3, T, miniE)
-			ids := rnd(b, be, kernels.I32, 1, T, miniK)
-			w := rnd(b, be, kernels.F32, 1, T, miniK)
-			must(b, be.Router(ids, w, logits, nil, nil, p))
-			hid := downI32(b, be, ids)
-			touched := map[int32]bool{}
-			for _, id := range hid {
-				touched[id] = true
+		for _, act := range []kernels.DType{kernels.F32, kernels.BF16} {
+			name := fmt.Sprintf("T=%d", T)
+			if act == kernels.BF16 {
+				name += "/act=bf16"
 			}
-			b.ReportMetric(float64(len(touched)), "experts")
-			x := rnd(b, be, kernels.F32, 1, T, miniH)
-			dst := rnd(b, be, kernels.F32, 1, T, miniH)
-			bytes := float64(len(touched) * 3 * miniI * miniH * 2)
-			timeOp(b, be, bytes, func() error { return be.ExpertsFFN(dst, x, ids, w, set) })
-		})
+			b.Run(name, func(b *testing.B) {
+				set.ActDType = act
+				benchExperts(b, be, set, p, T)
+			})
+		}
 	}
+}
+
+// benchExperts times ExpertsFFN over T rows routed by the router on random logits.
+func benchExperts(b *testing.B, be *Backend, set *kernels.ExpertSet, p kernels.RouterParams, T int) {
+	logits := rnd(b, be, kernels.F32, 3, T, miniE)
+	ids := rnd(b, be, kernels.I32, 1, T, miniK)
+	w := rnd(b, be, kernels.F32, 1, T, miniK)
+	must(b, be.Router(ids, w, logits, nil, nil, p))
+	hid := downI32(b, be, ids)
+	touched := map[int32]bool{}
+	for _, id := range hid {
+		touched[id] = true
+	}
+	b.ReportMetric(float64(len(touched)), "experts")
+	x := rnd(b, be, kernels.F32, 1, T, miniH)
+	dst := rnd(b, be, kernels.F32, 1, T, miniH)
+	bytes := float64(len(touched) * 3 * miniI * miniH * 2)
+	timeOp(b, be, bytes, func() error { return be.ExpertsFFN(dst, x, ids, w, set) })
 }
 
 func BenchmarkLMHead(b *testing.B) {
