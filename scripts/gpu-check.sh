@@ -7,8 +7,9 @@
 #                                   2. the tiny model's forward parity (forward_cases.json) and the
 #                                      decoding fixtures through the engine, on the CUDA backend
 #                                   3. dlmesh bench --shape mini --random-weights (512/4096 ctx,
-#                                      batch 1/8/32, median of 20 graphed steps), then the same
-#                                      with --kv-bf16 (BENCH_KV_BF16=0 skips it)
+#                                      batch 1/8/32, median of 20 graphed steps) for every
+#                                      KV cache dtype × expert activation dtype in BENCH_KV and
+#                                      BENCH_ACT (default f32,bf16 each), in one run
 #                                   4. kernel benchmarks (KERNEL_BENCH=1), then a short table.
 #
 # The device tool call: run(command="bash scripts/gpu-check.sh --remote", carry=["bin"]).
@@ -24,10 +25,15 @@ if [[ "${1:-}" != "--remote" ]]; then
 	CGO_ENABLED=0 go test -c -ldflags='-s -w' -trimpath -o bin/model.test ./model
 	CGO_ENABLED=0 go test -c -ldflags='-s -w' -trimpath -o bin/engine.test ./engine
 	CGO_ENABLED=1 go build -ldflags='-s -w' -trimpath -o bin/dlmesh ./cmd/dlmesh
-	echo "built bin/{cuda,nvml,model,engine}.test bin/dlmesh; on the device machine: bash scripts/gpu-check.sh --remote"
+	# gzip: the device tool carries at most 64 MiB of ignored paths (40 MB raw, 15 MB gzipped)
+	rm -f bin/*.gz
+	gzip -9 bin/cuda.test bin/nvml.test bin/model.test bin/engine.test bin/dlmesh
+	echo "built bin/{cuda,nvml,model,engine}.test.gz bin/dlmesh.gz; on the device machine: bash scripts/gpu-check.sh --remote"
 	exit 0
 fi
 
+for z in bin/*.gz; do [[ -e "$z" ]] && gunzip -f "$z"; done
+chmod +x bin/* 2>/dev/null
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 log=${OUT:-/tmp}/gpu-check.log
 : >"$log"
@@ -42,16 +48,13 @@ if [[ -x bin/nvml.test ]]; then
 	./bin/nvml.test -test.v 2>&1 | tee -a "$log" | tail -8
 fi
 echo "== model forward parity on cuda (forward_cases.json)" | tee -a "$log"
-(cd model && DLMESH_TEST_BACKEND=cuda ../bin/model.test -test.v -test.run 'Forward|Step' -test.timeout 120s 2>&1) | tee -a "$log" | grep -E '^(--- |ok|PASS|FAIL|panic)|tie|reference' | head -40
+(cd model && DLMESH_TEST_BACKEND=cuda ../bin/model.test -test.v -test.run 'Forward|Step|ExpertAct' -test.timeout 120s 2>&1) | tee -a "$log" | grep -E '^(--- |ok|PASS|FAIL|panic)|tie|reference' | head -40
 echo "== decoding fixtures on cuda (generate_cases.json)" | tee -a "$log"
 (cd engine && DLMESH_TEST_BACKEND=cuda ../bin/engine.test -test.v -test.run 'TestGenerateMatchesReference|TestGenerateBatched' -test.timeout 200s 2>&1) | tee -a "$log" | grep -E '^\s*(--- |ok|PASS|FAIL|panic)|tie|want' | head -60
 grep -q '^--- FAIL' "$log" && status=1
 echo "== dlmesh bench --shape mini --random-weights" | tee -a "$log"
-timeout 240 ./bin/dlmesh bench --shape mini --random-weights --backend cuda --ctx "${BENCH_CTX:-512,4096}" --batch "${BENCH_BATCH:-1,8,32}" --steps 20 2>&1 | tee -a "$log" || status=1
-if [[ "${BENCH_KV_BF16:-1}" == 1 ]]; then
-	echo "== dlmesh bench --shape mini --random-weights --kv-bf16" | tee -a "$log"
-	timeout 240 ./bin/dlmesh bench --shape mini --random-weights --backend cuda --kv-bf16 --ctx "${BENCH_CTX:-512,4096}" --batch "${BENCH_BATCH:-1,8,32}" --steps 20 2>&1 | tee -a "$log" || status=1
-fi
+timeout 360 ./bin/dlmesh bench --shape mini --random-weights --backend cuda --ctx "${BENCH_CTX:-512,4096}" --batch "${BENCH_BATCH:-1,8,32}" \
+	--kv-dtype "${BENCH_KV:-f32,bf16}" --expert-act "${BENCH_ACT:-f32,bf16}" --steps 20 2>&1 | tee -a "$log" || status=1
 if [[ -x bin/dlmesh ]]; then ./bin/dlmesh gpus 2>&1 | tee -a "$log" || true; fi
 if [[ "${KERNEL_BENCH:-0}" != 1 ]]; then
 	echo "status: $status (full log: $log)"

@@ -25,6 +25,8 @@ type benchRow struct {
 	Ctx      int     `json:"ctx"`
 	Batch    int     `json:"batch"`
 	Graph    bool    `json:"graph"`
+	KV       string  `json:"kv_dtype"`
+	Act      string  `json:"expert_act_dtype"`
 	Steps    int     `json:"steps"`
 	MedianMs float64 `json:"median_ms"`
 	P10Ms    float64 `json:"p10_ms"`
@@ -35,6 +37,7 @@ type benchRow struct {
 func benchCmd() *cobra.Command {
 	var (
 		dir, shape, backend, ctxs, batches string
+		kvs, acts                          string
 		random, noGraph, asJSON, kvBF16    bool
 		steps, warmup, blockLen            int
 	)
@@ -47,7 +50,11 @@ timed steps (after --warmup), replayed as one CUDA graph per step unless --no-gr
 
 --shape mini|flash with --random-weights builds the LLaDA2.x-mini/flash shapes with random bf16
 weights generated on the device (no checkpoint needed); --shape tiny (default) uses the bundled
-model's checkpoint, or --model DIR.`,
+model's checkpoint, or --model DIR.
+
+--kv-dtype and --expert-act take comma-separated lists (f32, bf16) so one run compares them:
+a bf16 KV cache halves the attention reads (CUDA); bf16 expert activations round the routed
+experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact hi+lo split.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -56,6 +63,17 @@ model's checkpoint, or --model DIR.`,
 				return err
 			}
 			bl, err := parseInts("--batch", batches)
+			if err != nil {
+				return err
+			}
+			if kvBF16 {
+				kvs = "bf16"
+			}
+			kvl, err := parseDTypes("--kv-dtype", kvs)
+			if err != nil {
+				return err
+			}
+			actl, err := parseDTypes("--expert-act", acts)
 			if err != nil {
 				return err
 			}
@@ -106,19 +124,25 @@ model's checkpoint, or --model DIR.`,
 				fmt.Fprintf(os.Stderr, "  done in %.1f s\n", time.Since(t0).Seconds())
 			}
 			defer m.Close()
-			if kvBF16 {
-				m.KVDType = kernels.BF16
-			}
 			var rows []benchRow
-			for _, c := range cl {
-				for _, b := range bl {
-					r, err := benchStep(ctx, m, shape, c, b, blockLen, steps, warmup, !noGraph)
-					if err != nil {
-						return fmt.Errorf("ctx %d batch %d: %w", c, b, err)
+			for _, kv := range kvl {
+				m.KVDType = kv
+				for _, act := range actl {
+					if err := m.SetExpertActDType(act); err != nil {
+						return err
 					}
-					rows = append(rows, r)
-					if !asJSON {
-						fmt.Fprintf(os.Stderr, "  ctx %d batch %d: %.2f ms\n", c, b, r.MedianMs)
+					for _, c := range cl {
+						for _, b := range bl {
+							r, err := benchStep(ctx, m, shape, c, b, blockLen, steps, warmup, !noGraph)
+							if err != nil {
+								return fmt.Errorf("kv %v, expert activations %v, ctx %d, batch %d: %w", kv, act, c, b, err)
+							}
+							r.KV, r.Act = strings.ToLower(kv.String()), strings.ToLower(act.String())
+							rows = append(rows, r)
+							if !asJSON {
+								fmt.Fprintf(os.Stderr, "  kv %s act %s ctx %d batch %d: %.2f ms\n", r.KV, r.Act, c, b, r.MedianMs)
+							}
+						}
 					}
 				}
 			}
@@ -127,9 +151,9 @@ model's checkpoint, or --model DIR.`,
 				return json.NewEncoder(out).Encode(rows)
 			}
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "backend\tshape\tctx\tbatch\tgraph\tsteps\tmedian ms\tp10 ms\tp90 ms\tblock tok/s\t")
+			fmt.Fprintln(tw, "backend\tshape\tkv\tact\tctx\tbatch\tgraph\tsteps\tmedian ms\tp10 ms\tp90 ms\tblock tok/s\t")
 			for _, r := range rows {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%v\t%d\t%.2f\t%.2f\t%.2f\t%.0f\t\n", r.Backend, r.Shape, r.Ctx, r.Batch, r.Graph, r.Steps, r.MedianMs, r.P10Ms, r.P90Ms, r.TokPerS)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%d\t%.2f\t%.2f\t%.2f\t%.0f\t\n", r.Backend, r.Shape, r.KV, r.Act, r.Ctx, r.Batch, r.Graph, r.Steps, r.MedianMs, r.P10Ms, r.P90Ms, r.TokPerS)
 			}
 			return tw.Flush()
 		},
@@ -146,8 +170,26 @@ model's checkpoint, or --model DIR.`,
 	f.IntVar(&blockLen, "block", 32, "block length")
 	f.BoolVar(&noGraph, "no-graph", false, "do not capture the step as a CUDA graph")
 	f.BoolVar(&asJSON, "json", false, "print the rows as JSON")
-	f.BoolVar(&kvBF16, "kv-bf16", false, "keep the KV cache in bf16 (CUDA)")
+	f.BoolVar(&kvBF16, "kv-bf16", false, "same as --kv-dtype bf16")
+	f.StringVar(&kvs, "kv-dtype", "f32", "KV cache element types to time, comma-separated: f32, bf16 (CUDA)")
+	f.StringVar(&acts, "expert-act", "f32", "routed-expert activation precisions to time, comma-separated: f32 (exact), bf16 (CUDA)")
 	return cmd
+}
+
+// parseDTypes parses a comma-separated list of f32/bf16.
+func parseDTypes(flag, s string) ([]kernels.DType, error) {
+	var out []kernels.DType
+	for _, p := range strings.Split(s, ",") {
+		switch strings.ToLower(strings.TrimSpace(p)) {
+		case "f32", "fp32", "float32":
+			out = append(out, kernels.F32)
+		case "bf16", "bfloat16":
+			out = append(out, kernels.BF16)
+		default:
+			return nil, fmt.Errorf("%s %q: want comma-separated f32 or bf16", flag, s)
+		}
+	}
+	return out, nil
 }
 
 func parseInts(flag, s string) ([]int, error) {
