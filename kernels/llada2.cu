@@ -999,6 +999,47 @@ __global__ void split_bf16(unsigned short* hi, unsigned short* lo, const float* 
 
 }  // extern "C"
 
+// mma_tiles: the warp's part of two m16 weight tiles times NG groups of 8 activation rows over
+// kw columns, 32 at a time: acc[q][0..3] += A(rows a0 | a8)·B_q, acc[q][4..7] += A(rows a16 |
+// a24)·B_q, B_q = bh[q] (+ bl[q] when LO, the lo bf16 terms). Then, between two block barriers
+// (the first frees red from the previous pass), the warp w stores acc at red[w][q·8 + r][lane].
+template <int NG, bool LO>
+__device__ __forceinline__ void mma_tiles(float* red, const unsigned short* a0, const unsigned short* a8,
+                                          const unsigned short* a16, const unsigned short* a24,
+                                          const unsigned short* const (&bh)[NG], const unsigned short* const (&bl)[NG],
+                                          int kw) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  float acc[NG][8];
+#pragma unroll
+  for (int q = 0; q < NG; q++)
+#pragma unroll
+    for (int r = 0; r < 8; r++) acc[q][r] = 0.f;
+#pragma unroll 2
+  for (int kk = 0; kk < kw; kk += 32) {
+    uint4 w0 = ldg16(a0 + kk), w8 = ldg16(a8 + kk), w16 = ldg16(a16 + kk), w24 = ldg16(a24 + kk);
+#pragma unroll
+    for (int q = 0; q < NG; q++) {
+      uint4 h = ldg16(bh[q] + kk);
+      if (LO) {
+        uint4 l = ldg16(bl[q] + kk);
+        mma_chunk(acc[q], w0, w8, h);
+        mma_chunk(acc[q], w0, w8, l);
+        mma_chunk(acc[q] + 4, w16, w24, h);
+        mma_chunk(acc[q] + 4, w16, w24, l);
+      } else {
+        mma_chunk(acc[q], w0, w8, h);
+        mma_chunk(acc[q] + 4, w16, w24, h);
+      }
+    }
+  }
+  __syncthreads();
+#pragma unroll
+  for (int q = 0; q < NG; q++)
+#pragma unroll
+    for (int r = 0; r < 8; r++) red[(w * 32 + q * 8 + r) * 32 + lane] = acc[q][r];
+  __syncthreads();
+}
+
 #define XM_PASS 32  // tokens per pass over an expert's weight tile (4 mma column groups)
 
 // gateup pass: 8 warps split H; warp w accumulates 16 gate rows and the matching 16 up rows
@@ -1025,35 +1066,7 @@ __device__ __forceinline__ void gateup_pass(float* red, unsigned short* acth, un
     bh[q] = xh + tok * H + col;
     bl[q] = LO ? xl + tok * H + col : nullptr;
   }
-  float acc[NG][8];
-#pragma unroll
-  for (int q = 0; q < NG; q++)
-#pragma unroll
-    for (int r = 0; r < 8; r++) acc[q][r] = 0.f;
-#pragma unroll 2
-  for (int kk = 0; kk < kw; kk += 32) {
-    uint4 g0 = ldg16(ag0 + kk), g8 = ldg16(ag8 + kk), u0 = ldg16(au0 + kk), u8 = ldg16(au8 + kk);
-#pragma unroll
-    for (int q = 0; q < NG; q++) {
-      uint4 h = ldg16(bh[q] + kk);
-      if (LO) {
-        uint4 l = ldg16(bl[q] + kk);
-        mma_chunk(acc[q], g0, g8, h);
-        mma_chunk(acc[q], g0, g8, l);
-        mma_chunk(acc[q] + 4, u0, u8, h);
-        mma_chunk(acc[q] + 4, u0, u8, l);
-      } else {
-        mma_chunk(acc[q], g0, g8, h);
-        mma_chunk(acc[q] + 4, u0, u8, h);
-      }
-    }
-  }
-  __syncthreads();  // red is free (previous pass done)
-#pragma unroll
-  for (int q = 0; q < NG; q++)
-#pragma unroll
-    for (int r = 0; r < 8; r++) red[(w * 32 + q * 8 + r) * 32 + lane] = acc[q][r];
-  __syncthreads();
+  mma_tiles<NG, LO>(red, ag0, ag8, au0, au8, bh, bl, kw);
   for (int idx = threadIdx.x; idx < NG * 8 * 16; idx += blockDim.x) {
     int il = idx & 15, slot = idx >> 4;
     if (slot >= nc) continue;
@@ -1135,35 +1148,7 @@ __device__ __forceinline__ void down_pass(float* red, float* ys, const unsigned 
     bh[q] = acth + ent * I + col;
     bl[q] = LO ? actl + ent * I + col : nullptr;
   }
-  float acc[NG][8];
-#pragma unroll
-  for (int q = 0; q < NG; q++)
-#pragma unroll
-    for (int r = 0; r < 8; r++) acc[q][r] = 0.f;
-#pragma unroll 2
-  for (int kk = 0; kk < kw; kk += 32) {
-    uint4 w0 = ldg16(a0 + kk), w8 = ldg16(a8 + kk), w16 = ldg16(a16 + kk), w24 = ldg16(a24 + kk);
-#pragma unroll
-    for (int q = 0; q < NG; q++) {
-      uint4 h = ldg16(bh[q] + kk);
-      if (LO) {
-        uint4 l = ldg16(bl[q] + kk);
-        mma_chunk(acc[q], w0, w8, h);
-        mma_chunk(acc[q], w0, w8, l);
-        mma_chunk(acc[q] + 4, w16, w24, h);
-        mma_chunk(acc[q] + 4, w16, w24, l);
-      } else {
-        mma_chunk(acc[q], w0, w8, h);
-        mma_chunk(acc[q] + 4, w16, w24, h);
-      }
-    }
-  }
-  __syncthreads();
-#pragma unroll
-  for (int q = 0; q < NG; q++)
-#pragma unroll
-    for (int r = 0; r < 8; r++) red[(w * 32 + q * 8 + r) * 32 + lane] = acc[q][r];
-  __syncthreads();
+  mma_tiles<NG, LO>(red, a0, a8, a16, a24, bh, bl, kw);
   for (int idx = threadIdx.x; idx < NG * 8 * 32; idx += blockDim.x) {
     int hl = idx & 31, slot = idx >> 5;
     if (slot >= nc) continue;
