@@ -1,4 +1,10 @@
 // Package tracing sets up OpenTelemetry for the dlmesh services (an OTLP gRPC exporter, a
 // JSON-lines file exporter, the W3C trace-context propagator) and reads the JSON-lines spans back
-// for the latency analysis. It imports no other dlmesh package; services and cmd/dlmesh import it.
+// for the latency analysis: text tables (WriteReport) and one self-contained HTML page with inline
+// SVG (WriteHTML: a step timeline, a histogram, where each step's time went, per-request step
+// latency; no script, nothing fetched, under MaxHTMLBytes with the default options whatever the
+// trace's size). It imports no other dlmesh package; services and cmd/dlmesh import it.
+//
+// testdata/mesh.jsonl is a span file of the in-process mesh serving two concurrent requests;
+// `go test ./tracing/ -update` regenerates it.
 package tracing
