@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dlmesh/dlmesh/engine"
-	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/tokenizer"
 )
 
@@ -19,7 +18,8 @@ func init() { extraCommands = append(extraCommands, runCmd) }
 
 func runCmd() *cobra.Command {
 	var df decodeFlags
-	var dir string
+	var pf precisionFlags
+	var dir, backend string
 	cmd := &cobra.Command{
 		Use:   "run [--model DIR] [--mode q|s|v20] [--gen N] [flags] PROMPT",
 		Short: "Generate in-process with a live view of the block being denoised",
@@ -39,11 +39,22 @@ func runCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			m, err := loadModel(ctx, d, cpu.New(), true, nil)
+			if _, _, err := pf.dtypes(); err != nil {
+				return err
+			}
+			be, err := newBackend(backend)
+			if err != nil {
+				return err
+			}
+			defer be.Close()
+			m, err := loadModel(ctx, d, be, true, nil)
 			if err != nil {
 				return err
 			}
 			defer m.Close()
+			if err := pf.apply(m); err != nil {
+				return err
+			}
 			eng := engine.New(engine.Config{MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: m.Cfg.Vocab, MaxContext: m.Cfg.MaxPositions}, engine.NewLocalStepper(m), tok)
 			defer eng.Stop()
 			req := engine.Request{ID: "run", Prompt: tok.Encode(args[0]), Params: p, Trace: df.json}
@@ -54,6 +65,8 @@ func runCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&dir, "model", "", "model directory (default: the bundled llada2-tiny-go)")
+	cmd.Flags().StringVar(&backend, "backend", "cpu", "kernels backend: cpu or cuda[:N]")
+	pf.register(cmd, true, true)
 	df.register(cmd)
 	return cmd
 }
