@@ -60,6 +60,8 @@ type Config struct {
 	MaxContext    int   // window limit in tokens (prompt + generation rounded to blocks)
 	MaskID, EOSID int32 // from the tokenizer files
 	Vocab         int   // ids must be below this
+	// TracerProvider traces the batched steps (engine.step spans); nil means the global one.
+	TracerProvider trace.TracerProvider
 }
 
 // Request is one generation.
@@ -122,6 +124,7 @@ type Engine struct {
 	st  Stepper
 	tok *tokenizer.Tokenizer
 
+	tracer  trace.Tracer
 	mu      sync.Mutex
 	queue   []*job
 	wake    chan struct{}
@@ -129,6 +132,7 @@ type Engine struct {
 	done    chan struct{}
 	cancel  context.CancelFunc
 	nextID  uint64
+	closing sync.WaitGroup // session closes in flight
 }
 
 // New starts an engine. tok may be nil (no text, no stop strings).
@@ -142,24 +146,32 @@ func New(cfg Config, st Stepper, tok *tokenizer.Tokenizer) *Engine {
 	if cfg.ModelBlockLen <= 0 {
 		cfg.ModelBlockLen = 32
 	}
+	tp := cfg.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	e := &Engine{cfg: cfg, st: st, tok: tok, wake: make(chan struct{}, 1), done: make(chan struct{}), cancel: cancel}
+	e := &Engine{cfg: cfg, st: st, tok: tok, wake: make(chan struct{}, 1), done: make(chan struct{}), cancel: cancel,
+		tracer: tp.Tracer("github.com/dlmesh/dlmesh/engine")}
 	go e.loop(ctx)
 	return e
 }
 
-// Stop ends the scheduler; requests still running fail with ErrStopped.
+// Stop ends the scheduler; requests still running fail with ErrStopped. It returns once their
+// sessions are closed.
 func (e *Engine) Stop() {
 	e.mu.Lock()
 	if e.stopped {
 		e.mu.Unlock()
 		<-e.done
+		e.closing.Wait()
 		return
 	}
 	e.stopped = true
 	e.mu.Unlock()
 	e.cancel()
 	<-e.done
+	e.closing.Wait()
 }
 
 // Queued is the number of requests waiting or running.
@@ -313,7 +325,7 @@ func (e *Engine) loop(ctx context.Context) {
 			}
 			if !j.opened {
 				cap := len(j.state.Tokens())
-				if err := e.st.Open(ctx, j.session, cap); err != nil {
+				if err := e.st.Open(ctx, j.session, cap, j.req.Params.BlockLen); err != nil {
 					e.end(ctx, j, nil, fmt.Errorf("engine: open session: %w", err))
 					continue
 				}
@@ -365,7 +377,7 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 			links = append(links, trace.Link{SpanContext: sc})
 		}
 	}
-	sctx, span := otel.Tracer("github.com/dlmesh/dlmesh/engine").Start(ctx, "engine.step", trace.WithLinks(links...),
+	sctx, span := e.tracer.Start(ctx, "engine.step", trace.WithLinks(links...),
 		trace.WithAttributes(attribute.Int("requests", len(jobs)), attribute.Int("block_length", blockLen)))
 	t0 := time.Now()
 	outs, info, err := e.st.Step(sctx, blockLen, steps)
@@ -375,13 +387,20 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 		span.SetStatus(codes.Error, err.Error())
 	}
 	span.End()
-	if err != nil {
+	var partial *StepError
+	if err != nil && !errors.As(err, &partial) {
 		for _, j := range jobs {
 			e.end(ctx, j, nil, fmt.Errorf("engine: step: %w", err))
 		}
 		return
 	}
 	for i, j := range jobs {
+		if partial != nil {
+			if serr, failed := partial.Sessions[j.session]; failed {
+				e.end(ctx, j, nil, fmt.Errorf("engine: step: %w", serr))
+				continue
+			}
+		}
 		e.apply(ctx, j, candidates(outs[i]), info, dt)
 	}
 }
@@ -485,12 +504,25 @@ func (e *Engine) end(ctx context.Context, j *job, r *Result, err error) {
 		}
 	}
 	e.mu.Unlock()
-	if j.opened {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		_ = e.st.Close(cctx, j.session)
-		cancel()
+	e.closeAndFinish(ctx, j, r, err)
+}
+
+// closeAndFinish closes j's session, then completes j (so a request's session is freed when
+// Generate returns). The close runs on its own goroutine: the stepper may be slow to answer when
+// the session's attnd is in trouble, and the scheduler must not wait for it. Stop waits for it.
+func (e *Engine) closeAndFinish(ctx context.Context, j *job, r *Result, err error) {
+	if !j.opened {
+		j.finish(r, err)
+		return
 	}
-	j.finish(r, err)
+	e.closing.Add(1)
+	go func() {
+		defer e.closing.Done()
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = e.st.Close(cctx, j.session)
+		j.finish(r, err)
+	}()
 }
 
 func (e *Engine) failAll(err error) {
@@ -499,12 +531,7 @@ func (e *Engine) failAll(err error) {
 	e.queue = nil
 	e.mu.Unlock()
 	for _, j := range q {
-		if j.opened {
-			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = e.st.Close(cctx, j.session)
-			cancel()
-		}
-		j.finish(nil, err)
+		e.closeAndFinish(context.Background(), j, nil, err)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 
 	"github.com/dlmesh/dlmesh/model"
@@ -27,10 +29,48 @@ type StepInfo struct {
 
 // Stepper runs batched forwards over sessions that keep their KV cache between steps. The
 // in-process engine uses LocalStepper; the gateway uses a stepper that calls attnd.
+//
+// Open allocates a session of capacity positions whose steps all use block length blockLen.
+// Step runs one batched forward; when it fails for some sessions only (their attnd died, say),
+// it returns a *StepError naming them and valid outputs for all the others; any other error
+// fails the whole step. Close frees a session; closing an unknown one is not an error.
 type Stepper interface {
-	Open(ctx context.Context, session string, capacity int) error
+	Open(ctx context.Context, session string, capacity, blockLen int) error
 	Step(ctx context.Context, blockLen int, steps []SeqStep) ([]model.StepOut, StepInfo, error)
 	Close(ctx context.Context, session string) error
+}
+
+// StepError is a batched step that failed for some of its sessions only: Sessions maps each
+// failed session to its error; the step's outputs of every other session are valid.
+type StepError struct {
+	Sessions map[string]error
+}
+
+func (e *StepError) Error() string {
+	ids := make([]string, 0, len(e.Sessions))
+	for id := range e.Sessions {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var b strings.Builder
+	fmt.Fprintf(&b, "engine: step failed for %d session(s)", len(ids))
+	for i, id := range ids {
+		if i == 3 {
+			fmt.Fprintf(&b, "; and %d more", len(ids)-3)
+			break
+		}
+		fmt.Fprintf(&b, "; %s: %v", id, e.Sessions[id])
+	}
+	return b.String()
+}
+
+// Unwrap returns the sessions' errors.
+func (e *StepError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Sessions))
+	for _, err := range e.Sessions {
+		errs = append(errs, err)
+	}
+	return errs
 }
 
 // Errors of the local stepper.
@@ -55,8 +95,8 @@ func NewLocalStepper(m *model.Model) *LocalStepper {
 	return &LocalStepper{M: m, sessions: map[string]*model.Cache{}}
 }
 
-// Open allocates the session's KV cache.
-func (l *LocalStepper) Open(_ context.Context, session string, capacity int) error {
+// Open allocates the session's KV cache (the block length is given at each step).
+func (l *LocalStepper) Open(_ context.Context, session string, capacity, _ int) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.sessions == nil {
@@ -104,5 +144,5 @@ func (l *LocalStepper) Step(ctx context.Context, blockLen int, steps []SeqStep) 
 		seqs[i] = model.StepSeq{Cache: c, Pos: s.StartPos, Tokens: s.Tokens, OutRows: s.OutRows, TopK: s.TopK, InvTemp: s.InvTemp}
 	}
 	outs, err := l.M.Step(ctx, seqs, blockLen, model.StepOptions{Experts: l.Experts, Allowed: l.Allowed})
-	return outs, StepInfo{Degraded: l.Allowed != nil}, err
+	return outs, StepInfo{Degraded: slices.Contains(l.Allowed, false)}, err
 }

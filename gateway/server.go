@@ -98,7 +98,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, ModelBlockLen: cfg.ModelBlockLen,
-		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab}, s.stepper, tok)
+		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
 	s.grpc = services.NewServer(scfg)
 	pb.RegisterGatewayServer(s.grpc, s)
 	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {

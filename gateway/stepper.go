@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -29,11 +28,8 @@ type RemoteStepper struct {
 }
 
 type remoteSession struct {
-	r        *services.Replica
-	release  func()
-	capacity int
-	blockLen int  // the block length attnd opened the session with
-	stepped  bool // a Step has written K/V
+	r       *services.Replica
+	release func()
 }
 
 var _ engine.Stepper = (*RemoteStepper)(nil)
@@ -58,16 +54,14 @@ func (st *RemoteStepper) call(ctx context.Context, r *services.Replica, d time.D
 	})
 }
 
-// Open implements engine.Stepper. The attnd session is opened with the model's block length;
-// a request with another one is reopened before its first step (the Stepper interface does not
-// carry the block length at Open).
-func (st *RemoteStepper) Open(ctx context.Context, session string, capacity int) error {
+// Open implements engine.Stepper: it picks the attnd and opens the session there.
+func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blockLen int) error {
 	r, release, err := st.pool.Pick()
 	if err != nil {
 		return fmt.Errorf("gateway: open session: %w", err)
 	}
 	err = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
-		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: session, Capacity: int32(capacity)})
+		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: session, Capacity: int32(capacity), BlockLength: int32(blockLen)})
 		return err
 	})
 	if err != nil {
@@ -75,7 +69,7 @@ func (st *RemoteStepper) Open(ctx context.Context, session string, capacity int)
 		return fmt.Errorf("gateway: open session on %s: %w", r.Instance().ID, err)
 	}
 	st.mu.Lock()
-	st.sessions[session] = &remoteSession{r: r, release: release, capacity: capacity, blockLen: DefaultBlockLen}
+	st.sessions[session] = &remoteSession{r: r, release: release}
 	st.mu.Unlock()
 	return nil
 }
@@ -96,18 +90,9 @@ func (st *RemoteStepper) Close(ctx context.Context, session string) error {
 	})
 }
 
-// reopen reopens a session that has not stepped yet with block length bl.
-func (st *RemoteStepper) reopen(ctx context.Context, id string, s *remoteSession, bl int) error {
-	return st.call(ctx, s.r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
-		if _, err := c.Close(ctx, &pb.CloseRequest{SessionId: id}); err != nil {
-			return err
-		}
-		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: id, Capacity: int32(s.capacity), BlockLength: int32(bl)})
-		return err
-	})
-}
-
-// Step implements engine.Stepper: one Attention.Step per attnd holding some of the sessions.
+// Step implements engine.Stepper: one Attention.Step per attnd holding some of the sessions,
+// in parallel. When some attnd calls fail, the error is an *engine.StepError naming the
+// sessions of those calls; the outputs of the others are valid.
 func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
 	type call struct {
 		s   *remoteSession
@@ -117,17 +102,12 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 	var calls []*call
 	byReplica := map[*services.Replica]*call{}
 	st.mu.Lock()
-	var reopen []string
 	for i, sp := range steps {
 		s, ok := st.sessions[sp.Session]
 		if !ok {
 			st.mu.Unlock()
 			return nil, engine.StepInfo{}, fmt.Errorf("gateway: step: session %q: %w", sp.Session, services.ErrUnknownSession)
 		}
-		if !s.stepped && s.blockLen != blockLen {
-			reopen = append(reopen, sp.Session)
-		}
-		s.stepped = true
 		c, ok := byReplica[s.r]
 		if !ok {
 			c = &call{s: s, req: &pb.StepRequest{}}
@@ -138,17 +118,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 		c.req.Sessions = append(c.req.Sessions, &pb.SessionStep{SessionId: sp.Session, StartPos: int32(sp.StartPos),
 			Tokens: sp.Tokens, OutRows: int32(sp.OutRows), TopK: int32(sp.TopK), InvTemperature: sp.InvTemp})
 	}
-	sessions := make(map[string]*remoteSession, len(reopen))
-	for _, id := range reopen {
-		sessions[id] = st.sessions[id]
-		st.sessions[id].blockLen = blockLen
-	}
 	st.mu.Unlock()
-	for id, s := range sessions {
-		if err := st.reopen(ctx, id, s, blockLen); err != nil {
-			return nil, engine.StepInfo{}, fmt.Errorf("gateway: reopen session %q with block length %d: %w", id, blockLen, err)
-		}
-	}
 
 	outs := make([]model.StepOut, len(steps))
 	errs := make([]error, len(calls))
@@ -175,12 +145,22 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, engine.StepInfo{}, err
-	}
 	info := engine.StepInfo{}
-	for _, d := range degraded {
-		info.Degraded = info.Degraded || d
+	var failed *engine.StepError
+	for ci, c := range calls {
+		if errs[ci] == nil {
+			info.Degraded = info.Degraded || degraded[ci]
+			continue
+		}
+		if failed == nil {
+			failed = &engine.StepError{Sessions: map[string]error{}}
+		}
+		for _, i := range c.idx {
+			failed.Sessions[steps[i].Session] = errs[ci]
+		}
+	}
+	if failed != nil {
+		return outs, info, failed
 	}
 	return outs, info, nil
 }
