@@ -263,8 +263,8 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 	if bl == 0 {
 		bl = DefaultBlockLen
 	}
-	if bl < 1 {
-		return nil, invalid("block_length %d: want a positive length (0 = %d)", bl, DefaultBlockLen)
+	if bl < 1 || bl > capLen {
+		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, DefaultBlockLen)
 	}
 	c, err := s.m.NewCache(capLen)
 	if err != nil {

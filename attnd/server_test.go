@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -113,6 +114,12 @@ func TestSessions(t *testing.T) {
 		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: "s", Capacity: capLen})
 		if status.Code(err) != codes.InvalidArgument {
 			t.Errorf("open with capacity %d: %v, want InvalidArgument", capLen, err)
+		}
+	}
+	for _, bl := range []int32{-1, 65} {
+		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: "s", Capacity: 64, BlockLength: bl})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "block_length") {
+			t.Errorf("open with block length %d (capacity 64): %v, want InvalidArgument naming block_length", bl, err)
 		}
 	}
 	if _, err := c.Open(ctx, &pb.OpenRequest{SessionId: "s", Capacity: 64}); err != nil {
