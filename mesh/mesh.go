@@ -1,5 +1,5 @@
 // Package mesh runs a whole dlmesh mesh in one process: one expertd per expert group (the experts
-// split evenly: 16 experts in 2 groups are 0-7 and 8-15), one attnd and the gateway, each a real
+// split evenly: 16 experts in 2 groups are 0-7 and 8-15), one attnd (or more) and the gateway, each a real
 // gRPC server on its own loopback port, wired through an in-process services.MemRegistry (attnd
 // discovers the expertd instances, the gateway the attnd). It is `dlmesh up`, and the fixture for
 // the mesh's end-to-end tests and benchmarks.
@@ -27,6 +27,7 @@ import (
 const (
 	DefaultGroups       = 2
 	DefaultReplicas     = 1
+	DefaultAttnd        = 1
 	DefaultListen       = gateway.DefaultListen
 	DefaultReadyTimeout = 60 * time.Second
 	DefaultStopTimeout  = 10 * time.Second
@@ -43,6 +44,9 @@ type Config struct {
 	// each group (DefaultReplicas).
 	Groups   int
 	Replicas int
+	// Attnd is the number of attnd instances (DefaultAttnd); the gateway spreads new sessions
+	// over them (fewest open first) and a session stays on its attnd.
+	Attnd int
 	// Listen is the gateway's address (DefaultListen); the other services listen on
 	// 127.0.0.1:0.
 	Listen string
@@ -69,6 +73,9 @@ func (c Config) WithDefaults() Config {
 	if c.Replicas == 0 {
 		c.Replicas = DefaultReplicas
 	}
+	if c.Attnd == 0 {
+		c.Attnd = DefaultAttnd
+	}
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
@@ -92,6 +99,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: groups %d: want at least 1", ErrBadConfig, c.Groups)
 	case c.Replicas < 1:
 		return fmt.Errorf("%w: replicas %d: want at least 1", ErrBadConfig, c.Replicas)
+	case c.Attnd < 1 || c.Attnd > 64:
+		return fmt.Errorf("%w: attnd %d: want 1 to 64 instances", ErrBadConfig, c.Attnd)
 	case c.ReadyTimeout < 0 || c.StopTimeout < 0:
 		return fmt.Errorf("%w: ready_timeout %v and stop_timeout %v: want positive durations", ErrBadConfig, c.ReadyTimeout, c.StopTimeout)
 	}
@@ -103,14 +112,16 @@ type Mesh struct {
 	cfg      Config
 	Registry *services.MemRegistry
 	Experts  []*expertd.Server // group-major: group g replica r at g·Replicas+r
-	Attnd    *attnd.Server
+	Attnd    *attnd.Server     // Attnds[0]
+	Attnds   []*attnd.Server   // attnd-0, attnd-1, …
 	Gateway  *gateway.Server
 }
 
 // Addrs are the listen addresses of a mesh's services.
 type Addrs struct {
 	Gateway string
-	Attnd   string
+	Attnd   string   // Attnds[0]
+	Attnds  []string // in Mesh.Attnds order
 	Expertd []string // in Mesh.Experts order
 }
 
@@ -148,14 +159,21 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 			}
 		}
 	}
-	if m.Attnd, err = attnd.New(ctx, attnd.Config{ModelDir: cfg.ModelDir, ID: "attnd-0", WireBF16: cfg.WireBF16,
-		NewBackend: cfg.Backend, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
+	for i := range cfg.Attnd {
+		a, err := attnd.New(ctx, attnd.Config{ModelDir: cfg.ModelDir, ID: fmt.Sprint("attnd-", i), WireBF16: cfg.WireBF16,
+			NewBackend: cfg.Backend, TracerProvider: cfg.TracerProvider}, m.Registry)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: %w", err)
+		}
+		m.Attnds = append(m.Attnds, a)
 	}
+	m.Attnd = m.Attnds[0]
 	rctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
 	defer cancel()
-	if err := m.Attnd.WaitServing(rctx); err != nil {
-		return nil, fmt.Errorf("mesh: %w", err)
+	for _, a := range m.Attnds {
+		if err := a.WaitServing(rctx); err != nil {
+			return nil, fmt.Errorf("mesh: %w", err)
+		}
 	}
 	if m.Gateway, err = gateway.New(ctx, gateway.Config{ModelDir: cfg.ModelDir, ID: "gateway-0", Listen: cfg.Listen,
 		MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
@@ -170,8 +188,11 @@ func (m *Mesh) Addrs() Addrs {
 	if m.Gateway != nil {
 		a.Gateway = m.Gateway.Addr()
 	}
-	if m.Attnd != nil {
-		a.Attnd = m.Attnd.Addr()
+	for _, s := range m.Attnds {
+		a.Attnds = append(a.Attnds, s.Addr())
+	}
+	if len(a.Attnds) > 0 {
+		a.Attnd = a.Attnds[0]
 	}
 	for _, e := range m.Experts {
 		a.Expertd = append(a.Expertd, e.Addr())
@@ -191,8 +212,8 @@ func (m *Mesh) Close() error {
 	if m.Gateway != nil {
 		stop(m.Gateway.Shutdown)
 	}
-	if m.Attnd != nil {
-		stop(m.Attnd.Shutdown)
+	for _, a := range m.Attnds {
+		stop(a.Shutdown)
 	}
 	for i, e := range m.Experts {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout)
