@@ -148,7 +148,10 @@ with the live view; --exit then stops the mesh afterwards.`,
 				}
 			}()
 			a := m.Addrs()
-			fmt.Fprintf(os.Stderr, "gateway  %s\nattnd    %s\n", a.Gateway, a.Attnd)
+			fmt.Fprintf(os.Stderr, "gateway  %s\n", a.Gateway)
+			for _, at := range a.Attnds {
+				fmt.Fprintf(os.Stderr, "attnd    %s\n", at)
+			}
 			for i, e := range a.Expertd {
 				fmt.Fprintf(os.Stderr, "expertd  %s  (experts %s)\n", e, expertd.FormatExperts(m.Experts[i].Experts()))
 			}
@@ -169,6 +172,7 @@ with the live view; --exit then stops the mesh afterwards.`,
 	f := cmd.Flags()
 	f.IntVar(&cfg.Groups, "groups", mesh.DefaultGroups, "expert groups (one expertd each)")
 	f.IntVar(&cfg.Replicas, "replicas", mesh.DefaultReplicas, "expertd replicas per group")
+	f.IntVar(&cfg.Attnd, "attnd", mesh.DefaultAttnd, "attnd instances (the gateway spreads sessions over them)")
 	f.StringVar(&cfg.Listen, "listen", mesh.DefaultListen, "gateway listen address")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
