@@ -404,6 +404,15 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	return resp, nil
 }
 
+// stepRows is the number of token rows a batch feeds.
+func stepRows(batch []model.StepSeq) int {
+	n := 0
+	for _, b := range batch {
+		n += len(b.Tokens)
+	}
+	return n
+}
+
 // microSteps runs the sessions idx (one block length) as up to Config.MicroBatches concurrent
 // model steps: while one micro-batch waits for its expert groups, another runs its attention
 // (the ping-pong of ARCHITECTURE.md). Each session's result does not depend on the split: every
@@ -424,7 +433,14 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 			batch[k] = seqs[j]
 		}
 		run := func() {
-			o, err := s.m.Step(ctx, batch, blockLen, model.StepOptions{Experts: fans[c], Allowed: r.allowed})
+			mctx, span := s.tracer.Start(ctx, "attnd.microbatch", trace.WithAttributes(attribute.Int("index", c),
+				attribute.Int("sessions", len(batch)), attribute.Int("rows", stepRows(batch))))
+			o, err := s.m.Step(mctx, batch, blockLen, model.StepOptions{Experts: fans[c], Allowed: r.allowed})
+			if err != nil {
+				span.RecordError(err)
+				span.SetStatus(otcodes.Error, err.Error())
+			}
+			span.End()
 			if err != nil {
 				errs[c] = err
 				return

@@ -148,8 +148,9 @@ const (
 // processes, which can make NetworkMs slightly negative).
 type StepCost struct {
 	Step Span
-	// ExpertsMs is the time attnd waited on the expert fan-out: the union of each attnd.step's
-	// attnd.experts children, summed over the step's attnd.step spans.
+	// ExpertsMs is the time attnd waited on the expert fan-out: the union of the attnd.experts
+	// spans below each attnd.step (directly or under its attnd.microbatch spans), summed over the
+	// step's attnd.step spans.
 	ExpertsMs float64
 	// AttnMs is attnd.step time outside the fan-out: embeddings, attention, router, dense
 	// layers, LM head (the shared expert runs during the fan-out).
@@ -209,7 +210,15 @@ func (ix *index) stepCost(i int) StepCost {
 	var ivs [][2]float64
 	for _, a := range attnd {
 		as := ix.spans[a]
-		experts := union(ix.split(a).byName[SpanAttndExperts])
+		var exIvs [][2]float64 // the fan-outs, also those under attnd.microbatch spans
+		ix.descendants(a, func(j, _ int) bool {
+			if ix.spans[j].Name == SpanAttndExperts {
+				exIvs = append(exIvs, relMs(as, ix.spans[j]))
+				return false
+			}
+			return true
+		})
+		experts := union(exIvs)
 		c.ExpertsMs += experts
 		c.AttnMs += as.DurationMs - experts
 		ivs = append(ivs, relMs(root, as))
