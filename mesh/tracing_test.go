@@ -26,7 +26,9 @@ func TestMeshSpans(t *testing.T) {
 		"gateway.generate": {"request_id"},
 		"gateway.block":    {"block"},
 		"gateway.step":     {"block", "masked_before", "unmasked", "edited"},
+		"engine.step":      {"requests", "block_length"}, // through mesh.Config.TracerProvider too
 		"attnd.step":       {"sessions"},
+		"attnd.microbatch": {"index", "sessions", "rows"},
 		"attnd.experts":    {"layer", "groups", "rows"},
 		"expertd.compute":  {"layer", "rows"},
 	}
