@@ -56,6 +56,9 @@ type Config struct {
 	Breaker services.BreakerConfig
 	// NewBackend makes the kernels backend; nil means the CPU backend. Set in code.
 	NewBackend func() (kernels.Backend, error)
+	// KVDType is the sessions' KV cache element type: 0 or F32 (exact), or BF16 on backends
+	// that have it (CUDA: half the cache memory and attention reads; see model.Model.KVDType).
+	KVDType kernels.DType
 	// TracerProvider traces steps and expert fan-outs; nil means the global provider. Set in code.
 	TracerProvider trace.TracerProvider
 }
@@ -95,6 +98,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: expert_timeout %v: want a positive duration", ErrBadConfig, c.ExpertTimeout)
 	case c.InfoTimeout < 0:
 		return fmt.Errorf("%w: info_timeout %v: want a positive duration", ErrBadConfig, c.InfoTimeout)
+	case c.KVDType != 0 && c.KVDType != kernels.F32 && c.KVDType != kernels.BF16:
+		return fmt.Errorf("%w: kv_dtype %v: want F32 or BF16", ErrBadConfig, c.KVDType)
 	}
 	for _, err := range []error{c.Server.Validate(), c.Client.Validate(), c.Breaker.Validate()} {
 		if err != nil {

@@ -41,6 +41,9 @@ type Config struct {
 	Server services.ServerConfig
 	// NewBackend makes the kernels backend the experts live on; nil means the CPU backend.
 	NewBackend func() (kernels.Backend, error)
+	// ExpertActDType is the experts' activation precision: 0 or F32 (exact), or BF16 (CUDA:
+	// half the tensor-core work; see model.LoadOptions.ExpertActDType).
+	ExpertActDType kernels.DType
 	// TracerProvider traces Compute (and the gRPC server); nil means the global provider.
 	TracerProvider trace.TracerProvider
 }
@@ -78,6 +81,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRows < 0 {
 		return fmt.Errorf("%w: max_rows %d is negative", ErrBadConfig, c.MaxRows)
+	}
+	if a := c.ExpertActDType; a != 0 && a != kernels.F32 && a != kernels.BF16 {
+		return fmt.Errorf("%w: expert_act_dtype %v: want F32 or BF16", ErrBadConfig, a)
 	}
 	if err := c.Server.WithDefaults().Validate(); err != nil {
 		return fmt.Errorf("expertd: %w", err)

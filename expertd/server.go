@@ -104,7 +104,7 @@ func (s *Server) load(ctx context.Context) error {
 			return fmt.Errorf("%w: expert %d out of range [0, %d)", ErrBadConfig, e, mc.Experts)
 		}
 	}
-	m, err := model.Load(ctx, s.cfg.ModelDir, be, model.LoadOptions{Experts: s.cfg.Experts})
+	m, err := model.Load(ctx, s.cfg.ModelDir, be, model.LoadOptions{Experts: s.cfg.Experts, ExpertActDType: s.cfg.ExpertActDType})
 	if err != nil {
 		be.Close()
 		return fmt.Errorf("expertd: load experts %s: %w", FormatExperts(s.cfg.Experts), err)

@@ -55,6 +55,9 @@ type Config struct {
 	MaxQueue  int
 	// WireBF16 sends the expert rows as bf16 (attnd.Config.WireBF16).
 	WireBF16 bool
+	// KVDType and ExpertActDType are the precision modes of attnd's KV caches and of the
+	// experts' activations (attnd.Config.KVDType, expertd.Config.ExpertActDType): 0 is exact.
+	KVDType, ExpertActDType kernels.DType
 	// ReadyTimeout bounds the wait for attnd to see every expert (DefaultReadyTimeout).
 	ReadyTimeout time.Duration
 	// StopTimeout bounds each service's graceful stop in Close (DefaultStopTimeout).
@@ -149,7 +152,7 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	for g, ids := range groups {
 		for r := 0; r < cfg.Replicas; r++ {
 			e, err := expertd.New(ctx, expertd.Config{ModelDir: cfg.ModelDir, Experts: ids, Group: fmt.Sprint(g),
-				NewBackend: cfg.Backend, TracerProvider: cfg.TracerProvider})
+				NewBackend: cfg.Backend, ExpertActDType: cfg.ExpertActDType, TracerProvider: cfg.TracerProvider})
 			if err != nil {
 				return nil, fmt.Errorf("mesh: expertd group %d: %w", g, err)
 			}
@@ -161,7 +164,7 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	}
 	for i := range cfg.Attnd {
 		a, err := attnd.New(ctx, attnd.Config{ModelDir: cfg.ModelDir, ID: fmt.Sprint("attnd-", i), WireBF16: cfg.WireBF16,
-			NewBackend: cfg.Backend, TracerProvider: cfg.TracerProvider}, m.Registry)
+			NewBackend: cfg.Backend, KVDType: cfg.KVDType, TracerProvider: cfg.TracerProvider}, m.Registry)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: %w", err)
 		}

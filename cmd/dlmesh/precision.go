@@ -62,11 +62,8 @@ func (f *precisionFlags) apply(m *model.Model) error {
 // parseDType parses one of f32 or bf16.
 func parseDType(flag, s string) (kernels.DType, error) {
 	l, err := parseDTypes(flag, s)
-	if err != nil {
-		return 0, err
-	}
-	if len(l) != 1 {
-		return 0, fmt.Errorf("%s %q: want one of f32 or bf16", flag, s)
+	if err != nil || len(l) != 1 {
+		return 0, fmt.Errorf("%s %q: want f32 or bf16", flag, s)
 	}
 	return l[0], nil
 }

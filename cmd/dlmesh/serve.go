@@ -116,6 +116,7 @@ func upCmd() *cobra.Command {
 	var cfg mesh.Config
 	var exit bool
 	var df decodeFlags
+	var pf precisionFlags
 	cmd := &cobra.Command{
 		Use:   "up [--groups 2] [--listen 127.0.0.1:7070] [PROMPT]",
 		Short: "Run the whole mesh in one process: gateway, attnd and one expertd per group on loopback",
@@ -135,6 +136,9 @@ with the live view; --exit then stops the mesh afterwards.`,
 			defer done()
 			cfg.ModelDir = c.dir
 			cfg.Backend = c.backendFactory()
+			if cfg.KVDType, cfg.ExpertActDType, err = pf.dtypes(); err != nil {
+				return err
+			}
 			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
 			fmt.Fprintf(os.Stderr, "starting the mesh on %s (%d expert groups × %d replicas, %s backend)...\n", c.dir, max(cfg.Groups, 1), max(cfg.Replicas, 1), c.backend)
 			m, err := mesh.Up(ctx, cfg)
@@ -169,6 +173,7 @@ with the live view; --exit then stops the mesh afterwards.`,
 		},
 	}
 	c.register(cmd, "up")
+	pf.register(cmd, true, true)
 	f := cmd.Flags()
 	f.IntVar(&cfg.Groups, "groups", mesh.DefaultGroups, "expert groups (one expertd each)")
 	f.IntVar(&cfg.Replicas, "replicas", mesh.DefaultReplicas, "expertd replicas per group")
@@ -224,6 +229,7 @@ func gatewayCmd() *cobra.Command {
 func attndCmd() *cobra.Command {
 	var c common
 	var cfg attnd.Config
+	var pf precisionFlags
 	var experts string
 	cmd := &cobra.Command{
 		Use:   "attnd (--expertd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7080]",
@@ -242,6 +248,9 @@ func attndCmd() *cobra.Command {
 			}
 			cfg.ModelDir = c.dir
 			cfg.NewBackend = c.backendFactory()
+			if cfg.KVDType, _, err = pf.dtypes(); err != nil {
+				return err
+			}
 			s, err := attnd.New(ctx, cfg, reg)
 			if err != nil {
 				return err
@@ -257,6 +266,7 @@ func attndCmd() *cobra.Command {
 		},
 	}
 	c.register(cmd, "attnd")
+	pf.register(cmd, true, false)
 	f := cmd.Flags()
 	f.StringVar(&experts, "expertd", "", "expertd addresses, comma-separated")
 	f.StringVar(&cfg.Listen, "listen", attnd.DefaultListen, "listen address")
@@ -269,6 +279,7 @@ func attndCmd() *cobra.Command {
 func expertdCmd() *cobra.Command {
 	var c common
 	var cfg expertd.Config
+	var pf precisionFlags
 	var experts string
 	cmd := &cobra.Command{
 		Use:   "expertd --experts LO-HI|LIST [--listen 127.0.0.1:7101] [--consul ADDR]",
@@ -288,6 +299,9 @@ func expertdCmd() *cobra.Command {
 			cfg.ModelDir = c.dir
 			cfg.Experts = ids
 			cfg.NewBackend = c.backendFactory()
+			if _, cfg.ExpertActDType, err = pf.dtypes(); err != nil {
+				return err
+			}
 			s, err := expertd.New(ctx, cfg)
 			if err != nil {
 				return err
@@ -323,6 +337,7 @@ func expertdCmd() *cobra.Command {
 		},
 	}
 	c.register(cmd, "expertd")
+	pf.register(cmd, false, true)
 	f := cmd.Flags()
 	f.StringVar(&experts, "experts", "", "experts to serve: LO-HI (inclusive) or a list, e.g. 0-7 or 0,3,5")
 	f.StringVar(&cfg.Listen, "listen", expertd.DefaultListen, "listen address")
