@@ -401,11 +401,11 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 				continue
 			}
 		}
-		e.apply(ctx, j, candidates(outs[i]), info, dt)
+		e.apply(ctx, j, candidates(outs[i]), info.degraded(i), dt)
 	}
 }
 
-func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates, info StepInfo, dt time.Duration) {
+func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates, degraded bool, dt time.Duration) {
 	lo, _ := j.state.Block()
 	toks := j.state.Tokens()
 	maskedBefore := 0
@@ -426,7 +426,7 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	j.cached = lo
 	j.steps++
 	j.res.StepTime += dt
-	j.res.Degraded = j.res.Degraded || info.Degraded
+	j.res.Degraded = j.res.Degraded || degraded
 	if j.req.Trace {
 		j.res.Trace = append(j.res.Trace, res)
 	}

@@ -24,8 +24,13 @@ type SeqStep struct {
 
 // StepInfo is what a stepper reports about one batched step.
 type StepInfo struct {
-	Degraded bool // the router had to leave out experts that no replica serves
+	// Degraded[i] reports that the router had to leave out experts no replica serves for
+	// steps[i] (nil: for none). Sessions on different attnd instances can differ.
+	Degraded []bool
 }
+
+// degraded reports whether step i of the batch was degraded.
+func (in StepInfo) degraded(i int) bool { return i < len(in.Degraded) && in.Degraded[i] }
 
 // Stepper runs batched forwards over sessions that keep their KV cache between steps. The
 // in-process engine uses LocalStepper; the gateway uses a stepper that calls attnd.
@@ -144,5 +149,12 @@ func (l *LocalStepper) Step(ctx context.Context, blockLen int, steps []SeqStep) 
 		seqs[i] = model.StepSeq{Cache: c, Pos: s.StartPos, Tokens: s.Tokens, OutRows: s.OutRows, TopK: s.TopK, InvTemp: s.InvTemp}
 	}
 	outs, err := l.M.Step(ctx, seqs, blockLen, model.StepOptions{Experts: l.Experts, Allowed: l.Allowed})
-	return outs, StepInfo{Degraded: slices.Contains(l.Allowed, false)}, err
+	info := StepInfo{}
+	if slices.Contains(l.Allowed, false) {
+		info.Degraded = make([]bool, len(steps))
+		for i := range info.Degraded {
+			info.Degraded[i] = true
+		}
+	}
+	return outs, info, err
 }

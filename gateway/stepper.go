@@ -149,7 +149,14 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 	var failed *engine.StepError
 	for ci, c := range calls {
 		if errs[ci] == nil {
-			info.Degraded = info.Degraded || degraded[ci]
+			if degraded[ci] {
+				if info.Degraded == nil {
+					info.Degraded = make([]bool, len(steps))
+				}
+				for _, i := range c.idx {
+					info.Degraded[i] = true
+				}
+			}
 			continue
 		}
 		if failed == nil {
