@@ -388,7 +388,10 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 	}
 	span.End()
 	var partial *StepError
-	if err != nil && !errors.As(err, &partial) {
+	if (err == nil || errors.As(err, &partial)) && len(outs) != len(jobs) {
+		err, partial = fmt.Errorf("engine: the stepper returned %d outputs for %d sequences", len(outs), len(jobs)), nil
+	}
+	if err != nil && partial == nil {
 		for _, j := range jobs {
 			e.end(ctx, j, nil, fmt.Errorf("engine: step: %w", err))
 		}
