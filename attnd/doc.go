@@ -15,10 +15,13 @@
 //
 // Groups come from discovery: attnd watches the expertd instances, asks each new one for its
 // expert set (Experts.Info, with the checkpoint fingerprint, which must match), and groups the
-// replicas by that set. Health is NOT_SERVING until the weights are loaded and every expert of
-// every MoE layer is served by some group. If a group later disappears, attnd reports
-// NOT_SERVING and keeps stepping in degraded mode: the router may then only choose experts that
-// are still served, and StepStats.degraded says so.
+// replicas by that set. Health (grpc.health.v1, what the Consul check polls) is NOT_SERVING until
+// the weights are loaded and every expert of every MoE layer is served by some group, and it
+// follows the coverage from then on: when the last replica of a group leaves discovery health
+// turns NOT_SERVING (steps fail with Unavailable naming the missing experts) and back to SERVING
+// when a replica returns. With Config.AllowMissingExperts attnd serves degraded instead: health
+// stays SERVING while at least top_k experts are served, the router may only choose experts that
+// are still served (renormalising their weights), and StepStats.degraded says so.
 //
 // Step returns, per session, only the LM-head candidates of the rows asked for (top_k ids, their
 // logits and the log-sum-exp), never full logits.

@@ -33,6 +33,17 @@ type routes struct {
 // degraded reports whether some expert is not served.
 func (r *routes) degraded() bool { return r.allowed != nil }
 
+// served is the number of experts some group serves.
+func (r *routes) served() int {
+	n := 0
+	for _, g := range r.owner {
+		if g >= 0 {
+			n++
+		}
+	}
+	return n
+}
+
 // instInfo is what discovery learned about one expertd instance.
 type instInfo struct {
 	addr    string
@@ -200,9 +211,7 @@ func (s *Server) installRoutes(byKey map[string][]services.Instance, sets map[st
 		}
 	}
 	s.routes.Store(r)
-	if !r.degraded() {
-		s.covered()
-	}
+	s.followRoutes(r)
 }
 
 func (s *Server) dial(in services.Instance) (*grpc.ClientConn, error) {

@@ -68,6 +68,9 @@ type Server struct {
 	pools  map[string]*services.Pool // by expert set
 	routes atomic.Pointer[routes]
 
+	healthMu    sync.Mutex // health transitions (health.go)
+	healthy     bool       // health is SERVING
+	stopping    bool       // Shutdown began: health stays NOT_SERVING
 	servingOnce sync.Once
 	serving     chan struct{} // closed when first SERVING
 	registered  atomic.Bool
@@ -88,7 +91,8 @@ var _ pb.AttentionServer = (*Server)(nil)
 // New validates cfg, starts serving on cfg.Listen with health NOT_SERVING, loads the attention part
 // of the model (ctx cancels the load) and starts watching reg for expertd instances. Health turns
 // SERVING, and the instance registers itself in reg as kind attnd, once every expert of every MoE
-// layer is served by some group (WaitServing). The caller must Shutdown the server.
+// layer is served by some group (WaitServing), or with AllowMissingExperts once top_k experts
+// are. Health then follows the coverage (health.go). The caller must Shutdown the server.
 func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -163,22 +167,6 @@ func (s *Server) load(ctx context.Context) error {
 	return nil
 }
 
-// covered is called when every expert is served: the first time it turns health SERVING and
-// registers the instance.
-func (s *Server) covered() {
-	s.servingOnce.Do(func() {
-		s.grpc.SetServing(true)
-		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InfoTimeout)
-		defer cancel()
-		if err := s.reg.Register(ctx, s.Instance()); err != nil {
-			slog.Error("attnd: register", "err", err)
-		} else {
-			s.registered.Store(true)
-		}
-		close(s.serving)
-	})
-}
-
 // WaitServing blocks until every expert is covered (health SERVING) or ctx ends.
 func (s *Server) WaitServing(ctx context.Context) error {
 	select {
@@ -216,7 +204,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
 		defer cancel()
 		var errs []error
-		s.grpc.SetServing(false)
+		s.stopHealth()
 		s.stopWatch() // no registration after this
 		<-s.watchDone
 		if s.registered.Load() {

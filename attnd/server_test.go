@@ -41,7 +41,12 @@ func startExpertd(tb testing.TB, reg services.Registry, id string, ids []int) *e
 
 func startAttnd(tb testing.TB, reg services.Registry) (*attnd.Server, pb.AttentionClient, healthpb.HealthClient) {
 	tb.Helper()
-	a, err := attnd.New(context.Background(), attnd.Config{ModelDir: tinyDir}, reg)
+	return startAttndCfg(tb, reg, attnd.Config{ModelDir: tinyDir})
+}
+
+func startAttndCfg(tb testing.TB, reg services.Registry, cfg attnd.Config) (*attnd.Server, pb.AttentionClient, healthpb.HealthClient) {
+	tb.Helper()
+	a, err := attnd.New(context.Background(), cfg, reg)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -236,4 +241,114 @@ func TestStepMatchesLocal(t *testing.T) {
 			}
 		}
 	}
+}
+
+// waitHealth polls the health service until it reports want.
+func waitHealth(tb testing.TB, h healthpb.HealthClient, want healthpb.HealthCheckResponse_ServingStatus, within time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st := health(tb, h)
+		if st == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("health %v, want %v within %v", st, want, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// oneStep opens a session, steps it once and closes it.
+func oneStep(ctx context.Context, c pb.AttentionClient, id string) (*pb.StepResponse, error) {
+	if _, err := c.Open(ctx, &pb.OpenRequest{SessionId: id, Capacity: 32}); err != nil {
+		return nil, err
+	}
+	defer c.Close(ctx, &pb.CloseRequest{SessionId: id})
+	return c.Step(ctx, &pb.StepRequest{Sessions: []*pb.SessionStep{{SessionId: id, Tokens: []int32{952, 2311, 449, 945}, OutRows: 4, TopK: 1}}})
+}
+
+// TestHealthFollowsCoverage: once SERVING, attnd turns NOT_SERVING when the last replica of a
+// group leaves discovery (steps fail with Unavailable naming the experts), and SERVING again
+// when a replica of the group returns.
+func TestHealthFollowsCoverage(t *testing.T) {
+	reg := services.NewMemRegistry()
+	startExpertd(t, reg, "e0", []int{0, 1, 2, 3, 4, 5, 6, 7})
+	startExpertd(t, reg, "e1a", []int{8, 9, 10, 11, 12, 13, 14, 15})
+	a, c, h := startAttnd(t, reg)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.WaitServing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := oneStep(ctx, c, "covered"); err != nil {
+		t.Fatalf("step with every expert served: %v", err)
+	}
+	if err := reg.Deregister(ctx, "e1a"); err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, h, healthpb.HealthCheckResponse_NOT_SERVING, 10*time.Second)
+	_, err := oneStep(ctx, c, "lost")
+	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "8-15") {
+		t.Errorf("step with experts 8-15 gone: %v, want Unavailable naming 8-15", err)
+	}
+	startExpertd(t, reg, "e1b", []int{8, 9, 10, 11, 12, 13, 14, 15})
+	waitHealth(t, h, healthpb.HealthCheckResponse_SERVING, 10*time.Second)
+	resp, err := oneStep(ctx, c, "back")
+	if err != nil {
+		t.Fatalf("step after the group returned: %v", err)
+	}
+	if resp.GetStats().GetDegraded() {
+		t.Error("degraded with every expert served again")
+	}
+	if ins, _ := reg.Instances(ctx, services.KindAttnd); len(ins) != 1 {
+		t.Errorf("attnd instances %v, want itself once", ins)
+	}
+}
+
+// TestAllowMissingStaysServing: with AllowMissingExperts attnd serves as soon as top_k experts
+// are served, stays SERVING when a group leaves, and its steps say they are degraded.
+func TestAllowMissingStaysServing(t *testing.T) {
+	reg := services.NewMemRegistry()
+	startExpertd(t, reg, "e0", []int{0, 1, 2, 3, 4, 5, 6, 7})
+	a, c, h := startAttndCfg(t, reg, attnd.Config{ModelDir: tinyDir, AllowMissingExperts: true})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.WaitServing(ctx); err != nil {
+		t.Fatalf("allow-missing attnd with experts 0-7: %v", err)
+	}
+	if st := health(t, h); st != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health %v, want SERVING", st)
+	}
+	resp, err := oneStep(ctx, c, "half")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !resp.GetStats().GetDegraded() {
+		t.Error("step with experts 8-15 missing is not flagged degraded")
+	}
+	startExpertd(t, reg, "e1", []int{8, 9, 10, 11, 12, 13, 14, 15})
+	for len(a.Groups()) != 2 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if resp, err = oneStep(ctx, c, "full"); err != nil || resp.GetStats().GetDegraded() {
+		t.Fatalf("step with both groups: degraded %v, err %v", resp.GetStats().GetDegraded(), err)
+	}
+	if err := reg.Deregister(ctx, "e1"); err != nil {
+		t.Fatal(err)
+	}
+	for len(a.Groups()) != 1 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := health(t, h); st != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health %v after group 1 left with allow-missing, want SERVING", st)
+	}
+	if resp, err = oneStep(ctx, c, "half-again"); err != nil || !resp.GetStats().GetDegraded() {
+		t.Errorf("step after group 1 left: degraded %v, err %v; want a degraded answer", resp.GetStats().GetDegraded(), err)
+	}
+	// fewer than top_k (4) experts: not servable even degraded
+	if err := reg.Deregister(ctx, "e0"); err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, h, healthpb.HealthCheckResponse_NOT_SERVING, 10*time.Second)
 }
