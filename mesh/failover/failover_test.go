@@ -144,7 +144,9 @@ func references(t *testing.T, f genFile, cases []genCase) [][]int32 {
 // other through a real Consul agent. Under 8 concurrent streams one replica of group 0 is
 // stopped abruptly (no deregistration) and a third replica of group 1 joins: every stream
 // completes with the engine's output, and the new replica serves calls. Then every replica of
-// group 1 is stopped: a request fails with UNAVAILABLE naming experts 8-15 within its deadline.
+// group 1 is stopped: a request fails with UNAVAILABLE naming experts 8-15 within its deadline,
+// attnd turns NOT_SERVING and leaves Consul's passing list, and a new group-1 replica brings it
+// (and the requests) back.
 func TestFailoverThroughConsul(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a Consul agent and a whole mesh; skipped with -short")
@@ -290,6 +292,28 @@ func TestFailoverThroughConsul(t *testing.T) {
 		t.Errorf("failed after %v, not within the %v deadline", took, deadline)
 	}
 	t.Logf("with group 1 gone the request failed after %v: %v", took.Round(time.Millisecond), r.err)
+
+	// attnd reports NOT_SERVING, so Consul stops listing it; a new group-1 replica brings it back
+	waitFor(t, "attnd out of Consul's passing list", 15*time.Second, func() bool {
+		l, _ := reg.Instances(ctx, services.KindAttnd)
+		return len(l) == 0
+	})
+	back := time.Now()
+	c.addReplica(t, 1, groups[1])
+	waitFor(t, "attnd passing in Consul again", 15*time.Second, func() bool {
+		l, _ := reg.Instances(ctx, services.KindAttnd)
+		return len(l) == 1
+	})
+	passing := time.Since(back)
+	waitFor(t, "a request through the mesh again", 30*time.Second, func() bool {
+		r := c.generate(ctx, cases[0], "back")
+		if r.err != nil {
+			t.Logf("after %v: %v", time.Since(back).Round(time.Millisecond), r.err)
+		}
+		return r.err == nil && slices.Equal(r.ids, refs[0])
+	})
+	t.Logf("attnd passing %v after the replica registered", passing.Round(time.Millisecond))
+	t.Logf("group 1 back: first request done %v after the new replica registered", time.Since(back).Round(time.Millisecond))
 }
 
 // stepGaps returns the median gap between consecutive step events of a stream before at, and the
