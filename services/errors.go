@@ -12,8 +12,9 @@ import (
 
 // Sentinels of the mesh plumbing; wrap them with the operation (fmt.Errorf("…: %w", err)).
 var (
-	// ErrNoReplica: every replica of a group is gone or behind an open breaker.
-	ErrNoReplica = errors.New("services: no healthy replica for expert group")
+	// ErrNoReplica: every replica of a pool (an expert group, the attnd instances) is gone or
+	// behind an open breaker.
+	ErrNoReplica = errors.New("services: no healthy replica")
 	// ErrOverloaded: a bounded queue or admission limit is full; the client may retry later.
 	ErrOverloaded = errors.New("services: overloaded")
 	// ErrUnknownSession: a call names a session that was never opened or is already closed.
