@@ -557,10 +557,12 @@ type ModelInfo struct {
 	TopK        int32 `protobuf:"varint,7,opt,name=top_k,json=topK,proto3" json:"top_k,omitempty"`
 	BlockLength int32 `protobuf:"varint,8,opt,name=block_length,json=blockLength,proto3" json:"block_length,omitempty"`
 	// Token ids of <|mask|> and <|endoftext|> from the tokenizer files.
-	MaskId        int32             `protobuf:"varint,9,opt,name=mask_id,json=maskId,proto3" json:"mask_id,omitempty"`
-	EosId         int32             `protobuf:"varint,10,opt,name=eos_id,json=eosId,proto3" json:"eos_id,omitempty"`
-	Gpus          []*GPUInfo        `protobuf:"bytes,11,rep,name=gpus,proto3" json:"gpus,omitempty"`
-	Meta          map[string]string `protobuf:"bytes,12,rep,name=meta,proto3" json:"meta,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	MaskId int32             `protobuf:"varint,9,opt,name=mask_id,json=maskId,proto3" json:"mask_id,omitempty"`
+	EosId  int32             `protobuf:"varint,10,opt,name=eos_id,json=eosId,proto3" json:"eos_id,omitempty"`
+	Gpus   []*GPUInfo        `protobuf:"bytes,11,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	Meta   map[string]string `protobuf:"bytes,12,rep,name=meta,proto3" json:"meta,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Current load: Step calls, sessions and KV cache use.
+	Load          *LoadStats `protobuf:"bytes,13,opt,name=load,proto3" json:"load,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -679,6 +681,13 @@ func (x *ModelInfo) GetMeta() map[string]string {
 	return nil
 }
 
+func (x *ModelInfo) GetLoad() *LoadStats {
+	if x != nil {
+		return x.Load
+	}
+	return nil
+}
+
 var File_dlmesh_v1_attention_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_attention_proto_rawDesc = "" +
@@ -721,7 +730,7 @@ const file_dlmesh_v1_attention_proto_rawDesc = "" +
 	"\fCloseRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x0f\n" +
-	"\rCloseResponse\"\xa9\x03\n" +
+	"\rCloseResponse\"\xd3\x03\n" +
 	"\tModelInfo\x12\x1d\n" +
 	"\n" +
 	"model_type\x18\x01 \x01(\tR\tmodelType\x12 \n" +
@@ -736,7 +745,8 @@ const file_dlmesh_v1_attention_proto_rawDesc = "" +
 	"\x06eos_id\x18\n" +
 	" \x01(\x05R\x05eosId\x12&\n" +
 	"\x04gpus\x18\v \x03(\v2\x12.dlmesh.v1.GPUInfoR\x04gpus\x122\n" +
-	"\x04meta\x18\f \x03(\v2\x1e.dlmesh.v1.ModelInfo.MetaEntryR\x04meta\x1a7\n" +
+	"\x04meta\x18\f \x03(\v2\x1e.dlmesh.v1.ModelInfo.MetaEntryR\x04meta\x12(\n" +
+	"\x04load\x18\r \x01(\v2\x14.dlmesh.v1.LoadStatsR\x04load\x1a7\n" +
 	"\tMetaEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xef\x01\n" +
@@ -772,7 +782,8 @@ var file_dlmesh_v1_attention_proto_goTypes = []any{
 	(*ModelInfo)(nil),     // 9: dlmesh.v1.ModelInfo
 	nil,                   // 10: dlmesh.v1.ModelInfo.MetaEntry
 	(*GPUInfo)(nil),       // 11: dlmesh.v1.GPUInfo
-	(*InfoRequest)(nil),   // 12: dlmesh.v1.InfoRequest
+	(*LoadStats)(nil),     // 12: dlmesh.v1.LoadStats
+	(*InfoRequest)(nil),   // 13: dlmesh.v1.InfoRequest
 }
 var file_dlmesh_v1_attention_proto_depIdxs = []int32{
 	3,  // 0: dlmesh.v1.StepRequest.sessions:type_name -> dlmesh.v1.SessionStep
@@ -780,19 +791,20 @@ var file_dlmesh_v1_attention_proto_depIdxs = []int32{
 	6,  // 2: dlmesh.v1.StepResponse.stats:type_name -> dlmesh.v1.StepStats
 	11, // 3: dlmesh.v1.ModelInfo.gpus:type_name -> dlmesh.v1.GPUInfo
 	10, // 4: dlmesh.v1.ModelInfo.meta:type_name -> dlmesh.v1.ModelInfo.MetaEntry
-	0,  // 5: dlmesh.v1.Attention.Open:input_type -> dlmesh.v1.OpenRequest
-	2,  // 6: dlmesh.v1.Attention.Step:input_type -> dlmesh.v1.StepRequest
-	7,  // 7: dlmesh.v1.Attention.Close:input_type -> dlmesh.v1.CloseRequest
-	12, // 8: dlmesh.v1.Attention.Info:input_type -> dlmesh.v1.InfoRequest
-	1,  // 9: dlmesh.v1.Attention.Open:output_type -> dlmesh.v1.OpenResponse
-	4,  // 10: dlmesh.v1.Attention.Step:output_type -> dlmesh.v1.StepResponse
-	8,  // 11: dlmesh.v1.Attention.Close:output_type -> dlmesh.v1.CloseResponse
-	9,  // 12: dlmesh.v1.Attention.Info:output_type -> dlmesh.v1.ModelInfo
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	12, // 5: dlmesh.v1.ModelInfo.load:type_name -> dlmesh.v1.LoadStats
+	0,  // 6: dlmesh.v1.Attention.Open:input_type -> dlmesh.v1.OpenRequest
+	2,  // 7: dlmesh.v1.Attention.Step:input_type -> dlmesh.v1.StepRequest
+	7,  // 8: dlmesh.v1.Attention.Close:input_type -> dlmesh.v1.CloseRequest
+	13, // 9: dlmesh.v1.Attention.Info:input_type -> dlmesh.v1.InfoRequest
+	1,  // 10: dlmesh.v1.Attention.Open:output_type -> dlmesh.v1.OpenResponse
+	4,  // 11: dlmesh.v1.Attention.Step:output_type -> dlmesh.v1.StepResponse
+	8,  // 12: dlmesh.v1.Attention.Close:output_type -> dlmesh.v1.CloseResponse
+	9,  // 13: dlmesh.v1.Attention.Info:output_type -> dlmesh.v1.ModelInfo
+	10, // [10:14] is the sub-list for method output_type
+	6,  // [6:10] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_dlmesh_v1_attention_proto_init() }

@@ -206,6 +206,130 @@ func (x *GPUInfo) GetBackend() string {
 	return ""
 }
 
+// LoadStats is a service's current load, as Info reports it (for `dlmesh status`). The calls are
+// those of the service's work method: Experts.Compute for expertd, Attention.Step for attnd.
+type LoadStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Calls being handled now.
+	InFlight int64 `protobuf:"varint,1,opt,name=in_flight,json=inFlight,proto3" json:"in_flight,omitempty"`
+	// Calls answered without error, and calls that returned an error, since the process started.
+	Calls  int64 `protobuf:"varint,2,opt,name=calls,proto3" json:"calls,omitempty"`
+	Errors int64 `protobuf:"varint,3,opt,name=errors,proto3" json:"errors,omitempty"`
+	// Latency percentiles, in milliseconds, of the calls answered without error in the last
+	// window_s seconds (window_calls of them; 0 when none).
+	P50Ms       float64 `protobuf:"fixed64,4,opt,name=p50_ms,json=p50Ms,proto3" json:"p50_ms,omitempty"`
+	P99Ms       float64 `protobuf:"fixed64,5,opt,name=p99_ms,json=p99Ms,proto3" json:"p99_ms,omitempty"`
+	WindowS     int32   `protobuf:"varint,6,opt,name=window_s,json=windowS,proto3" json:"window_s,omitempty"`
+	WindowCalls int64   `protobuf:"varint,7,opt,name=window_calls,json=windowCalls,proto3" json:"window_calls,omitempty"`
+	// attnd only: open sessions, KV cache positions holding K/V, and positions reserved by the
+	// open sessions' windows.
+	Sessions         int32 `protobuf:"varint,8,opt,name=sessions,proto3" json:"sessions,omitempty"`
+	KvTokens         int64 `protobuf:"varint,9,opt,name=kv_tokens,json=kvTokens,proto3" json:"kv_tokens,omitempty"`
+	KvCapacityTokens int64 `protobuf:"varint,10,opt,name=kv_capacity_tokens,json=kvCapacityTokens,proto3" json:"kv_capacity_tokens,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *LoadStats) Reset() {
+	*x = LoadStats{}
+	mi := &file_dlmesh_v1_common_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LoadStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LoadStats) ProtoMessage() {}
+
+func (x *LoadStats) ProtoReflect() protoreflect.Message {
+	mi := &file_dlmesh_v1_common_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LoadStats.ProtoReflect.Descriptor instead.
+func (*LoadStats) Descriptor() ([]byte, []int) {
+	return file_dlmesh_v1_common_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LoadStats) GetInFlight() int64 {
+	if x != nil {
+		return x.InFlight
+	}
+	return 0
+}
+
+func (x *LoadStats) GetCalls() int64 {
+	if x != nil {
+		return x.Calls
+	}
+	return 0
+}
+
+func (x *LoadStats) GetErrors() int64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *LoadStats) GetP50Ms() float64 {
+	if x != nil {
+		return x.P50Ms
+	}
+	return 0
+}
+
+func (x *LoadStats) GetP99Ms() float64 {
+	if x != nil {
+		return x.P99Ms
+	}
+	return 0
+}
+
+func (x *LoadStats) GetWindowS() int32 {
+	if x != nil {
+		return x.WindowS
+	}
+	return 0
+}
+
+func (x *LoadStats) GetWindowCalls() int64 {
+	if x != nil {
+		return x.WindowCalls
+	}
+	return 0
+}
+
+func (x *LoadStats) GetSessions() int32 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
+}
+
+func (x *LoadStats) GetKvTokens() int64 {
+	if x != nil {
+		return x.KvTokens
+	}
+	return 0
+}
+
+func (x *LoadStats) GetKvCapacityTokens() int64 {
+	if x != nil {
+		return x.KvCapacityTokens
+	}
+	return 0
+}
+
 var File_dlmesh_v1_common_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_common_proto_rawDesc = "" +
@@ -218,7 +342,19 @@ const file_dlmesh_v1_common_proto_rawDesc = "" +
 	"\x04uuid\x18\x03 \x01(\tR\x04uuid\x12(\n" +
 	"\x10memory_total_mib\x18\x04 \x01(\x03R\x0ememoryTotalMib\x12&\n" +
 	"\x0fmemory_free_mib\x18\x05 \x01(\x03R\rmemoryFreeMib\x12\x18\n" +
-	"\abackend\x18\x06 \x01(\tR\abackend*=\n" +
+	"\abackend\x18\x06 \x01(\tR\abackend\"\xa9\x02\n" +
+	"\tLoadStats\x12\x1b\n" +
+	"\tin_flight\x18\x01 \x01(\x03R\binFlight\x12\x14\n" +
+	"\x05calls\x18\x02 \x01(\x03R\x05calls\x12\x16\n" +
+	"\x06errors\x18\x03 \x01(\x03R\x06errors\x12\x15\n" +
+	"\x06p50_ms\x18\x04 \x01(\x01R\x05p50Ms\x12\x15\n" +
+	"\x06p99_ms\x18\x05 \x01(\x01R\x05p99Ms\x12\x19\n" +
+	"\bwindow_s\x18\x06 \x01(\x05R\awindowS\x12!\n" +
+	"\fwindow_calls\x18\a \x01(\x03R\vwindowCalls\x12\x1a\n" +
+	"\bsessions\x18\b \x01(\x05R\bsessions\x12\x1b\n" +
+	"\tkv_tokens\x18\t \x01(\x03R\bkvTokens\x12,\n" +
+	"\x12kv_capacity_tokens\x18\n" +
+	" \x01(\x03R\x10kvCapacityTokens*=\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tDTYPE_F32\x10\x01\x12\x0e\n" +
@@ -238,11 +374,12 @@ func file_dlmesh_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_dlmesh_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_dlmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_dlmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_dlmesh_v1_common_proto_goTypes = []any{
 	(DType)(0),          // 0: dlmesh.v1.DType
 	(*InfoRequest)(nil), // 1: dlmesh.v1.InfoRequest
 	(*GPUInfo)(nil),     // 2: dlmesh.v1.GPUInfo
+	(*LoadStats)(nil),   // 3: dlmesh.v1.LoadStats
 }
 var file_dlmesh_v1_common_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for method output_type
@@ -263,7 +400,7 @@ func file_dlmesh_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dlmesh_v1_common_proto_rawDesc), len(file_dlmesh_v1_common_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   2,
+			NumMessages:   3,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -197,8 +197,10 @@ type ExpertSetInfo struct {
 	// MoE layer indices, ascending.
 	Layers []int32 `protobuf:"varint,2,rep,packed,name=layers,proto3" json:"layers,omitempty"`
 	// Checkpoint hash; must match the attnd's ModelInfo.fingerprint.
-	Fingerprint   string     `protobuf:"bytes,3,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
-	Gpus          []*GPUInfo `protobuf:"bytes,4,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	Fingerprint string     `protobuf:"bytes,3,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	Gpus        []*GPUInfo `protobuf:"bytes,4,rep,name=gpus,proto3" json:"gpus,omitempty"`
+	// Current load: Compute calls.
+	Load          *LoadStats `protobuf:"bytes,5,opt,name=load,proto3" json:"load,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -261,6 +263,13 @@ func (x *ExpertSetInfo) GetGpus() []*GPUInfo {
 	return nil
 }
 
+func (x *ExpertSetInfo) GetLoad() *LoadStats {
+	if x != nil {
+		return x.Load
+	}
+	return nil
+}
+
 var File_dlmesh_v1_experts_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_experts_proto_rawDesc = "" +
@@ -279,12 +288,13 @@ const file_dlmesh_v1_experts_proto_rawDesc = "" +
 	"\x05dtype\x18\x01 \x01(\x0e2\x10.dlmesh.v1.DTypeR\x05dtype\x12\f\n" +
 	"\x01y\x18\x02 \x01(\fR\x01y\x12\x1d\n" +
 	"\n" +
-	"compute_ms\x18\x03 \x01(\x01R\tcomputeMs\"\x8b\x01\n" +
+	"compute_ms\x18\x03 \x01(\x01R\tcomputeMs\"\xb5\x01\n" +
 	"\rExpertSetInfo\x12\x18\n" +
 	"\aexperts\x18\x01 \x03(\x05R\aexperts\x12\x16\n" +
 	"\x06layers\x18\x02 \x03(\x05R\x06layers\x12 \n" +
 	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\x12&\n" +
-	"\x04gpus\x18\x04 \x03(\v2\x12.dlmesh.v1.GPUInfoR\x04gpus2\x85\x01\n" +
+	"\x04gpus\x18\x04 \x03(\v2\x12.dlmesh.v1.GPUInfoR\x04gpus\x12(\n" +
+	"\x04load\x18\x05 \x01(\v2\x14.dlmesh.v1.LoadStatsR\x04load2\x85\x01\n" +
 	"\aExperts\x12@\n" +
 	"\aCompute\x12\x19.dlmesh.v1.ExpertsRequest\x1a\x1a.dlmesh.v1.ExpertsResponse\x128\n" +
 	"\x04Info\x12\x16.dlmesh.v1.InfoRequest\x1a\x18.dlmesh.v1.ExpertSetInfoB2Z0github.com/dlmesh/dlmesh/proto/dlmeshv1;dlmeshv1b\x06proto3"
@@ -308,21 +318,23 @@ var file_dlmesh_v1_experts_proto_goTypes = []any{
 	(*ExpertSetInfo)(nil),   // 2: dlmesh.v1.ExpertSetInfo
 	(DType)(0),              // 3: dlmesh.v1.DType
 	(*GPUInfo)(nil),         // 4: dlmesh.v1.GPUInfo
-	(*InfoRequest)(nil),     // 5: dlmesh.v1.InfoRequest
+	(*LoadStats)(nil),       // 5: dlmesh.v1.LoadStats
+	(*InfoRequest)(nil),     // 6: dlmesh.v1.InfoRequest
 }
 var file_dlmesh_v1_experts_proto_depIdxs = []int32{
 	3, // 0: dlmesh.v1.ExpertsRequest.dtype:type_name -> dlmesh.v1.DType
 	3, // 1: dlmesh.v1.ExpertsResponse.dtype:type_name -> dlmesh.v1.DType
 	4, // 2: dlmesh.v1.ExpertSetInfo.gpus:type_name -> dlmesh.v1.GPUInfo
-	0, // 3: dlmesh.v1.Experts.Compute:input_type -> dlmesh.v1.ExpertsRequest
-	5, // 4: dlmesh.v1.Experts.Info:input_type -> dlmesh.v1.InfoRequest
-	1, // 5: dlmesh.v1.Experts.Compute:output_type -> dlmesh.v1.ExpertsResponse
-	2, // 6: dlmesh.v1.Experts.Info:output_type -> dlmesh.v1.ExpertSetInfo
-	5, // [5:7] is the sub-list for method output_type
-	3, // [3:5] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	5, // 3: dlmesh.v1.ExpertSetInfo.load:type_name -> dlmesh.v1.LoadStats
+	0, // 4: dlmesh.v1.Experts.Compute:input_type -> dlmesh.v1.ExpertsRequest
+	6, // 5: dlmesh.v1.Experts.Info:input_type -> dlmesh.v1.InfoRequest
+	1, // 6: dlmesh.v1.Experts.Compute:output_type -> dlmesh.v1.ExpertsResponse
+	2, // 7: dlmesh.v1.Experts.Info:output_type -> dlmesh.v1.ExpertSetInfo
+	6, // [6:8] is the sub-list for method output_type
+	4, // [4:6] is the sub-list for method input_type
+	4, // [4:4] is the sub-list for extension type_name
+	4, // [4:4] is the sub-list for extension extendee
+	0, // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_dlmesh_v1_experts_proto_init() }
