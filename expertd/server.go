@@ -46,6 +46,7 @@ type Server struct {
 
 	closeOnce sync.Once
 	calls     atomic.Int64 // Compute calls answered without error
+	meter     *services.LoadMeter
 	closeErr  error
 }
 
@@ -69,7 +70,8 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	scfg := cfg.Server
 	scfg.TracerProvider = tp
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, served: make(chan error, 1)}
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, served: make(chan error, 1),
+		meter: services.NewLoadMeter(services.DefaultLoadWindow)}
 	s.grpc = services.NewServer(scfg)
 	pb.RegisterExpertsServer(s.grpc, s)
 	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
@@ -169,13 +171,19 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.closeErr
 }
 
-// Info implements pb.ExpertsServer.
+// Info implements pb.ExpertsServer: the expert set, and the load of Compute.
 func (s *Server) Info(context.Context, *pb.InfoRequest) (*pb.ExpertSetInfo, error) {
-	return &pb.ExpertSetInfo{Experts: slices.Clone(s.held), Layers: slices.Clone(s.moe), Fingerprint: s.fingerprint, Gpus: s.gpus}, nil
+	return &pb.ExpertSetInfo{Experts: slices.Clone(s.held), Layers: slices.Clone(s.moe), Fingerprint: s.fingerprint, Gpus: s.gpus,
+		Load: s.meter.Snapshot().Proto()}, nil
 }
 
+// Load returns the current load of Compute.
+func (s *Server) Load() services.LoadSnapshot { return s.meter.Snapshot() }
+
 // Compute implements pb.ExpertsServer.
-func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (*pb.ExpertsResponse, error) {
+func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (_ *pb.ExpertsResponse, err error) {
+	end := s.meter.Start()
+	defer func() { end(err) }()
 	ctx, span := s.tracer.Start(ctx, "expertd.compute", trace.WithAttributes(
 		attribute.Int("layer", int(req.GetLayer())), attribute.Int("rows", int(req.GetRows()))))
 	defer span.End()

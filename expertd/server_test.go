@@ -237,3 +237,32 @@ func TestParseExperts(t *testing.T) {
 		t.Errorf("SplitExperts(16, 2) = %v, %v", g, err)
 	}
 }
+
+// TestInfoReportsLoad: Info counts the Compute calls answered and failed, with their latency.
+func TestInfoReportsLoad(t *testing.T) {
+	held := []int32{0, 1, 2, 3, 4, 5, 6, 7}
+	_, c, _ := start(t, expertsOf(held))
+	in := randomInput(4, 256, 4, held, 3)
+	ctx := context.Background()
+	for range 3 {
+		if _, err := c.Compute(ctx, in.request(2, pb.DType_DTYPE_F32)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := in.request(2, pb.DType_DTYPE_F32)
+	bad.Layer = 0
+	if _, err := c.Compute(ctx, bad); err == nil {
+		t.Fatal("compute on a dense layer succeeded")
+	}
+	info, err := c.Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := info.GetLoad()
+	if l.GetCalls() != 3 || l.GetErrors() != 1 || l.GetInFlight() != 0 || l.GetWindowCalls() != 3 || l.GetWindowS() != 60 {
+		t.Errorf("load %v: want 3 calls, 1 error, none in flight, 3 in the 60 s window", l)
+	}
+	if l.GetP50Ms() <= 0 || l.GetP99Ms() < l.GetP50Ms() {
+		t.Errorf("latency p50 %v ms p99 %v ms: want 0 < p50 <= p99", l.GetP50Ms(), l.GetP99Ms())
+	}
+}
