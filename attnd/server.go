@@ -64,6 +64,10 @@ type Server struct {
 	mu       sync.Mutex // sessions and the backend: one step at a time
 	sessions map[string]*session
 
+	info  atomic.Pointer[pb.ModelInfo] // set once loaded (load.go)
+	meter *services.LoadMeter          // Step calls
+	usage usage
+
 	poolMu sync.Mutex
 	pools  map[string]*services.Pool // by expert set
 	routes atomic.Pointer[routes]
@@ -84,6 +88,7 @@ type Server struct {
 type session struct {
 	cache    *model.Cache
 	blockLen int
+	counted  int // cache.Len as counted in usage.kvTokens
 }
 
 var _ pb.AttentionServer = (*Server)(nil)
@@ -110,7 +115,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	scfg.TracerProvider = tp
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp, served: make(chan error, 1),
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
-		watchDone: make(chan struct{}), maskID: -1, eosID: -1}
+		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
 	s.grpc = services.NewServer(scfg)
@@ -163,6 +168,7 @@ func (s *Server) load(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.m = m
+	s.setInfo()
 	s.mu.Unlock()
 	return nil
 }
@@ -269,6 +275,7 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 		return nil, fmt.Errorf("attnd: open %q: %w", id, err)
 	}
 	s.sessions[id] = &session{cache: c, blockLen: bl}
+	s.opened(capLen)
 	return &pb.OpenResponse{}, nil
 }
 
@@ -278,24 +285,11 @@ func (s *Server) Close(_ context.Context, req *pb.CloseRequest) (*pb.CloseRespon
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if ss, ok := s.sessions[req.GetSessionId()]; ok {
+		s.closed(ss)
 		ss.cache.Free()
 		delete(s.sessions, req.GetSessionId())
 	}
 	return &pb.CloseResponse{}, nil
-}
-
-// Info implements pb.AttentionServer.
-func (s *Server) Info(context.Context, *pb.InfoRequest) (*pb.ModelInfo, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		return nil, ErrNotReady
-	}
-	c := s.m.Cfg
-	return &pb.ModelInfo{ModelType: "llada2_moe", Fingerprint: s.fingerprint, Vocab: int32(c.Vocab), Hidden: int32(c.Hidden),
-		Layers: int32(c.Layers), Experts: int32(c.Experts), TopK: int32(c.TopK), BlockLength: DefaultBlockLen,
-		MaskId: s.maskID, EosId: s.eosID, Gpus: []*pb.GPUInfo{{Index: -1, Name: "cpu", Backend: s.m.Be.Name()}},
-		Meta: map[string]string{"max_positions": fmt.Sprint(c.MaxPositions), "groups": fmt.Sprint(s.Groups())}}, nil
 }
 
 // Step implements pb.AttentionServer: one model.Step per block length among the sessions (the
@@ -303,7 +297,9 @@ func (s *Server) Info(context.Context, *pb.InfoRequest) (*pb.ModelInfo, error) {
 func (s *Server) Step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
 	ctx, span := s.tracer.Start(ctx, "attnd.step", trace.WithAttributes(attribute.Int("sessions", len(req.GetSessions()))))
 	defer span.End()
+	end := s.meter.Start()
 	resp, err := s.step(ctx, req)
+	end(err)
 	if err != nil {
 		span.SetStatus(otcodes.Error, err.Error())
 	}
@@ -342,6 +338,7 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
 		lens[i] = sess.blockLen
 	}
+	defer s.written(ss) // what the step wrote to the caches, even if it failed later
 	// the request is valid: now the expert groups must be there
 	r := s.routes.Load()
 	if r == nil || len(r.groups) == 0 {

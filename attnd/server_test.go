@@ -352,3 +352,54 @@ func TestAllowMissingStaysServing(t *testing.T) {
 	}
 	waitHealth(t, h, healthpb.HealthCheckResponse_NOT_SERVING, 10*time.Second)
 }
+
+// TestInfoReportsLoad: Info counts Step calls and errors, the open sessions and the KV cache
+// positions they hold and reserve.
+func TestInfoReportsLoad(t *testing.T) {
+	reg := services.NewMemRegistry()
+	startExpertd(t, reg, "e0", model.AllExperts(16))
+	a, c, _ := startAttnd(t, reg)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := a.WaitServing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for id, capLen := range map[string]int32{"a": 32, "b": 64} {
+		if _, err := c.Open(ctx, &pb.OpenRequest{SessionId: id, Capacity: capLen}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step := func(id string, pos int32, toks []int32) error {
+		_, err := c.Step(ctx, &pb.StepRequest{Sessions: []*pb.SessionStep{{SessionId: id, StartPos: pos, Tokens: toks, OutRows: 1, TopK: 1}}})
+		return err
+	}
+	if err := step("a", 0, []int32{952, 2311, 449, 945}); err != nil {
+		t.Fatal(err)
+	}
+	if err := step("b", 0, []int32{5, 6}); err != nil {
+		t.Fatal(err)
+	}
+	if err := step("b", 60, []int32{5, 6, 7, 8, 9}); err == nil {
+		t.Fatal("step past the window succeeded")
+	}
+	info, err := c.Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := info.GetLoad()
+	if l.GetSessions() != 2 || l.GetKvTokens() != 6 || l.GetKvCapacityTokens() != 96 {
+		t.Errorf("load %v: want 2 sessions holding 4+2 K/V positions of 32+64", l)
+	}
+	if l.GetCalls() != 2 || l.GetErrors() != 1 || l.GetInFlight() != 0 || l.GetWindowCalls() != 2 || l.GetP50Ms() <= 0 {
+		t.Errorf("load %v: want 2 steps answered, 1 failed, latency measured", l)
+	}
+	if info.GetMeta()["groups"] != "[0-15×1]" || info.GetExperts() != 16 {
+		t.Errorf("info meta %v experts %d", info.GetMeta(), info.GetExperts())
+	}
+	if _, err := c.Close(ctx, &pb.CloseRequest{SessionId: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := c.Info(ctx, &pb.InfoRequest{}); l.GetLoad().GetSessions() != 1 || l.GetLoad().GetKvTokens() != 2 || l.GetLoad().GetKvCapacityTokens() != 64 {
+		t.Errorf("after closing a: load %v, want 1 session holding 2 of 64", l.GetLoad())
+	}
+}

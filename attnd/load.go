@@ -1,0 +1,74 @@
+package attnd
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"sync/atomic"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+)
+
+// usage is what the open sessions hold, kept in atomics so Info never waits for a step.
+type usage struct {
+	sessions   atomic.Int64
+	kvTokens   atomic.Int64 // cache positions holding K/V, summed over the sessions
+	kvCapacity atomic.Int64 // cache positions reserved by the sessions' windows
+}
+
+// opened counts a new session of capacity positions. s.mu is held.
+func (s *Server) opened(capacity int) {
+	s.usage.sessions.Add(1)
+	s.usage.kvCapacity.Add(int64(capacity))
+}
+
+// closed uncounts a session being freed. s.mu is held.
+func (s *Server) closed(ss *session) {
+	s.usage.sessions.Add(-1)
+	s.usage.kvCapacity.Add(-int64(ss.cache.Cap))
+	s.usage.kvTokens.Add(-int64(ss.counted))
+}
+
+// written counts the K/V the sessions of a step wrote. s.mu is held.
+func (s *Server) written(steps []*pb.SessionStep) {
+	for _, st := range steps {
+		if ss, ok := s.sessions[st.GetSessionId()]; ok {
+			s.usage.kvTokens.Add(int64(ss.cache.Len - ss.counted))
+			ss.counted = ss.cache.Len
+		}
+	}
+}
+
+// Load returns the load of Step and the sessions' use of the KV cache.
+func (s *Server) Load() *pb.LoadStats {
+	l := s.meter.Snapshot().Proto()
+	l.Sessions = int32(s.usage.sessions.Load())
+	l.KvTokens = s.usage.kvTokens.Load()
+	l.KvCapacityTokens = s.usage.kvCapacity.Load()
+	return l
+}
+
+// Info implements pb.AttentionServer: the model, the current expert groups and the load. It does
+// not wait for a step in progress.
+func (s *Server) Info(context.Context, *pb.InfoRequest) (*pb.ModelInfo, error) {
+	base := s.info.Load()
+	if base == nil {
+		return nil, ErrNotReady
+	}
+	info := proto.Clone(base).(*pb.ModelInfo)
+	info.Meta = maps.Clone(base.GetMeta())
+	info.Meta["groups"] = fmt.Sprint(s.Groups())
+	info.Load = s.Load()
+	return info, nil
+}
+
+// setInfo keeps what Info reports of the model just loaded. s.mu is held.
+func (s *Server) setInfo() {
+	c := s.m.Cfg
+	s.info.Store(&pb.ModelInfo{ModelType: "llada2_moe", Fingerprint: s.fingerprint, Vocab: int32(c.Vocab), Hidden: int32(c.Hidden),
+		Layers: int32(c.Layers), Experts: int32(c.Experts), TopK: int32(c.TopK), BlockLength: DefaultBlockLen,
+		MaskId: s.maskID, EosId: s.eosID, Gpus: []*pb.GPUInfo{{Index: -1, Name: "cpu", Backend: s.m.Be.Name()}},
+		Meta: map[string]string{"max_positions": fmt.Sprint(c.MaxPositions)}})
+}
