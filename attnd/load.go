@@ -67,6 +67,7 @@ func (s *Server) Info(context.Context, *pb.InfoRequest) (*pb.ModelInfo, error) {
 // setInfo keeps what Info reports of the model just loaded. s.mu is held.
 func (s *Server) setInfo() {
 	c := s.m.Cfg
+	s.backend = s.m.Be.Name()
 	s.info.Store(&pb.ModelInfo{ModelType: "llada2_moe", Fingerprint: s.fingerprint, Vocab: int32(c.Vocab), Hidden: int32(c.Hidden),
 		Layers: int32(c.Layers), Experts: int32(c.Experts), TopK: int32(c.TopK), BlockLength: DefaultBlockLen,
 		MaskId: s.maskID, EosId: s.eosID, Gpus: []*pb.GPUInfo{{Index: -1, Name: "cpu", Backend: s.m.Be.Name()}},

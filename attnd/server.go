@@ -56,6 +56,7 @@ type Server struct {
 	served      chan error
 	reg         services.Registry
 	fingerprint string
+	backend     string // the kernels backend's name, once loaded
 	maskID      int32
 	eosID       int32
 
@@ -190,10 +191,12 @@ func (s *Server) WaitServing(ctx context.Context) error {
 // Addr is the address the server listens on.
 func (s *Server) Addr() string { return s.lis.Addr().String() }
 
-// Instance describes this attnd for discovery.
+// Instance describes this attnd for discovery: meta "fingerprint" and the device's
+// (Config.DeviceMeta).
 func (s *Server) Instance() services.Instance {
-	return services.Instance{ID: s.cfg.ID, Kind: services.KindAttnd, Addr: s.Addr(),
-		Meta: map[string]string{"fingerprint": s.fingerprint}}
+	meta := services.InstanceDeviceMeta(s.cfg.DeviceMeta, s.backend)
+	meta["fingerprint"] = s.fingerprint
+	return services.Instance{ID: s.cfg.ID, Kind: services.KindAttnd, Addr: s.Addr(), Meta: meta}
 }
 
 // Sessions is the number of open sessions.

@@ -98,8 +98,8 @@ func TestNotServingUntilCovered(t *testing.T) {
 	if st := health(t, h); st != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health %v with every expert served, want SERVING", st)
 	}
-	if ins, _ := reg.Instances(context.Background(), services.KindAttnd); len(ins) != 1 {
-		t.Errorf("attnd instances %v, want itself", ins)
+	if ins, _ := reg.Instances(context.Background(), services.KindAttnd); len(ins) != 1 || ins[0].Meta[services.MetaBackend] != "cpu" {
+		t.Errorf("attnd instances %v, want itself with backend=cpu", ins)
 	}
 }
 

@@ -46,6 +46,11 @@ type Config struct {
 	ExpertActDType kernels.DType
 	// TracerProvider traces Compute (and the gRPC server); nil means the global provider.
 	TracerProvider trace.TracerProvider
+	// DeviceMeta gives the discovery meta of the device the backend named backend runs on
+	// (services.DeviceMeta; cmd reads NVML for it). It is asked when the instance is described for
+	// registration, after the weights are loaded. nil means services.DeviceMeta(backend, nil, ""):
+	// backend=cpu, or backend=cuda with the ordinal only. Set in code.
+	DeviceMeta func(backend string) map[string]string
 }
 
 // WithDefaults returns cfg with every zero field set to its default.

@@ -137,10 +137,11 @@ func (s *Server) Experts() []int {
 }
 
 // Instance describes the replica for discovery: kind expertd, tag "group=NAME" when the config
-// names a group, meta "experts" (FormatExperts) and "fingerprint".
+// names a group, meta "experts" (FormatExperts), "fingerprint" and the device's (Config.DeviceMeta).
 func (s *Server) Instance(id string) services.Instance {
-	in := services.Instance{ID: id, Kind: services.KindExpertd, Addr: s.Addr(),
-		Meta: map[string]string{"experts": FormatExperts(s.Experts()), "fingerprint": s.fingerprint}}
+	meta := services.InstanceDeviceMeta(s.cfg.DeviceMeta, s.m.Be.Name())
+	meta["experts"], meta["fingerprint"] = FormatExperts(s.Experts()), s.fingerprint
+	in := services.Instance{ID: id, Kind: services.KindExpertd, Addr: s.Addr(), Meta: meta}
 	if s.cfg.Group != "" {
 		in.Tags = []string{"group=" + s.cfg.Group}
 	}

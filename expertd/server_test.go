@@ -163,8 +163,32 @@ func TestInfoAndHealth(t *testing.T) {
 	if err != nil || hr.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 		t.Errorf("health %v, %v: want SERVING once loaded", hr.GetStatus(), err)
 	}
-	if in := s.Instance("e0"); in.Kind != services.KindExpertd || in.Meta["experts"] != "8-15" {
-		t.Errorf("instance %+v", in)
+	if in := s.Instance("e0"); in.Kind != services.KindExpertd || in.Meta["experts"] != "8-15" || in.Meta[services.MetaBackend] != "cpu" {
+		t.Errorf("instance %+v: want experts 8-15 on backend cpu", in)
+	}
+}
+
+// TestInstanceDeviceMeta: Config.DeviceMeta is asked with the backend's name and its meta is
+// registered beside the expert set, which it cannot override.
+func TestInstanceDeviceMeta(t *testing.T) {
+	var asked []string
+	gpus := []services.GPU{{Index: 0, UUID: "GPU-1234", Name: "Fake GPU", MemoryFreeMiB: 10, MemoryTotalMiB: 20}}
+	s, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: []int{0, 1}, DeviceMeta: func(b string) map[string]string {
+		asked = append(asked, b)
+		m, _ := services.DeviceMeta("cuda:0", gpus, "") // as if the backend were cuda:0
+		m["experts"] = "spoofed"
+		return m
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	in := s.Instance("e")
+	if len(asked) != 1 || asked[0] != "cpu" {
+		t.Errorf("DeviceMeta asked with %v, want [cpu]", asked)
+	}
+	if in.Meta[services.MetaGPUUUID] != "GPU-1234" || in.Meta[services.MetaGPUFreeMiB] != "10" || in.Meta["experts"] != "0-1" {
+		t.Errorf("meta %v: want the device's meta and experts 0-1", in.Meta)
 	}
 }
 

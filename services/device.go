@@ -101,3 +101,20 @@ func DeviceString(meta map[string]string) string {
 	}
 	return s
 }
+
+// InstanceDeviceMeta is the device meta of a service on backend: from f when set, else
+// DeviceMeta without NVML's devices (the error, which only says they are missing, is dropped).
+// The map is the caller's.
+func InstanceDeviceMeta(f func(backend string) map[string]string, backend string) map[string]string {
+	var meta map[string]string
+	if f != nil {
+		meta = f(backend)
+	} else {
+		meta, _ = DeviceMeta(backend, nil, "")
+	}
+	out := make(map[string]string, len(meta)+2)
+	for k, v := range meta {
+		out[k] = v
+	}
+	return out
+}

@@ -251,6 +251,7 @@ func attndCmd() *cobra.Command {
 			if cfg.KVDType, _, err = pf.dtypes(); err != nil {
 				return err
 			}
+			cfg.DeviceMeta = deviceMeta
 			s, err := attnd.New(ctx, cfg, reg)
 			if err != nil {
 				return err
@@ -302,6 +303,7 @@ func expertdCmd() *cobra.Command {
 			if _, cfg.ExpertActDType, err = pf.dtypes(); err != nil {
 				return err
 			}
+			cfg.DeviceMeta = deviceMeta
 			s, err := expertd.New(ctx, cfg)
 			if err != nil {
 				return err
