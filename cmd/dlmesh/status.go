@@ -1,61 +1,89 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"text/tabwriter"
+	"time"
 
 	"github.com/hashicorp/consul/api"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/model"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 )
 
 func init() { extraCommands = append(extraCommands, statusCmd) }
 
+// defaultStatusTimeout bounds each instance's Info call in `dlmesh status`.
+const defaultStatusTimeout = 2 * time.Second
+
+// statusEntry is one registered instance and what its Info call said.
+type statusEntry struct {
+	kind   string
+	svc    *api.AgentService
+	health string
+	load   *pb.LoadStats
+	err    error // the Info call's error
+}
+
 func statusCmd() *cobra.Command {
 	var addr, token, dir string
+	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "status [--consul ADDR]",
-		Short: "List the mesh as Consul sees it: services, health, expert coverage",
-		Args:  cobra.NoArgs,
+		Short: "List the mesh as Consul sees it: services, health, devices, load, expert coverage",
+		Long: `Lists every dlmesh instance registered in Consul with its health, expert set and device,
+then the load each attnd and expertd reports through its Info call: calls in flight, calls
+answered and failed since start, p50/p99 latency over the last minute (Attention.Step for attnd,
+Experts.Compute for expertd), and for attnd the open sessions and the KV cache positions they
+hold (and reserve). An instance that does not answer within --timeout shows as unreachable.
+Last, the expert coverage of the passing expertd instances.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if addr == "" {
 				return fmt.Errorf("--consul: give the Consul agent address (or set CONSUL_HTTP_ADDR)")
+			}
+			if timeout <= 0 {
+				return fmt.Errorf("--timeout %v: want a positive duration", timeout)
 			}
 			reg, err := services.NewConsulRegistry(services.ConsulConfig{Addr: addr, Token: token})
 			if err != nil {
 				return err
 			}
 			c := reg.Client()
-			out := cmd.OutOrStdout()
-			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "kind\tid\taddress\thealth\texperts\tfingerprint")
+			var entries []*statusEntry
 			covered := map[int]int{} // expert → passing replicas
 			for _, kind := range []string{services.KindGateway, services.KindAttnd, services.KindExpertd} {
-				entries, _, err := c.Health().Service(services.ServicePrefix+kind, "", false, nil)
+				list, _, err := c.Health().Service(services.ServicePrefix+kind, "", false, (&api.QueryOptions{}).WithContext(cmd.Context()))
 				if err != nil {
 					return fmt.Errorf("consul: %w", err)
 				}
-				sort.Slice(entries, func(i, j int) bool { return entries[i].Service.ID < entries[j].Service.ID })
-				for _, e := range entries {
+				sort.Slice(list, func(i, j int) bool { return list[i].Service.ID < list[j].Service.ID })
+				for _, e := range list {
 					h := e.Checks.AggregatedStatus()
-					ex := e.Service.Meta["experts"]
 					if kind == services.KindExpertd && h == api.HealthPassing {
-						if ids, err := expertd.ParseExperts(ex); err == nil {
+						if ids, err := expertd.ParseExperts(e.Service.Meta["experts"]); err == nil {
 							for _, id := range ids {
 								covered[id]++
 							}
 						}
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s\t%s\n", kind, e.Service.ID, e.Service.Address, e.Service.Port, h, ex, e.Service.Meta["fingerprint"])
+					entries = append(entries, &statusEntry{kind: kind, svc: e.Service, health: h})
 				}
 			}
-			if err := tw.Flush(); err != nil {
+			queryLoads(cmd.Context(), entries, timeout)
+			out := cmd.OutOrStdout()
+			if err := writeStatus(out, entries); err != nil {
 				return err
 			}
 			d, err := resolveModelDir(dir)
@@ -67,20 +95,20 @@ func statusCmd() *cobra.Command {
 				return err
 			}
 			var missing []string
-			min := -1
+			least := -1
 			for e := 0; e < cfg.Experts; e++ {
 				if covered[e] == 0 {
 					missing = append(missing, fmt.Sprint(e))
 				}
-				if min < 0 || covered[e] < min {
-					min = covered[e]
+				if least < 0 || covered[e] < least {
+					least = covered[e]
 				}
 			}
 			fmt.Fprintf(out, "\ncoverage of %s (%d experts in each of MoE layers %d-%d): ", d, cfg.Experts, cfg.FirstKDense, cfg.Layers-1)
 			if len(missing) == 0 {
-				fmt.Fprintf(out, "complete, at least %d passing replica(s) per expert\n", min)
+				fmt.Fprintf(out, "complete, at least %d passing replica(s) per expert\n", least)
 			} else {
-				fmt.Fprintf(out, "MISSING experts %s (attnd stays NOT_SERVING)\n", strings.Join(missing, ","))
+				fmt.Fprintf(out, "MISSING experts %s (attnd is NOT_SERVING unless run with --allow-missing-experts)\n", strings.Join(missing, ","))
 			}
 			return nil
 		},
@@ -88,5 +116,116 @@ func statusCmd() *cobra.Command {
 	cmd.Flags().StringVar(&addr, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent address (default $CONSUL_HTTP_ADDR)")
 	cmd.Flags().StringVar(&token, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
 	cmd.Flags().StringVar(&dir, "model", "", "model whose expert count coverage is checked against (default: the bundled model)")
+	cmd.Flags().DurationVar(&timeout, "timeout", defaultStatusTimeout, "deadline of each instance's Info call; slower ones show as unreachable")
 	return cmd
+}
+
+// queryLoads asks every attnd and expertd entry for its load, all at once, each call within
+// timeout.
+func queryLoads(ctx context.Context, entries []*statusEntry, timeout time.Duration) {
+	var wg sync.WaitGroup
+	for _, e := range entries {
+		if e.kind != services.KindAttnd && e.kind != services.KindExpertd {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e.load, e.err = instanceLoad(ctx, e.kind, fmt.Sprintf("%s:%d", e.svc.Address, e.svc.Port), timeout)
+		}()
+	}
+	wg.Wait()
+}
+
+// instanceLoad calls Info on one attnd or expertd.
+func instanceLoad(ctx context.Context, kind, addr string, timeout time.Duration) (*pb.LoadStats, error) {
+	cc, err := services.Dial(addr, services.ClientConfig{})
+	if err != nil {
+		return nil, err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if kind == services.KindAttnd {
+		info, err := pb.NewAttentionClient(cc).Info(ctx, &pb.InfoRequest{})
+		return info.GetLoad(), err
+	}
+	info, err := pb.NewExpertsClient(cc).Info(ctx, &pb.InfoRequest{})
+	return info.GetLoad(), err
+}
+
+// writeStatus prints the instance table, then the load table.
+func writeStatus(out io.Writer, entries []*statusEntry) error {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "kind\tid\taddress\thealth\texperts\tdevice\tfingerprint")
+	for _, e := range entries {
+		s := e.svc
+		fmt.Fprintf(tw, "%s\t%s\t%s:%d\t%s\t%s\t%s\t%s\n", e.kind, s.ID, s.Address, s.Port, e.health, dash(s.Meta["experts"]),
+			services.DeviceString(s.Meta), dash(s.Meta["fingerprint"]))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	window, n := int32(0), 0
+	for _, e := range entries {
+		if e.kind == services.KindAttnd || e.kind == services.KindExpertd {
+			window, n = max(window, e.load.GetWindowS()), n+1
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	fmt.Fprint(out, "\nload (attnd: Step, expertd: Compute; calls and errors since start")
+	if window > 0 {
+		fmt.Fprintf(out, ", latency of the calls of the last %d s", window)
+	}
+	fmt.Fprintln(out, "):")
+	fmt.Fprintln(tw, "id\tstate\tin-flight\tcalls\terrors\tp50 ms\tp99 ms\tsessions\tkv tokens\t")
+	for _, e := range entries {
+		if e.kind != services.KindAttnd && e.kind != services.KindExpertd {
+			continue
+		}
+		fmt.Fprintln(tw, e.svc.ID+"\t"+strings.Join(loadCells(e), "\t"))
+	}
+	return tw.Flush()
+}
+
+// loadCells are the load columns of one entry: "ok" and its readings, or "unreachable" (no
+// answer within the timeout, or no connection) or "error", dashes and why (after the last tab, so a long reason does not widen the table).
+func loadCells(e *statusEntry) []string {
+	if e.err != nil {
+		st := status.Convert(e.err)
+		state := "error" // it answered, but not with its load
+		if c := st.Code(); c == codes.Unavailable || c == codes.DeadlineExceeded {
+			state = "unreachable"
+		}
+		return []string{state, "-", "-", "-", "-", "-", "-", "-", fmt.Sprintf("(%s: %s)", st.Code(), firstLine(st.Message()))}
+	}
+	l := e.load
+	ms := func(v float64) string {
+		if l.GetWindowCalls() == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", v)
+	}
+	cells := []string{"ok", fmt.Sprint(l.GetInFlight()), fmt.Sprint(l.GetCalls()), fmt.Sprint(l.GetErrors()), ms(l.GetP50Ms()), ms(l.GetP99Ms())}
+	if e.kind == services.KindAttnd {
+		return append(cells, fmt.Sprint(l.GetSessions()), fmt.Sprintf("%d/%d", l.GetKvTokens(), l.GetKvCapacityTokens()), "")
+	}
+	return append(cells, "-", "-", "")
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 80 {
+		s = s[:77] + "..."
+	}
+	return s
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
