@@ -33,6 +33,7 @@ type common struct {
 	consulToken    string
 	consulDC       string
 	stopTimeoutSec int
+	metrics        string
 }
 
 func (c *common) register(cmd *cobra.Command, service string) {
@@ -42,6 +43,7 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.StringVar(&c.traceFile, "trace-file", "", "append every span as one JSON line to this file")
 	f.StringVar(&c.otlp, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "export spans over OTLP/gRPC to host:port")
 	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
+	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none)")
 	if service != "up" {
 		f.StringVar(&c.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent address for discovery and health (default $CONSUL_HTTP_ADDR; empty: static peers)")
 		f.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
@@ -156,9 +158,19 @@ with the live view; --exit then stops the mesh afterwards.`,
 			for _, at := range a.Attnds {
 				fmt.Fprintf(os.Stderr, "attnd    %s\n", at)
 			}
+			cs := gatewayMetrics(m.Gateway)
+			for _, at := range m.Attnds {
+				cs = append(cs, attndMetrics(at))
+			}
 			for i, e := range a.Expertd {
 				fmt.Fprintf(os.Stderr, "expertd  %s  (experts %s)\n", e, expertd.FormatExperts(m.Experts[i].Experts()))
+				cs = append(cs, expertdMetrics(m.Experts[i], fmt.Sprintf("expertd-%d-%s", i, e)))
 			}
+			stopMetrics, err := serveMetrics(c.metrics, cs...)
+			if err != nil {
+				return err
+			}
+			defer stopMetrics()
 			if len(args) == 1 {
 				if err := generateTo(ctx, cmd, a.Gateway, args[0], &df); err != nil {
 					return err
@@ -212,6 +224,12 @@ func gatewayCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "gateway serving on %s\n", s.Addr())
+			stopMetrics, err := serveMetrics(c.metrics, gatewayMetrics(s)...)
+			if err != nil {
+				_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
+				return err
+			}
+			defer stopMetrics()
 			waitSignal(ctx)
 			return stopWithin(c.stopTimeoutSec, s.Shutdown)
 		},
@@ -257,6 +275,12 @@ func attndCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "attnd on %s: NOT_SERVING until every expert is reachable\n", s.Addr())
+			stopMetrics, err := serveMetrics(c.metrics, attndMetrics(s))
+			if err != nil {
+				_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
+				return err
+			}
+			defer stopMetrics()
 			go func() {
 				if s.WaitServing(ctx) == nil {
 					fmt.Fprintf(os.Stderr, "attnd serving (expert groups %s)\n", s.Groups())
@@ -326,6 +350,16 @@ func expertdCmd() *cobra.Command {
 				fmt.Fprintf(os.Stderr, "registered in Consul at %s as %s\n", c.consul, id)
 			}
 			fmt.Fprintf(os.Stderr, "expertd serving experts %s on %s\n", expertd.FormatExperts(s.Experts()), s.Addr())
+			mid := id
+			if mid == "" {
+				mid = "expertd-" + s.Addr()
+			}
+			stopMetrics, err := serveMetrics(c.metrics, expertdMetrics(s, mid))
+			if err != nil {
+				_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
+				return err
+			}
+			defer stopMetrics()
 			waitSignal(ctx)
 			if reg != nil { // leave discovery first (NOT_SERVING, deregister), then drain the calls in flight
 				s.SetServing(false)
