@@ -15,8 +15,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/attnd"
-	"github.com/dlmesh/dlmesh/expertd"
-	"github.com/dlmesh/dlmesh/gateway"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
@@ -93,15 +91,8 @@ func TestAttndHealthFollowsCoverageThroughConsul(t *testing.T) {
 		t.Skip("starts a Consul agent; skipped with -short")
 	}
 	agent := consultest.Start(t)
-	reg, err := services.NewConsulRegistry(services.ConsulConfig{Addr: agent.Addr, CheckInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	groups, err := expertd.SplitExperts(16, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{reg: reg, experts: make([][]*expertd.Server, 2)}
+	c, groups := newCluster(t, agent.Addr, 200*time.Millisecond)
+	reg := c.reg
 	c.addReplica(t, 0, groups[0])
 	g1 := c.addReplica(t, 1, groups[1])
 	strict, sc, sh := startAttnd(t, reg, attnd.Config{ID: "attnd-strict"})
@@ -128,7 +119,7 @@ func TestAttndHealthFollowsCoverageThroughConsul(t *testing.T) {
 	})
 	t.Logf("group 1 killed: strict attnd NOT_SERVING after %v, out of discovery after %v",
 		notServing.Round(time.Millisecond), time.Since(lost).Round(time.Millisecond))
-	_, err = stepOnce(ctx, sc, "lost")
+	_, err := stepOnce(ctx, sc, "lost")
 	if st := status.Convert(err); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "8-15") {
 		t.Errorf("strict step with group 1 gone: %v, want Unavailable naming 8-15", err)
 	}
@@ -165,15 +156,8 @@ func TestDegradedServingEndToEnd(t *testing.T) {
 	gc := f.Cases[0]
 	full := references(t, f, []genCase{gc})[0]
 
-	reg, err := services.NewConsulRegistry(services.ConsulConfig{Addr: agent.Addr, CheckInterval: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	groups, err := expertd.SplitExperts(16, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{reg: reg, experts: make([][]*expertd.Server, 2)}
+	c, groups := newCluster(t, agent.Addr, 200*time.Millisecond)
+	reg := c.reg
 	c.addReplica(t, 0, groups[0])
 	a, _, _ := startAttnd(t, reg, attnd.Config{ID: "attnd-0", AllowMissingExperts: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -181,14 +165,7 @@ func TestDegradedServingEndToEnd(t *testing.T) {
 	if err := a.WaitServing(ctx); err != nil {
 		t.Fatalf("allow-missing attnd with experts 0-7 only: %v", err)
 	}
-	if c.gateway, err = gateway.New(ctx, gateway.Config{ModelDir: tinyDir, ID: "gateway-0", Listen: "127.0.0.1:0"}, reg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.gateway.Shutdown(context.Background()) })
-	if c.client, err = gateway.Dial(c.gateway.Addr(), services.ClientConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.client.Close() })
+	c.startGateway(t, ctx)
 	waitFor(t, "attnd passing in Consul", 15*time.Second, func() bool { return len(passingAttnd(reg)) == 1 })
 
 	run := func(id string) *pb.FinalEvent {

@@ -6,10 +6,7 @@ package failover_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -152,27 +149,14 @@ func TestFailoverThroughConsul(t *testing.T) {
 		t.Skip("starts a Consul agent and a whole mesh; skipped with -short")
 	}
 	agent := consultest.Start(t)
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "llada2-tiny-go", "generate_cases.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var f genFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		t.Fatal(err)
-	}
+	f := loadCases(t)
 	cases := f.Cases[:8]
 	refs := references(t, f, cases)
 
-	reg, err := services.NewConsulRegistry(services.ConsulConfig{Addr: agent.Addr, CheckInterval: 500 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, groups := newCluster(t, agent.Addr, 500*time.Millisecond)
+	reg := c.reg
 	ctx := context.Background()
-	groups, err := expertd.SplitExperts(16, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cluster{reg: reg, experts: make([][]*expertd.Server, 2)}
+	var err error
 	for g, ids := range groups {
 		c.addReplica(t, g, ids)
 		c.addReplica(t, g, ids)
@@ -186,14 +170,7 @@ func TestFailoverThroughConsul(t *testing.T) {
 	if err := c.attnd.WaitServing(wctx); err != nil {
 		t.Fatal(err)
 	}
-	if c.gateway, err = gateway.New(ctx, gateway.Config{ModelDir: tinyDir, ID: "gateway-0", Listen: "127.0.0.1:0"}, reg); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.gateway.Shutdown(context.Background()) })
-	if c.client, err = gateway.Dial(c.gateway.Addr(), services.ClientConfig{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.client.Close() })
+	c.startGateway(t, ctx)
 	waitFor(t, "the gateway seeing attnd through Consul", 15*time.Second, func() bool {
 		l, _ := reg.Instances(ctx, services.KindAttnd)
 		return len(l) == 1
@@ -347,4 +324,33 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// newCluster returns an empty cluster over a Consul registry at addr (checks every interval) and
+// the tiny model's experts split in two groups.
+func newCluster(t *testing.T, addr string, interval time.Duration) (*cluster, [][]int) {
+	t.Helper()
+	reg, err := services.NewConsulRegistry(services.ConsulConfig{Addr: addr, CheckInterval: interval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups, err := expertd.SplitExperts(16, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &cluster{reg: reg, experts: make([][]*expertd.Server, 2)}, groups
+}
+
+// startGateway starts the cluster's gateway and a client of it, both closed at cleanup.
+func (c *cluster) startGateway(t *testing.T, ctx context.Context) {
+	t.Helper()
+	var err error
+	if c.gateway, err = gateway.New(ctx, gateway.Config{ModelDir: tinyDir, ID: "gateway-0", Listen: "127.0.0.1:0"}, c.reg); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.gateway.Shutdown(context.Background()) })
+	if c.client, err = gateway.Dial(c.gateway.Addr(), services.ClientConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.client.Close() })
 }
