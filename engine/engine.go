@@ -88,6 +88,7 @@ type StepEvent struct {
 	BlockLo      int     // absolute position of Tokens[0]
 	PromptLen    int
 	StepMs       float64
+	Degraded     bool // the router left out experts no replica serves
 }
 
 // BlockEvent reports a finished block.
@@ -435,7 +436,7 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	}
 	n := len(j.req.Prompt)
 	ev := &StepEvent{Block: res.Block, Step: j.steps, MaskedBefore: maskedBefore, Tokens: res.Tokens, BlockLo: lo,
-		PromptLen: n, StepMs: float64(dt.Microseconds()) / 1000}
+		PromptLen: n, StepMs: float64(dt.Microseconds()) / 1000, Degraded: degraded}
 	for _, p := range res.Unmasked {
 		ev.Changes = append(ev.Changes, Change{Pos: p - n, ID: res.Tokens[p-lo]})
 	}

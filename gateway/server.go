@@ -282,7 +282,7 @@ func (e *events) on(ev engine.Event) {
 		}
 		e.blockStep++
 		out := &pb.StepEvent{Block: int32(block), Step: int32(e.blockStep), MaskedBefore: int32(st.MaskedBefore), StepMs: float32(st.StepMs),
-			BlockStart: int32(st.BlockLo - st.PromptLen), BlockLength: int32(len(st.Tokens))}
+			BlockStart: int32(st.BlockLo - st.PromptLen), BlockLength: int32(len(st.Tokens)), Degraded: st.Degraded}
 		unmasked, edited := 0, 0
 		for _, c := range st.Changes {
 			kind := pb.TokenChange_KIND_UNMASK

@@ -131,7 +131,11 @@ func generateTo(ctx context.Context, cmd *cobra.Command, addr, prompt string, df
 		case *pb.GenerateEvent_Step:
 			s := e.Step
 			if v != nil {
-				v.draw(lb.apply(s), fmt.Sprintf("block %d · step %d · %d masked before · %.1f ms", s.Block, s.Step, s.MaskedBefore, s.StepMs))
+				line := fmt.Sprintf("block %d · step %d · %d masked before · %.1f ms", s.Block, s.Step, s.MaskedBefore, s.StepMs)
+				if s.GetDegraded() {
+					line += " · degraded (experts missing)"
+				}
+				v.draw(lb.apply(s), line)
 			}
 			js := jsonChangeStep{Block: s.Block, Step: s.Step, Unmasked: []int32{}, Edited: []int32{}}
 			for _, c := range s.Changes {

@@ -175,7 +175,22 @@ func TestDegradedServingEndToEnd(t *testing.T) {
 			req := &pb.GenerateRequest{RequestId: id, Input: &pb.GenerateRequest_Prompt{Prompt: gc.Prompt},
 				Params: &pb.DecodeParams{Mode: gc.Mode, GenLength: genLen, BlockLength: int32(gc.BlockLength)}}
 			var err error
-			fin, err = c.client.Generate(ctx, req, nil)
+			steps, degradedSteps := 0, 0
+			fin, err = c.client.Generate(ctx, req, func(ev *pb.GenerateEvent) error {
+				if st := ev.GetStep(); st != nil {
+					steps++
+					if st.GetDegraded() {
+						degradedSteps++
+					}
+				}
+				return nil
+			})
+			if err == nil && degradedSteps != 0 && degradedSteps != steps {
+				t.Errorf("%s: %d of %d step events marked degraded, want all or none", id, degradedSteps, steps)
+			}
+			if err == nil && (degradedSteps > 0) != fin.GetDegraded() {
+				t.Errorf("%s: %d degraded step events, final degraded %v", id, degradedSteps, fin.GetDegraded())
+			}
 			if err != nil && status.Code(err) != codes.Unavailable {
 				t.Fatalf("%s: %v", id, err)
 			}

@@ -523,8 +523,11 @@ type StepEvent struct {
 	StepMs float32 `protobuf:"fixed32,5,opt,name=step_ms,json=stepMs,proto3" json:"step_ms,omitempty"`
 	// The block's first position relative to the generation start (negative when the block
 	// begins inside the prompt) and its length: what a live view needs to draw the block.
-	BlockStart    int32 `protobuf:"varint,6,opt,name=block_start,json=blockStart,proto3" json:"block_start,omitempty"`
-	BlockLength   int32 `protobuf:"varint,7,opt,name=block_length,json=blockLength,proto3" json:"block_length,omitempty"`
+	BlockStart  int32 `protobuf:"varint,6,opt,name=block_start,json=blockStart,proto3" json:"block_start,omitempty"`
+	BlockLength int32 `protobuf:"varint,7,opt,name=block_length,json=blockLength,proto3" json:"block_length,omitempty"`
+	// The router had to leave out experts that no replica serves (attnd --allow-missing-experts):
+	// this step's predictions come from a reduced model.
+	Degraded      bool `protobuf:"varint,8,opt,name=degraded,proto3" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -606,6 +609,13 @@ func (x *StepEvent) GetBlockLength() int32 {
 		return x.BlockLength
 	}
 	return 0
+}
+
+func (x *StepEvent) GetDegraded() bool {
+	if x != nil {
+		return x.Degraded
+	}
+	return false
 }
 
 type TokenChange struct {
@@ -959,7 +969,7 @@ const file_dlmesh_v1_gateway_proto_rawDesc = "" +
 	"\x04step\x18\x01 \x01(\v2\x14.dlmesh.v1.StepEventH\x00R\x04step\x12-\n" +
 	"\x05block\x18\x02 \x01(\v2\x15.dlmesh.v1.BlockEventH\x00R\x05block\x12-\n" +
 	"\x05final\x18\x03 \x01(\v2\x15.dlmesh.v1.FinalEventH\x00R\x05finalB\a\n" +
-	"\x05event\"\xe9\x01\n" +
+	"\x05event\"\x85\x02\n" +
 	"\tStepEvent\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x05R\x05block\x12\x12\n" +
 	"\x04step\x18\x02 \x01(\x05R\x04step\x120\n" +
@@ -968,7 +978,8 @@ const file_dlmesh_v1_gateway_proto_rawDesc = "" +
 	"\astep_ms\x18\x05 \x01(\x02R\x06stepMs\x12\x1f\n" +
 	"\vblock_start\x18\x06 \x01(\x05R\n" +
 	"blockStart\x12!\n" +
-	"\fblock_length\x18\a \x01(\x05R\vblockLength\"\xd2\x01\n" +
+	"\fblock_length\x18\a \x01(\x05R\vblockLength\x12\x1a\n" +
+	"\bdegraded\x18\b \x01(\bR\bdegraded\"\xd2\x01\n" +
 	"\vTokenChange\x12\x1a\n" +
 	"\bposition\x18\x01 \x01(\x05R\bposition\x12\x19\n" +
 	"\btoken_id\x18\x02 \x01(\x05R\atokenId\x12\x1d\n" +
