@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"sync"
 	"time"
@@ -20,6 +22,7 @@ import (
 // and goes through the attnd's breaker. Safe for concurrent use.
 type RemoteStepper struct {
 	pool        *services.Pool
+	prefix      string // this stepper's prefix of attnd session ids
 	stepTimeout time.Duration
 	callTimeout time.Duration
 
@@ -36,8 +39,15 @@ var _ engine.Stepper = (*RemoteStepper)(nil)
 
 // NewRemoteStepper returns a stepper over the attnd replicas of pool.
 func NewRemoteStepper(pool *services.Pool, stepTimeout, callTimeout time.Duration) *RemoteStepper {
-	return &RemoteStepper{pool: pool, stepTimeout: stepTimeout, callTimeout: callTimeout, sessions: map[string]*remoteSession{}}
+	var nonce [6]byte
+	_, _ = rand.Read(nonce[:]) // crypto/rand.Read never fails
+	return &RemoteStepper{pool: pool, prefix: hex.EncodeToString(nonce[:]) + "/", stepTimeout: stepTimeout, callTimeout: callTimeout,
+		sessions: map[string]*remoteSession{}}
 }
+
+// remoteID is the attnd session id of an engine session: prefixed per stepper, so that gateways
+// sharing an attnd never collide on a session id (the engine's ids are only unique per engine).
+func (st *RemoteStepper) remoteID(session string) string { return st.prefix + session }
 
 // Sessions is the number of sessions open through this stepper.
 func (st *RemoteStepper) Sessions() int {
@@ -61,7 +71,7 @@ func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blo
 		return fmt.Errorf("gateway: open session: %w", err)
 	}
 	err = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
-		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: session, Capacity: int32(capacity), BlockLength: int32(blockLen)})
+		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: st.remoteID(session), Capacity: int32(capacity), BlockLength: int32(blockLen)})
 		return err
 	})
 	if err != nil {
@@ -85,7 +95,7 @@ func (st *RemoteStepper) Close(ctx context.Context, session string) error {
 	}
 	defer s.release()
 	return st.call(ctx, s.r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
-		_, err := c.Close(ctx, &pb.CloseRequest{SessionId: session})
+		_, err := c.Close(ctx, &pb.CloseRequest{SessionId: st.remoteID(session)})
 		return err
 	})
 }
@@ -115,7 +125,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 			calls = append(calls, c)
 		}
 		c.idx = append(c.idx, i)
-		c.req.Sessions = append(c.req.Sessions, &pb.SessionStep{SessionId: sp.Session, StartPos: int32(sp.StartPos),
+		c.req.Sessions = append(c.req.Sessions, &pb.SessionStep{SessionId: st.remoteID(sp.Session), StartPos: int32(sp.StartPos),
 			Tokens: sp.Tokens, OutRows: int32(sp.OutRows), TopK: int32(sp.TopK), InvTemperature: sp.InvTemp})
 	}
 	st.mu.Unlock()
@@ -135,7 +145,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 				return err
 			})
 			if err == nil {
-				err = convert(resp, c.idx, steps, outs)
+				err = st.convert(resp, c.idx, steps, outs)
 			}
 			if err != nil {
 				errs[ci] = fmt.Errorf("gateway: step on %s: %w", c.s.r.Instance().ID, err)
@@ -173,7 +183,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 }
 
 // convert decodes an attnd StepResponse into the StepOuts of the steps idx.
-func convert(resp *pb.StepResponse, idx []int, steps []engine.SeqStep, outs []model.StepOut) error {
+func (st *RemoteStepper) convert(resp *pb.StepResponse, idx []int, steps []engine.SeqStep, outs []model.StepOut) error {
 	res := resp.GetResults()
 	if len(res) != len(idx) {
 		return fmt.Errorf("gateway: attnd returned %d results for %d sessions", len(res), len(idx))
@@ -182,8 +192,8 @@ func convert(resp *pb.StepResponse, idx []int, steps []engine.SeqStep, outs []mo
 		r, sp := res[k], steps[i]
 		rows, topK := sp.OutRows, max(sp.TopK, 1)
 		o := model.StepOut{TopK: topK, IDs: make([]int32, rows*topK), Logits: make([]float32, rows*topK), LSE: make([]float32, rows)}
-		if r.GetSessionId() != sp.Session {
-			return fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), sp.Session)
+		if want := st.remoteID(sp.Session); r.GetSessionId() != want {
+			return fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), want)
 		}
 		if err := expertd.DecodeI32(o.IDs, r.GetIds()); err != nil {
 			return fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
