@@ -152,15 +152,10 @@ func (s *Server) load(ctx context.Context) error {
 		be.Close()
 		return fmt.Errorf("attnd: load attention part: %w", err)
 	}
-	if s.cfg.KVDType != 0 && s.cfg.KVDType != kernels.F32 {
-		m.KVDType = s.cfg.KVDType
-		c, err := m.NewCache(1) // refuse at start, not at the first session
-		if err != nil {
-			m.Close()
-			be.Close()
-			return fmt.Errorf("attnd: kv_dtype %v: %w", s.cfg.KVDType, err)
-		}
-		c.Free()
+	if err := m.SetKVDType(s.cfg.KVDType); err != nil { // refuse at start, not at the first session
+		m.Close()
+		be.Close()
+		return fmt.Errorf("attnd: kv_dtype %v: %w", s.cfg.KVDType, err)
 	}
 	if tok, err := tokenizer.Load(s.cfg.ModelDir); err == nil {
 		s.maskID, s.eosID = tok.MaskID(), tok.EOSID()

@@ -3,6 +3,7 @@ package model_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -347,5 +348,23 @@ func TestExpertActBF16(t *testing.T) {
 		if maxDiff > 0.05 {
 			t.Errorf("case %d: a probability is %.3g away from the reference (> 0.05)", ci, maxDiff)
 		}
+	}
+}
+
+// TestSetKVDType: the CPU backend has no bf16 cache, so SetKVDType refuses it at once and keeps
+// the type it had.
+func TestSetKVDType(t *testing.T) {
+	if os.Getenv("DLMESH_TEST_BACKEND") == "cuda" {
+		t.Skip("the CUDA backend has a bf16 cache: GPU parity covers it")
+	}
+	m := loadTiny(t, model.LoadOptions{Attention: true})
+	if err := m.SetKVDType(kernels.BF16); err == nil || !errors.Is(err, kernels.ErrUnsupported) {
+		t.Fatalf("SetKVDType(BF16) on the CPU backend: %v, want ErrUnsupported", err)
+	}
+	if m.KVDType != 0 {
+		t.Errorf("a refused SetKVDType left KVDType %v", m.KVDType)
+	}
+	if err := m.SetKVDType(kernels.F32); err != nil || m.KVDType != kernels.F32 {
+		t.Errorf("SetKVDType(F32): %v, KVDType %v", err, m.KVDType)
 	}
 }

@@ -68,6 +68,24 @@ func (m *Model) SetExpertActDType(dt kernels.DType) error {
 	return nil
 }
 
+// SetKVDType sets the element type of the KV caches NewCache makes from now on (see KVDType).
+// A type the backend cannot hold is refused now, not at the first cache: with the attention part
+// loaded it makes a one-position cache to find out (and then keeps the old type).
+func (m *Model) SetKVDType(dt kernels.DType) error {
+	old := m.KVDType
+	m.KVDType = dt
+	if dt == 0 || dt == kernels.F32 || m.W == nil {
+		return nil
+	}
+	c, err := m.NewCache(1)
+	if err != nil {
+		m.KVDType = old
+		return err
+	}
+	c.Free()
+	return nil
+}
+
 // validate reports options no backend can honour.
 func (o LoadOptions) validate() error {
 	switch o.ExpertActDType {

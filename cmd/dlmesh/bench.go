@@ -126,7 +126,9 @@ experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact h
 			defer m.Close()
 			var rows []benchRow
 			for _, kv := range kvl {
-				m.KVDType = kv
+				if err := m.SetKVDType(kv); err != nil {
+					return fmt.Errorf("--kv-dtype %v: %w", kv, err)
+				}
 				for _, act := range actl {
 					if err := m.SetExpertActDType(act); err != nil {
 						return err

@@ -47,14 +47,8 @@ func (f *precisionFlags) apply(m *model.Model) error {
 	if err != nil {
 		return err
 	}
-	m.KVDType = kv
-	if kv != kernels.F32 && m.W != nil {
-		// Refuse now rather than at the first request's cache.
-		c, err := m.NewCache(1)
-		if err != nil {
-			return fmt.Errorf("--kv-dtype %s: %w", f.kv, err)
-		}
-		c.Free()
+	if err := m.SetKVDType(kv); err != nil {
+		return fmt.Errorf("--kv-dtype %s: %w", f.kv, err)
 	}
 	return m.SetExpertActDType(act)
 }
