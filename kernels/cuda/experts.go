@@ -196,10 +196,7 @@ func (b *Backend) ExpertsFFN(dst, x, ids, weights *kernels.Tensor, set *kernels.
 			return err
 		}
 		if H%256 == 0 && I%128 == 0 {
-			if set.ActDType == kernels.BF16 {
-				return b.expertsMMA1(dst, x, ids, weights, st, offsets, list, ys.ptr, T, H, I, k, E, N)
-			}
-			return b.expertsMMA(dst, x, ids, weights, st, offsets, list, ys.ptr, T, H, I, k, E, N)
+			return b.expertsMMA(dst, x, ids, weights, st, offsets, list, ys.ptr, T, H, I, k, E, N, set.ActDType != kernels.BF16)
 		}
 		sm := 4 * expNT * H
 		if err := b.allowSmem("expert_gateup", sm); err != nil {
@@ -221,8 +218,7 @@ func (b *Backend) ExpertsFFN(dst, x, ids, weights *kernels.Tensor, set *kernels.
 		if err := b.launch("expert_down", dim3{uint32(E), uint32((H + 31) / 32), 1}, dim3{256, 1, 1}, sm, a); err != nil {
 			return err
 		}
-		a = b.args.reset().ptr(ptrOf(dst)).ptr(ys.ptr).ptr(ptrOf(ids)).ptr(st.buf.ptr).i32(H).i32(k).i32(E)
-		return b.launch("expert_combine", grid1(T), dim3{256, 1, 1}, 0, a)
+		return b.expertCombine(dst, ids, st, ys.ptr, T, H, k, E)
 	})
 }
 
@@ -249,59 +245,57 @@ func (b *Backend) allowSmem(name string, n int) error {
 	return nil
 }
 
-// expertsMMA is ExpertsFFN on the tensor cores (H a multiple of 256, I of 128): split_bf16
-// writes x as hi + lo bf16 terms, expert_gateup_mma (block: expert × 16 i's, warps splitting H)
-// writes the activations as hi + lo terms, expert_down_mma (block: expert × 32 h's, warps
-// splitting I) the weighted expert outputs, and expert_combine sums each token's choices in order.
-// Each touched expert's weights are read once per 32 of its entries (once at batch 1).
-func (b *Backend) expertsMMA(dst, x, ids, weights *kernels.Tensor, st *setTable, offsets, list, ys uintptr, T, H, I, k, E, N int) error {
-	xs, err := b.scratchBuf("experts.x16", 4*T*H)
+// expertsMMA is ExpertsFFN on the tensor cores (H a multiple of 256, I of 128). Exact (float32
+// activations): split_bf16 writes x as hi + lo bf16 terms, expert_gateup_mma (block: expert × 16
+// i's, warps splitting H) writes the activations as hi + lo terms, and expert_down_mma (block:
+// expert × 32 h's, warps splitting I) the weighted expert outputs. Otherwise (ExpertSet.ActDType
+// BF16) cvt_f32 rounds x to bf16 and expert_gateup_mma1 / expert_down_mma1 multiply single bf16
+// terms: half the MMAs and activation reads. expert_combine then sums each token's choices in
+// order. Each touched expert's weights are read once per 32 of its entries (once at batch 1).
+func (b *Backend) expertsMMA(dst, x, ids, weights *kernels.Tensor, st *setTable, offsets, list, ys uintptr, T, H, I, k, E, N int, exact bool) error {
+	terms, suffix := 1, "1"
+	if exact {
+		terms, suffix = 2, ""
+	}
+	xs, err := b.scratchBuf("experts.x16", 2*terms*T*H)
 	if err != nil {
 		return err
 	}
-	as, err := b.scratchBuf("experts.act16", 4*N*I)
+	as, err := b.scratchBuf("experts.act16", 2*terms*N*I)
 	if err != nil {
 		return err
 	}
-	xh, xl := xs.ptr, xs.ptr+uintptr(2*T*H)
+	xh, xl := xs.ptr, xs.ptr+uintptr(2*T*H) // xl, al: the lo terms, exact only
 	ah, al := as.ptr, as.ptr+uintptr(2*N*I)
-	a := b.args.reset().ptr(xh).ptr(xl).ptr(ptrOf(x)).u64(uint64(T * H))
-	if err := b.launch("split_bf16", gridFor(T*H, 256), dim3{256, 1, 1}, 0, a); err != nil {
+	if exact {
+		a := b.args.reset().ptr(xh).ptr(xl).ptr(ptrOf(x)).u64(uint64(T * H))
+		if err := b.launch("split_bf16", gridFor(T*H, 256), dim3{256, 1, 1}, 0, a); err != nil {
+			return err
+		}
+	} else {
+		a := b.args.reset().ptr(xh).ptr(ptrOf(x)).u64(uint64(T * H)).i32(int(kernels.BF16))
+		if err := b.launch("cvt_f32", gridFor(T*H, 256), dim3{256, 1, 1}, 0, a); err != nil {
+			return err
+		}
+	}
+	a := b.args.reset().ptr(ah)
+	if exact {
+		a.ptr(al)
+	}
+	a.ptr(xh)
+	if exact {
+		a.ptr(xl)
+	}
+	a.ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I).i32(k)
+	if err := b.launch("expert_gateup_mma"+suffix, dim3{uint32(E), uint32(I / 16), 1}, dim3{256, 1, 1}, 0, a); err != nil {
 		return err
 	}
-	a = b.args.reset().ptr(ah).ptr(al).ptr(xh).ptr(xl).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I).i32(k)
-	if err := b.launch("expert_gateup_mma", dim3{uint32(E), uint32(I / 16), 1}, dim3{256, 1, 1}, 0, a); err != nil {
-		return err
+	a = b.args.reset().ptr(ys).ptr(ah)
+	if exact {
+		a.ptr(al)
 	}
-	a = b.args.reset().ptr(ys).ptr(ah).ptr(al).ptr(ptrOf(weights)).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I)
-	if err := b.launch("expert_down_mma", dim3{uint32(E), uint32(H / 32), 1}, dim3{128, 1, 1}, 0, a); err != nil {
-		return err
-	}
-	return b.expertCombine(dst, ids, st, ys, T, H, k, E)
-}
-
-// expertsMMA1 is expertsMMA with bf16 activations (ExpertSet.ActDType BF16): cvt_f32 rounds x to
-// bf16, expert_gateup_mma1 and expert_down_mma1 multiply single bf16 terms (half the MMAs and
-// activation reads of the hi/lo path).
-func (b *Backend) expertsMMA1(dst, x, ids, weights *kernels.Tensor, st *setTable, offsets, list, ys uintptr, T, H, I, k, E, N int) error {
-	xs, err := b.scratchBuf("experts.x16", 2*T*H)
-	if err != nil {
-		return err
-	}
-	as, err := b.scratchBuf("experts.act16", 2*N*I)
-	if err != nil {
-		return err
-	}
-	a := b.args.reset().ptr(xs.ptr).ptr(ptrOf(x)).u64(uint64(T * H)).i32(int(kernels.BF16))
-	if err := b.launch("cvt_f32", gridFor(T*H, 256), dim3{256, 1, 1}, 0, a); err != nil {
-		return err
-	}
-	a = b.args.reset().ptr(as.ptr).ptr(xs.ptr).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I).i32(k)
-	if err := b.launch("expert_gateup_mma1", dim3{uint32(E), uint32(I / 16), 1}, dim3{256, 1, 1}, 0, a); err != nil {
-		return err
-	}
-	a = b.args.reset().ptr(ys).ptr(as.ptr).ptr(ptrOf(weights)).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I)
-	if err := b.launch("expert_down_mma1", dim3{uint32(E), uint32(H / 32), 1}, dim3{128, 1, 1}, 0, a); err != nil {
+	a.ptr(ptrOf(weights)).ptr(offsets).ptr(list).ptr(st.buf.ptr).i32(H).i32(I)
+	if err := b.launch("expert_down_mma"+suffix, dim3{uint32(E), uint32(H / 32), 1}, dim3{128, 1, 1}, 0, a); err != nil {
 		return err
 	}
 	return b.expertCombine(dst, ids, st, ys, T, H, k, E)
