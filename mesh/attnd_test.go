@@ -14,9 +14,7 @@ import (
 
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
-	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/mesh"
-	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/tokenizer"
 )
@@ -124,6 +122,7 @@ func TestMeshAttndLossSparesOtherSessions(t *testing.T) {
 func TestMeshBlockLengths(t *testing.T) {
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
+	eng, tok := localEngine(t)
 	for _, bl := range []int32{16, 64} {
 		t.Run(fmt.Sprint("block", bl), func(t *testing.T) {
 			a, err := generate(context.Background(), c, shortRequest("s", 32, bl, fmt.Sprint("bl-", bl)))
@@ -138,7 +137,7 @@ func TestMeshBlockLengths(t *testing.T) {
 					t.Fatalf("a step changed %d positions of a %d-token block", n, bl)
 				}
 			}
-			want := engineResult(t, shortRequest("s", 32, bl, "ref"))
+			want := engineResult(t, eng, tok, shortRequest("s", 32, bl, "ref"))
 			if fmt.Sprint(a.final.GetTokenIds()) != fmt.Sprint(want) {
 				t.Errorf("block %d: mesh %v, engine %v", bl, a.final.GetTokenIds(), want)
 			}
@@ -146,25 +145,13 @@ func TestMeshBlockLengths(t *testing.T) {
 	}
 }
 
-// engineResult runs req through the in-process engine on the bundled model.
-func engineResult(t *testing.T, req *pb.GenerateRequest) []int32 {
+// engineResult runs req through eng (see localEngine).
+func engineResult(t *testing.T, eng *engine.Engine, tok *tokenizer.Tokenizer, req *pb.GenerateRequest) []int32 {
 	t.Helper()
-	m, err := model.Load(context.Background(), tinyDir, cpu.New(), model.LoadOptions{Attention: true, Experts: model.AllExperts(16)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	tok, err := tokenizer.Load(tinyDir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	p, err := gateway.Params(req.GetParams())
 	if err != nil {
 		t.Fatal(err)
 	}
-	eng := engine.New(engine.Config{MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: m.Cfg.Vocab, MaxContext: m.Cfg.MaxPositions},
-		engine.NewLocalStepper(m), tok)
-	defer eng.Stop()
 	r, err := eng.Generate(context.Background(), engine.Request{ID: "ref", Prompt: tok.Encode(req.GetPrompt()), Params: p}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -13,10 +13,14 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/mesh"
+	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/tokenizer"
 )
 
 const tinyDir = "../models/llada2-tiny-go"
@@ -235,4 +239,23 @@ func nonNil(v []int) []int {
 		return []int{}
 	}
 	return v
+}
+
+// localEngine is the in-process engine on the bundled model with every expert local: the
+// reference the mesh must equal. It is stopped, and the model freed, at cleanup.
+func localEngine(tb testing.TB) (*engine.Engine, *tokenizer.Tokenizer) {
+	tb.Helper()
+	m, err := model.Load(context.Background(), tinyDir, cpu.New(), model.LoadOptions{Attention: true, Experts: model.AllExperts(16)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { m.Close() })
+	tok, err := tokenizer.Load(tinyDir)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	eng := engine.New(engine.Config{MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: m.Cfg.Vocab, MaxContext: m.Cfg.MaxPositions},
+		engine.NewLocalStepper(m), tok)
+	tb.Cleanup(eng.Stop)
+	return eng, tok
 }

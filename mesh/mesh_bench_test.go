@@ -9,9 +9,6 @@ import (
 
 	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
-	"github.com/dlmesh/dlmesh/kernels/cpu"
-	"github.com/dlmesh/dlmesh/model"
-	"github.com/dlmesh/dlmesh/tokenizer"
 )
 
 // tally sums what a workload produced.
@@ -60,18 +57,7 @@ func (t *tally) run(n int, fn func(i int)) {
 func BenchmarkMeshVsEngine(b *testing.B) {
 	f := loadGenCases(b)
 	cases := f.Cases[:8]
-	m, err := model.Load(context.Background(), tinyDir, cpu.New(), model.LoadOptions{Attention: true, Experts: model.AllExperts(16)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer m.Close()
-	tok, err := tokenizer.Load(tinyDir)
-	if err != nil {
-		b.Fatal(err)
-	}
-	eng := engine.New(engine.Config{MaskID: f.MaskID, EOSID: f.EOSID, Vocab: m.Cfg.Vocab, MaxContext: m.Cfg.MaxPositions},
-		engine.NewLocalStepper(m), tok)
-	defer eng.Stop()
+	eng, _ := localEngine(b)
 	ms := sharedMesh(b)
 	c := dialGateway(b, ms)
 
