@@ -144,12 +144,18 @@ __global__ void qknorm_rope(float* qkv, const void* qw, const void* kw, int wdt,
 // {cache pointer, cache capacity, Pos, Len}; per row its sequence; attention tiles of ≤ 16
 // rows of one sequence as int3 {seq, first row, rows}.
 
-// kv_write: cache[layer, 0, kh, pos[t], :] = k head kh of row t; likewise v (cache [L,2,KV,cap,D]).
-__global__ void kv_write(const float* qkv, const int* rowSeq, const long long* seqs, const int* pos, int H, int KV,
-                         int D, int layer) {
+}  // extern "C"
+
+__device__ __forceinline__ void kv_store(float* c, long long i, float v) { c[i] = v; }
+__device__ __forceinline__ void kv_store(unsigned short* c, long long i, float v) { c[i] = f2bf(v); }
+
+// kv_rows: the body of kv_write (T float) and kv_write_bf16 (T unsigned short, bf16).
+template <typename T>
+__device__ __forceinline__ void kv_rows(const float* qkv, const int* rowSeq, const long long* seqs, const int* pos, int H,
+                                        int KV, int D, int layer) {
   int t = blockIdx.x, kh = blockIdx.y;
   int s = rowSeq[t];
-  float* cache = (float*)seqs[4 * s];
+  T* cache = (T*)seqs[4 * s];
   long long cap = seqs[4 * s + 1];
   long long p = pos[t];
   if (p < 0 || p >= cap) return;
@@ -157,27 +163,23 @@ __global__ void kv_write(const float* qkv, const int* rowSeq, const long long* s
   long long kdst = (((long long)layer * 2 * KV + kh) * cap + p) * D;
   long long vdst = (((long long)(layer * 2 + 1) * KV + kh) * cap + p) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    cache[kdst + d] = qkv[t * qc + (long long)(H + kh) * D + d];
-    cache[vdst + d] = qkv[t * qc + (long long)(H + KV + kh) * D + d];
+    kv_store(cache, kdst + d, qkv[t * qc + (long long)(H + kh) * D + d]);
+    kv_store(cache, vdst + d, qkv[t * qc + (long long)(H + KV + kh) * D + d]);
   }
+}
+
+extern "C" {
+
+// kv_write: cache[layer, 0, kh, pos[t], :] = k head kh of row t; likewise v (cache [L,2,KV,cap,D]).
+__global__ void kv_write(const float* qkv, const int* rowSeq, const long long* seqs, const int* pos, int H, int KV,
+                         int D, int layer) {
+  kv_rows<float>(qkv, rowSeq, seqs, pos, H, KV, D, layer);
 }
 
 // kv_write_bf16: kv_write into a BF16 cache; k and v are rounded to bf16 (nearest even).
 __global__ void kv_write_bf16(const float* qkv, const int* rowSeq, const long long* seqs, const int* pos, int H,
                               int KV, int D, int layer) {
-  int t = blockIdx.x, kh = blockIdx.y;
-  int s = rowSeq[t];
-  unsigned short* cache = (unsigned short*)seqs[4 * s];
-  long long cap = seqs[4 * s + 1];
-  long long p = pos[t];
-  if (p < 0 || p >= cap) return;
-  long long qc = (long long)(H + 2 * KV) * D;
-  long long kdst = (((long long)layer * 2 * KV + kh) * cap + p) * D;
-  long long vdst = (((long long)(layer * 2 + 1) * KV + kh) * cap + p) * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    cache[kdst + d] = f2bf(qkv[t * qc + (long long)(H + kh) * D + d]);
-    cache[vdst + d] = f2bf(qkv[t * qc + (long long)(H + KV + kh) * D + d]);
-  }
+  kv_rows<unsigned short>(qkv, rowSeq, seqs, pos, H, KV, D, layer);
 }
 
 }  // extern "C"
