@@ -34,7 +34,7 @@ func (f *flakyStepper) Step(ctx context.Context, blockLen int, steps []engine.Se
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var failed *engine.StepError
-	for _, s := range steps {
+	for i, s := range steps {
 		if !strings.HasPrefix(s.Session, f.victim+"#") {
 			continue
 		}
@@ -45,21 +45,12 @@ func (f *flakyStepper) Step(ctx context.Context, blockLen int, steps []engine.Se
 			failed = &engine.StepError{Sessions: map[string]error{}}
 		}
 		failed.Sessions[s.Session] = errAttndGone
-		outs[indexOf(steps, s.Session)] = model.StepOut{} // a failed session has no output
+		outs[i] = model.StepOut{} // a failed session has no output
 	}
 	if failed != nil {
 		return outs, info, failed
 	}
 	return outs, info, nil
-}
-
-func indexOf(steps []engine.SeqStep, session string) int {
-	for i, s := range steps {
-		if s.Session == session {
-			return i
-		}
-	}
-	return -1
 }
 
 // TestStepFailureSparesOtherRequests: when a batched step fails for one request's session only,
