@@ -16,13 +16,13 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 
-	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/tokenizer"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // TracerName is the instrumentation name of attnd's spans.
@@ -104,7 +104,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return nil, err
 	}
 	cfg = cfg.WithDefaults()
-	fp, err := expertd.Fingerprint(cfg.ModelDir)
+	fp, err := model.Fingerprint(cfg.ModelDir)
 	if err != nil {
 		return nil, fmt.Errorf("attnd: %w", err)
 	}
@@ -381,8 +381,8 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
 		inv := seqs[i].InvTemp
-		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: expertd.AppendI32(nil, o.IDs),
-			Logits: expertd.AppendF32(nil, o.Logits, false), Lse: expertd.AppendF32(nil, o.LSE, false),
+		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: wire.AppendI32(nil, o.IDs),
+			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false),
 			Probs: make([]float32, len(o.LSE))}
 		for row := range res.Probs {
 			res.Probs[row] = o.Prob(row, 0, inv)

@@ -20,6 +20,7 @@ import (
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // TracerName is the instrumentation name of expertd's spans.
@@ -60,7 +61,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	fp, err := Fingerprint(cfg.ModelDir)
+	fp, err := model.Fingerprint(cfg.ModelDir)
 	if err != nil {
 		return nil, err
 	}
@@ -201,7 +202,7 @@ func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (_ *pb.Exp
 	}
 	bf16 := req.GetDtype() == pb.DType_DTYPE_BF16
 	s.calls.Add(1)
-	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),
+	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: wire.AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),
 		ComputeMs: float64(time.Since(t0).Microseconds()) / 1000}, nil
 }
 
@@ -240,13 +241,13 @@ func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 	if bf16 {
 		size = 2
 	}
-	if err := DecodeF32(b.x, req.GetX(), bf16); err != nil {
+	if err := wire.DecodeF32(b.x, req.GetX(), bf16); err != nil {
 		return nil, bad("x has %d bytes: want rows·hidden·%d = %d", len(req.GetX()), size, rows*hidden*size)
 	}
-	if err := DecodeI32(b.ids, req.GetIds()); err != nil {
+	if err := wire.DecodeI32(b.ids, req.GetIds()); err != nil {
 		return nil, bad("ids has %d bytes: want rows·top_k·4 = %d", len(req.GetIds()), rows*topK*4)
 	}
-	if err := DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+	if err := wire.DecodeF32(b.weights, req.GetWeights(), false); err != nil {
 		return nil, bad("weights has %d bytes: want rows·top_k·4 = %d", len(req.GetWeights()), rows*topK*4)
 	}
 	for i, e := range b.ids {

@@ -9,10 +9,10 @@ import (
 	"time"
 
 	"github.com/dlmesh/dlmesh/engine"
-	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // RemoteStepper is the engine.Stepper of the gateway: sessions live on attnd instances. Open
@@ -195,13 +195,13 @@ func (st *RemoteStepper) convert(resp *pb.StepResponse, idx []int, steps []engin
 		if want := st.remoteID(sp.Session); r.GetSessionId() != want {
 			return fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), want)
 		}
-		if err := expertd.DecodeI32(o.IDs, r.GetIds()); err != nil {
+		if err := wire.DecodeI32(o.IDs, r.GetIds()); err != nil {
 			return fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
 		}
-		if err := expertd.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
+		if err := wire.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
 			return fmt.Errorf("gateway: session %q logits: %w", sp.Session, err)
 		}
-		if err := expertd.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
+		if err := wire.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
 			return fmt.Errorf("gateway: session %q lse: %w", sp.Session, err)
 		}
 		outs[i] = o
