@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/model"
@@ -53,6 +54,10 @@ type Server struct {
 
 var _ pb.ExpertsServer = (*Server)(nil)
 
+// Codes is expertd's error → status table: its errors are all errdefs' sentinels (invalid
+// arguments, overload), in the shared entries.
+var Codes = services.CodeTable{}
+
 // New validates cfg, starts serving on cfg.Listen with health NOT_SERVING, loads the configured
 // experts of every MoE layer (ctx cancels the load), and reports SERVING. The caller must
 // Shutdown the server.
@@ -71,6 +76,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	scfg := cfg.Server
 	scfg.TracerProvider = tp
+	scfg.Codes = Codes
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, served: make(chan error, 1),
 		meter: services.NewLoadMeter(services.DefaultLoadWindow)}
 	s.grpc = services.NewServer(scfg)
@@ -207,11 +213,11 @@ func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (_ *pb.Exp
 }
 
 // validate checks every field of req and decodes its tensors. Errors wrap
-// services.ErrInvalidArgument and name the field and the allowed values.
+// errdefs.ErrInvalidArgument and name the field and the allowed values.
 func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 	c := s.m.Cfg
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("expertd: %s: %w", fmt.Sprintf(format, args...), services.ErrInvalidArgument)
+		return fmt.Errorf("expertd: %s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
 	}
 	layer := int(req.GetLayer())
 	if !slices.Contains(s.moe, int32(layer)) {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -116,7 +117,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 		s, ok := st.sessions[sp.Session]
 		if !ok {
 			st.mu.Unlock()
-			return nil, engine.StepInfo{}, fmt.Errorf("gateway: step: session %q: %w", sp.Session, services.ErrUnknownSession)
+			return nil, engine.StepInfo{}, fmt.Errorf("gateway: step: session %q: %w", sp.Session, errdefs.ErrUnknownSession)
 		}
 		c, ok := byReplica[s.r]
 		if !ok {
