@@ -44,7 +44,7 @@ func parseDockerfile(tb testing.TB) (args map[string]string, stages []stage) {
 	}
 	args = map[string]string{}
 	for _, n := range res.AST.Children {
-		in := instruction{name: n.Value, flags: n.Flags, json: n.Attributes["json"], line: n.StartLine}
+		in := instruction{name: strings.ToLower(n.Value), flags: n.Flags, json: n.Attributes["json"], line: n.StartLine}
 		for a := n.Next; a != nil; a = a.Next {
 			in.args = append(in.args, a.Value)
 		}
