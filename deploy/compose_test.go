@@ -95,6 +95,17 @@ func TestCompose(t *testing.T) {
 			if host, _, _ := strings.Cut(listen, ":"); host != name {
 				t.Errorf("--listen=%q: want %s:PORT, the service's own name, so the address it registers in Consul is reachable", listen, name)
 			}
+			// healthcheck: `dlmesh health --addr <its --listen>` through the image's entrypoint
+			if hc := s.HealthCheck; hc == nil || len(hc.Test) < 2 || hc.Test[0] != "CMD" || hc.Test[1] != imageEntrypoint(t) {
+				t.Errorf("healthcheck %+v, want [CMD %s health --addr %s]", s.HealthCheck, imageEntrypoint(t), listen)
+			} else if hcmd, hflags, err := parseArgs(hc.Test[2:]); err != nil || hcmd != "health" {
+				t.Errorf("healthcheck %q: want dlmesh health …: %v", hc.Test, err)
+			} else {
+				checkFlags(t, name+" healthcheck", "health", hflags)
+				if a, _ := flagValue(hflags, "addr"); a != listen {
+					t.Errorf("healthcheck asks %s, the service listens on %s", a, listen)
+				}
+			}
 			env := func(k string) string {
 				if v := s.Environment[k]; v != nil {
 					return *v
@@ -268,4 +279,15 @@ func scrapeTargets(tb testing.TB) map[string]bool {
 		}
 	}
 	return out
+}
+
+// imageEntrypoint is the ENTRYPOINT binary of deploy/Dockerfile's runtime stage.
+func imageEntrypoint(tb testing.TB) string {
+	tb.Helper()
+	_, stages := parseDockerfile(tb)
+	ep := stages[len(stages)-1].find("entrypoint")
+	if len(ep) != 1 || len(ep[0].args) == 0 {
+		tb.Fatalf("Dockerfile: ENTRYPOINT %+v", ep)
+	}
+	return ep[0].args[0]
 }
