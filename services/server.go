@@ -19,6 +19,12 @@ import (
 	"google.golang.org/grpc/reflection"
 )
 
+// LivenessService is the health service name that reports SERVING from NewServer until Stop,
+// whatever SetServing says: a liveness probe (Kubernetes' grpc probe with this service) asks it,
+// so a replica that is alive but NOT_SERVING (an attnd waiting for its experts, an expertd
+// draining) is taken out of rotation by readiness ("") without being restarted.
+const LivenessService = "dlmesh.liveness"
+
 // Server is a grpc.Server with the mesh's options, the error interceptors and the standard health
 // service. Register services on it directly (it is a grpc.ServiceRegistrar):
 //
@@ -73,6 +79,7 @@ func NewServer(cfg ServerConfig, opts ...grpc.ServerOption) *Server {
 	// health.NewServer reports the overall service "" as SERVING; a replica is not serving
 	// until its owner says so.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	if cfg.Reflection {
 		reflection.Register(s.grpc)
