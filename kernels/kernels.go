@@ -269,6 +269,14 @@ type Randomizer interface {
 	FillRandom(t *Tensor, seed uint64, scale float32) error
 }
 
+// ReadMeter is implemented by backends that can measure the rate at which they stream-read
+// their own memory (the bound of a weight-reading step): ReadBandwidth reads every byte of a
+// buffer of n bytes reps times (after one untimed pass) and returns the bytes read per second.
+// A read pass only reads (a copy would move every byte twice).
+type ReadMeter interface {
+	ReadBandwidth(n int64, reps int) (bytesPerS float64, err error)
+}
+
 // Grapher is implemented by backends that can record a sequence of ops once and replay it
 // (CUDA graphs). Capture runs fn with the ops recorded instead of run; the returned Graph
 // replays them on the same tensors.
