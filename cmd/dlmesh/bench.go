@@ -32,6 +32,17 @@ type benchRow struct {
 	P10Ms    float64 `json:"p10_ms"`
 	P90Ms    float64 `json:"p90_ms"`
 	TokPerS  float64 `json:"block_tokens_per_s"`
+	// The floor: what the step must read (the routed experts it touched, the other weights, the
+	// KV cache of its context) at the read rate measured in the same run.
+	Touched  int     `json:"experts_touched"`
+	Possible int     `json:"experts_possible"`
+	ReadGB   float64 `json:"read_gb"`
+	ReadGBps float64 `json:"read_gb_per_s,omitempty"`
+	FloorMs  float64 `json:"floor_ms,omitempty"`
+	XFloor   float64 `json:"x_floor,omitempty"`
+
+	PerLayer []int `json:"experts_touched_per_moe_layer"` // distinct experts chosen in each MoE layer
+	block    int   // rows per sequence
 }
 
 func benchCmd() *cobra.Command {
@@ -40,6 +51,8 @@ func benchCmd() *cobra.Command {
 		kvs, acts                          string
 		random, noGraph, asJSON, kvBF16    bool
 		steps, warmup, blockLen            int
+		readGiB                            float64
+		readReps                           int
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--shape tiny|mini|flash] [--random-weights] [--backend cpu|cuda] [--ctx 512,4096] [--batch 1,8,32]",
@@ -82,6 +95,13 @@ experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact h
 				return err
 			}
 			defer be.Close()
+			readRate, err := measureReadRate(be, readGiB, readReps)
+			if err != nil {
+				return err
+			}
+			if readRate > 0 {
+				fmt.Fprintf(os.Stderr, "read rate of %s: %.1f GB/s (streaming read, %.2f GiB × %d)\n", be.Name(), readRate/1e9, readBufGiB(be, readGiB), readReps)
+			}
 			var m *model.Model
 			switch {
 			case shape == "tiny" && !random:
@@ -140,9 +160,12 @@ experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact h
 								return fmt.Errorf("kv %v, expert activations %v, ctx %d, batch %d: %w", kv, act, c, b, err)
 							}
 							r.KV, r.Act = strings.ToLower(kv.String()), strings.ToLower(act.String())
+							if err := r.setFloor(m.Cfg, kv, readRate); err != nil {
+								return err
+							}
 							rows = append(rows, r)
 							if !asJSON {
-								fmt.Fprintf(os.Stderr, "  kv %s act %s ctx %d batch %d: %.2f ms\n", r.KV, r.Act, c, b, r.MedianMs)
+								fmt.Fprintf(os.Stderr, "  kv %s act %s ctx %d batch %d: %.2f ms (floor %.2f ms, %.2f×)\n", r.KV, r.Act, c, b, r.MedianMs, r.FloorMs, r.XFloor)
 							}
 						}
 					}
@@ -153,9 +176,10 @@ experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact h
 				return json.NewEncoder(out).Encode(rows)
 			}
 			tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintln(tw, "backend\tshape\tkv\tact\tctx\tbatch\tgraph\tsteps\tmedian ms\tp10 ms\tp90 ms\tblock tok/s\t")
+			fmt.Fprintln(tw, "backend\tshape\tkv\tact\tctx\tbatch\tgraph\tsteps\tmedian ms\tp10 ms\tp90 ms\tblock tok/s\texperts\tread GB\tGB/s\tfloor ms\t× floor\t")
 			for _, r := range rows {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%d\t%.2f\t%.2f\t%.2f\t%.0f\t\n", r.Backend, r.Shape, r.KV, r.Act, r.Ctx, r.Batch, r.Graph, r.Steps, r.MedianMs, r.P10Ms, r.P90Ms, r.TokPerS)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%v\t%d\t%.2f\t%.2f\t%.2f\t%.0f\t%d/%d\t%.2f\t%.0f\t%.2f\t%.2f\t\n", r.Backend, r.Shape, r.KV, r.Act, r.Ctx, r.Batch, r.Graph, r.Steps, r.MedianMs, r.P10Ms, r.P90Ms, r.TokPerS,
+					r.Touched, r.Possible, r.ReadGB, r.ReadGBps, r.FloorMs, r.XFloor)
 			}
 			return tw.Flush()
 		},
@@ -174,6 +198,8 @@ experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact h
 	f.BoolVar(&asJSON, "json", false, "print the rows as JSON")
 	f.BoolVar(&kvBF16, "kv-bf16", false, "same as --kv-dtype bf16")
 	f.StringVar(&kvs, "kv-dtype", "f32", "KV cache element types to time, comma-separated: f32, bf16 (CUDA)")
+	f.Float64Var(&readGiB, "read-gib", 0, "buffer of the read-rate measurement in GiB (default 4 on cuda, 1 on cpu; 0 with --read-reps 0: no floor)")
+	f.IntVar(&readReps, "read-reps", 10, "timed passes of the read-rate measurement (0: skip it, no floor)")
 	f.StringVar(&acts, "expert-act", "f32", "routed-expert activation precisions to time, comma-separated: f32 (exact), bf16 (CUDA)")
 	return cmd
 }
@@ -224,6 +250,13 @@ func benchStep(ctx context.Context, m *model.Model, shape string, ctxLen, batch,
 		}
 		seqs[i] = model.StepSeq{Cache: c, Pos: ctxLen, Tokens: block, OutRows: blockLen, TopK: 1}
 	}
+	// One untimed step counts the experts the router touches (the same tokens and context as
+	// the timed steps, so the same choices).
+	tc := &touchCounter{inner: model.LocalExperts{M: m}, be: be, moe: m.Cfg.MoELayers()}
+	if _, err := m.Step(ctx, seqs, blockLen, model.StepOptions{Experts: tc}); err != nil {
+		return benchRow{}, fmt.Errorf("counting the experts touched: %w", err)
+	}
+	touched := tc.counts()
 	p, err := m.Prepare(seqs, blockLen)
 	if err != nil {
 		return benchRow{}, err
@@ -252,7 +285,7 @@ func benchStep(ctx context.Context, m *model.Model, shape string, ctxLen, batch,
 	q := func(f float64) float64 { return ms[min(len(ms)-1, int(f*float64(len(ms))))] }
 	med := q(0.5)
 	return benchRow{Backend: be.Name(), Shape: shape, Ctx: ctxLen, Batch: batch, Graph: captured, Steps: steps,
-		MedianMs: med, P10Ms: q(0.1), P90Ms: q(0.9), TokPerS: float64(batch*blockLen) / (med / 1000)}, nil
+		MedianMs: med, P10Ms: q(0.1), P90Ms: q(0.9), TokPerS: float64(batch*blockLen) / (med / 1000), PerLayer: touched, block: blockLen}, nil
 }
 
 // fillContext gives the cache ctxLen committed positions: random K/V written in place when the
