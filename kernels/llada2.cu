@@ -1220,4 +1220,23 @@ __global__ void fill_random(void* p, unsigned long long n, unsigned long long se
   }
 }
 
+// read_stream: reads every 16-byte word of p[0, n16) once (grid-stride, four loads in flight per
+// thread, streaming cache hint) and writes nothing unless the XOR of a thread's words equals key,
+// which keeps the loads alive. It measures the device's streaming-read rate: Σ bytes / time.
+__global__ void __launch_bounds__(512) read_stream(const uint4* __restrict__ p, unsigned long long n16,
+                                                   unsigned key, unsigned* sink) {
+  const unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+  unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+  unsigned x = 0;
+  for (; i + 3 * stride < n16; i += 4 * stride) {
+    uint4 a = __ldcs(p + i), b = __ldcs(p + i + stride), c = __ldcs(p + i + 2 * stride), d = __ldcs(p + i + 3 * stride);
+    x ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w ^ c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+  }
+  for (; i < n16; i += stride) {
+    uint4 a = __ldcs(p + i);
+    x ^= a.x ^ a.y ^ a.z ^ a.w;
+  }
+  if (x == key) sink[0] = x;
+}
+
 }  // extern "C"

@@ -3,6 +3,9 @@ package cuda
 import (
 	"errors"
 	"math"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -386,5 +389,76 @@ func TestExpertsDispatch(t *testing.T) {
 				t.Fatalf("launched %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestReadBandwidthOverFakeDriver(t *testing.T) {
+	b, f := fakeBackend(t, 4)
+	allocs, frees := f.allocs, f.frees
+	const n = 64 << 20
+	r, err := b.ReadBandwidth(n, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fake events say 1 ms for the 5 timed passes.
+	if want := float64(n) * 5 / 1e-3; math.Abs(r-want) > 1e-6*want {
+		t.Errorf("rate %v B/s, want %v (5 passes of %d bytes in the fake's 1 ms)", r, want, n)
+	}
+	var reads []fakeLaunch
+	for _, l := range f.launches {
+		if l.name == "read_stream" {
+			reads = append(reads, l)
+		}
+	}
+	if len(reads) != 6 {
+		t.Fatalf("%d read_stream launches, want 1 untimed + 5 timed", len(reads))
+	}
+	for _, l := range reads {
+		if l.args[1] != n/16 || uint32(l.args[2]) != readKey || l.grid[0] != uint32(4*b.sms) {
+			t.Errorf("read_stream args %v grid %v: want %d words, key %#x, %d blocks", l.args, l.grid, n/16, readKey, 4*b.sms)
+		}
+	}
+	if f.allocs-allocs != 2 || f.frees-frees != 2 {
+		t.Errorf("%d allocations and %d frees, want the buffer and the sink, both freed", f.allocs-allocs, f.frees-frees)
+	}
+	for _, c := range []struct {
+		n    int64
+		reps int
+		want string
+	}{{1<<20 + 8, 1, "multiple of 16"}, {1 << 10, 1, "at least 1 MiB"}, {1 << 20, 0, "reps 0"}} {
+		if _, err := b.ReadBandwidth(c.n, c.reps); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("ReadBandwidth(%d, %d) error %v, want one saying %q", c.n, c.reps, err, c.want)
+		}
+	}
+}
+
+// TestPTXHasEveryKernel: every kernel the package launches by a literal name is an entry of the
+// embedded PTX (a kernel added to llada2.cu without `task kernels` fails here, not on the GPU).
+func TestPTXHasEveryKernel(t *testing.T) {
+	files, err := filepath.Glob("*.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	re := regexp.MustCompile(`launch\("([a-z0-9_]+)"`)
+	names := map[string]bool{}
+	for _, f := range files {
+		if strings.HasSuffix(f, "_test.go") {
+			continue
+		}
+		src, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
+			names[m[1]] = true
+		}
+	}
+	if !names["read_stream"] || len(names) < 10 {
+		t.Fatalf("found %d launched kernel names (%v): the scan is broken", len(names), names)
+	}
+	for name := range names {
+		if !strings.Contains(llada2PTX, ".entry "+name+"(") {
+			t.Errorf("kernel %s: no .entry in ptx/llada2.ptx; run task kernels", name)
+		}
 	}
 }
