@@ -147,3 +147,19 @@ func BenchmarkFillUniformBF16(b *testing.B) {
 		fillUniformBF16(buf, uint64(i), tab)
 	}
 }
+
+// TestMiniConfigFile: testdata's real LLaDA2.x-mini config.json is the MiniConfig shape, so a
+// random checkpoint written from it has the tensors the mini benchmarks assume.
+func TestMiniConfigFile(t *testing.T) {
+	c, err := LoadConfig(filepath.Join("..", "testdata", "llada2-mini"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := MiniConfig()
+	if got, want := c.Params(), m.Params(); got != want {
+		t.Errorf("params of testdata/llada2-mini %+v, MiniConfig %+v", got, want)
+	}
+	if c.RotaryDim != m.RotaryDim || c.NGroup != m.NGroup || c.TopKGroup != m.TopKGroup || c.TopK != m.TopK {
+		t.Errorf("config %+v differs from MiniConfig %+v", c, m)
+	}
+}
