@@ -53,6 +53,9 @@ func benchCmd() *cobra.Command {
 		steps, warmup, blockLen            int
 		readGiB                            float64
 		readReps                           int
+		mesh, wireBF16                     bool
+		groups                             int
+		startTimeout                       time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "bench [--shape tiny|mini|flash] [--random-weights] [--backend cpu|cuda] [--ctx 512,4096] [--batch 1,8,32]",
@@ -89,6 +92,21 @@ experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact h
 			actl, err := parseDTypes("--expert-act", acts)
 			if err != nil {
 				return err
+			}
+			if mesh {
+				if len(kvl) != 1 || len(actl) != 1 {
+					return fmt.Errorf("--mesh: want one --kv-dtype and one --expert-act, not %q and %q", kvs, acts)
+				}
+				d := dir
+				if d == "" && shape != "tiny" {
+					return fmt.Errorf("--mesh --shape %s: want --model DIR (write one with dlmesh randckpt --shape %s)", shape, shape)
+				}
+				if d, err = resolveModelDir(d); err != nil {
+					return err
+				}
+				return runMeshBench(ctx, cmd.OutOrStdout(), meshOpts{dir: d, backend: backend, kv: kvl[0], act: actl[0], ctxs: cl, batches: bl,
+					steps: steps, warmup: warmup, blockLen: blockLen, groups: groups, wireBF16: wireBF16, asJSON: asJSON,
+					readGiB: readGiB, readReps: readReps, startTimeout: startTimeout})
 			}
 			be, err := newBackend(backend)
 			if err != nil {
@@ -200,6 +218,10 @@ experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact h
 	f.StringVar(&kvs, "kv-dtype", "f32", "KV cache element types to time, comma-separated: f32, bf16 (CUDA)")
 	f.Float64Var(&readGiB, "read-gib", 0, "buffer of the read-rate measurement in GiB (default 4 on cuda, 1 on cpu; 0 with --read-reps 0: no floor)")
 	f.IntVar(&readReps, "read-reps", 10, "timed passes of the read-rate measurement (0: skip it, no floor)")
+	f.BoolVar(&mesh, "mesh", false, "time the step through attnd and --groups expertd started as processes on --backend, against the monolith, on --model DIR")
+	f.IntVar(&groups, "groups", 2, "with --mesh: expertd processes, one expert group each")
+	f.BoolVar(&wireBF16, "wire-bf16", false, "with --mesh: hidden rows travel to the experts as bf16")
+	f.DurationVar(&startTimeout, "mesh-start-timeout", 5*time.Minute, "with --mesh: how long a service may take to load and serve")
 	f.StringVar(&acts, "expert-act", "f32", "routed-expert activation precisions to time, comma-separated: f32 (exact), bf16 (CUDA)")
 	return cmd
 }

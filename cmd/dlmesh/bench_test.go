@@ -7,7 +7,9 @@ import (
 	"math"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/model"
 )
 
@@ -67,5 +69,41 @@ func TestBenchFloorCPU(t *testing.T) {
 	// Same batch, more context: the same tokens route alike, so only the KV bytes grow.
 	if kv := rows[2].ReadGB - rows[0].ReadGB; rows[2].Touched == rows[0].Touched && math.Abs(kv-float64(c.Layers*2*c.KVHeads*c.HeadDim*40*4)/1e9) > 1e-9 {
 		t.Errorf("ctx 40 vs 0 at batch 1: %.6f GB more, want the KV cache of 40 positions", kv)
+	}
+}
+
+// TestBenchMeshCPU runs bench --mesh's path on the CPU with the tiny model: the monolith, then
+// attnd and two expertd as processes of the built binary, one point; the mesh must give the
+// monolith's argmax ids and report every figure.
+func TestBenchMeshCPU(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts three processes; skipped with -short")
+	}
+	bin := buildBinary(t)
+	var out bytes.Buffer
+	err := runMeshBench(context.Background(), &out, meshOpts{dir: filepath.Join("..", "..", "models", "llada2-tiny-go"), backend: "cpu",
+		kv: kernels.F32, act: kernels.F32, ctxs: []int{32}, batches: []int{2}, steps: 2, warmup: 1, blockLen: 32, groups: 2,
+		asJSON: true, readGiB: 1.0 / 16, readReps: 1, startTimeout: time.Minute, exe: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []meshRow
+	if err := json.Unmarshal(out.Bytes(), &rows); err != nil {
+		t.Fatalf("%v\n%s", err, out.String())
+	}
+	if len(rows) != 1 {
+		t.Fatalf("%d rows, want 1", len(rows))
+	}
+	r := rows[0]
+	if r.MonoMs <= 0 || r.MonoGraphMs <= 0 || r.MeshMs <= 0 || r.AttndMs <= 0 || r.ExpertsMsPerLayer <= 0 || r.FloorMs <= 0 {
+		t.Errorf("row %+v: want every time positive", r)
+	}
+	if math.Abs(r.XMono-r.MeshMs/r.MonoMs) > 1e-9 || r.Groups != 2 || r.Touched == 0 {
+		t.Errorf("row %+v: inconsistent", r)
+	}
+	// Same weights, tokens and context: the groups' sums differ from the local one only in
+	// float32 addition order.
+	if r.ArgmaxEq < 0.95 {
+		t.Errorf("mesh argmax agrees with the monolith on %.0f%% of the rows, want ≥ 95%%", 100*r.ArgmaxEq)
 	}
 }
