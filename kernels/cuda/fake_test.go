@@ -462,3 +462,30 @@ func TestPTXHasEveryKernel(t *testing.T) {
 		}
 	}
 }
+
+func TestDeviceUUIDOverFakeDriver(t *testing.T) {
+	f := &fakeDriver{}
+	d := f.table(0)
+	if _, err := d.deviceUUID(0); err == nil || !strings.Contains(err.Error(), "no cuDeviceGetUuid") {
+		t.Errorf("without the symbol: %v, want an error naming it", err)
+	}
+	var asked int32 = -1
+	d.cuDeviceGetUuid = func(u *[16]byte, dev int32) cuResult {
+		asked = dev
+		for i := range u {
+			u[i] = byte(0xa0 + i)
+		}
+		return cudaSuccess
+	}
+	got, err := d.deviceUUID(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "GPU-a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf"; got != want || asked != 1 {
+		t.Errorf("uuid %q of device %d, want %q of device 1", got, asked, want)
+	}
+	d.cuDeviceGet = func(*int32, int32) cuResult { return 101 } // CUDA_ERROR_INVALID_DEVICE
+	if _, err := d.deviceUUID(7); err == nil || !strings.Contains(err.Error(), "cuDeviceGet") || !strings.Contains(err.Error(), "device 7") {
+		t.Errorf("bad ordinal: %v, want an error naming cuDeviceGet and the device", err)
+	}
+}

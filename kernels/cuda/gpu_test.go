@@ -821,3 +821,31 @@ func TestGPUAttentionBF16Cache(t *testing.T) {
 		}
 	}
 }
+
+// TestGPUReadBandwidth: the streaming-read rate over 1 GiB is positive and below any HBM's
+// (10 TB/s); the log line is the figure (dlmesh bench measures 4 GiB in its own run).
+func TestGPUReadBandwidth(t *testing.T) {
+	b := gpu(t)
+	r, err := b.ReadBandwidth(1<<30, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("read rate: %.1f GB/s (1 GiB × 5)", r/1e9)
+	if r < 1e11 || r > 1e13 {
+		t.Errorf("read rate %.3g B/s: want within [100 GB/s, 10 TB/s]", r)
+	}
+}
+
+// TestGPUDeviceUUID: the driver names device 0 in NVML's UUID form (gpu-check compares it
+// with nvidia-smi's).
+func TestGPUDeviceUUID(t *testing.T) {
+	gpu(t)
+	u, err := DeviceUUID(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("cuda device 0 uuid: %s", u)
+	if len(u) != len("GPU-")+36 || u[:4] != "GPU-" {
+		t.Errorf("uuid %q: want GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", u)
+	}
+}
