@@ -173,14 +173,14 @@ func monoPoint(ctx context.Context, m *model.Model, o meshOpts, ctxLen, batch in
 		defer c.Free()
 		seqs[i] = model.StepSeq{Cache: c}
 	}
-	for lo := 0; lo < ctxLen; lo += 512 {
-		hi := min(lo+512, ctxLen)
-		pre := make([]model.StepSeq, batch)
-		for i := range pre {
-			pre[i] = model.StepSeq{Cache: seqs[i].Cache, Pos: lo, Tokens: seqTokens(i, lo, hi, m.Cfg.Vocab), OutRows: 1, TopK: 1}
-		}
-		if _, err := m.Step(ctx, pre, o.blockLen, model.StepOptions{}); err != nil {
-			return meshRow{}, nil, fmt.Errorf("prefill [%d, %d): %w", lo, hi, err)
+	// Prefill one sequence and 512 positions at a time, as a prompt would be.
+	for i := range seqs {
+		for lo := 0; lo < ctxLen; lo += 512 {
+			hi := min(lo+512, ctxLen)
+			pre := []model.StepSeq{{Cache: seqs[i].Cache, Pos: lo, Tokens: seqTokens(i, lo, hi, m.Cfg.Vocab), OutRows: 1, TopK: 1}}
+			if _, err := m.Step(ctx, pre, o.blockLen, model.StepOptions{}); err != nil {
+				return meshRow{}, nil, fmt.Errorf("prefill sequence %d [%d, %d): %w", i, lo, hi, err)
+			}
 		}
 	}
 	for i := range seqs {
@@ -284,6 +284,12 @@ func meshThroughServices(ctx context.Context, o meshOpts, cfg *model.Config, row
 	}
 	defer conn.Close()
 	cl := pb.NewAttentionClient(conn)
+	if info, err := cl.Info(ctx, &pb.InfoRequest{}); err == nil {
+		for _, g := range info.GetGpus() {
+			fmt.Fprintf(os.Stderr, "attnd device: backend %s index %d name %q uuid %s memory %d/%d MiB free\n",
+				g.GetBackend(), g.GetIndex(), g.GetName(), g.GetUuid(), g.GetMemoryFreeMib(), g.GetMemoryTotalMib())
+		}
+	}
 	for i := range rows {
 		if err := meshPoint(ctx, cl, o, cfg.Vocab, &rows[i], mono[i], i); err != nil {
 			return fmt.Errorf("ctx %d batch %d: %w", rows[i].Ctx, rows[i].Batch, err)
@@ -304,20 +310,24 @@ func meshPoint(ctx context.Context, cl pb.AttentionClient, o meshOpts, vocab int
 		}
 		defer cl.Close(context.WithoutCancel(ctx), &pb.CloseRequest{SessionId: ids[i]})
 	}
-	step := func(lo, hi, outRows int) (*pb.StepResponse, error) {
+	step := func(seqs []int, lo, hi, outRows int) (*pb.StepResponse, error) {
 		req := &pb.StepRequest{}
-		for i, id := range ids {
-			req.Sessions = append(req.Sessions, &pb.SessionStep{SessionId: id, StartPos: int32(lo), Tokens: seqTokens(i, lo, hi, vocab),
+		for _, i := range seqs {
+			req.Sessions = append(req.Sessions, &pb.SessionStep{SessionId: ids[i], StartPos: int32(lo), Tokens: seqTokens(i, lo, hi, vocab),
 				OutRows: int32(outRows), TopK: 1, InvTemperature: 1})
 		}
 		return cl.Step(ctx, req)
 	}
-	for lo := 0; lo < r.Ctx; lo += 512 {
-		if _, err := step(lo, min(lo+512, r.Ctx), 1); err != nil {
-			return fmt.Errorf("prefill at %d: %w", lo, err)
+	all := make([]int, r.Batch)
+	for i := range all {
+		all[i] = i
+		for lo := 0; lo < r.Ctx; lo += 512 {
+			if _, err := step([]int{i}, lo, min(lo+512, r.Ctx), 1); err != nil {
+				return fmt.Errorf("prefill sequence %d at %d: %w", i, lo, err)
+			}
 		}
 	}
-	first, err := step(r.Ctx, r.Ctx+o.blockLen, o.blockLen)
+	first, err := step(all, r.Ctx, r.Ctx+o.blockLen, o.blockLen)
 	if err != nil {
 		return err
 	}
@@ -341,7 +351,7 @@ func meshPoint(ctx context.Context, cl pb.AttentionClient, o meshOpts, vocab int
 	r.ArgmaxEq = float64(eq) / float64(max(len(got), 1))
 	var attnd, experts []float64
 	r.MeshMs, err = medianMs(o.steps, o.warmup, func() error {
-		resp, err := step(r.Ctx, r.Ctx+o.blockLen, o.blockLen)
+		resp, err := step(all, r.Ctx, r.Ctx+o.blockLen, o.blockLen)
 		if err == nil {
 			attnd = append(attnd, resp.GetStats().GetMsTotal())
 			experts = append(experts, resp.GetStats().GetMsExperts())
