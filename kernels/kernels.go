@@ -161,6 +161,22 @@ type ExpertSet struct {
 	ActDType DType
 }
 
+// Device is the accelerator a device backend computes on, as its driver reports it.
+type Device struct {
+	Index int    // device ordinal in the process (the N of "cuda:N")
+	Name  string // e.g. "NVIDIA H100 80GB HBM3"
+	// UUID is the driver's device UUID in NVML's form, "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+	// ("" when the driver cannot say).
+	UUID                          string
+	MemoryTotalMiB, MemoryFreeMiB uint64
+}
+
+// Describer is implemented by backends that compute on a device (CUDA); the CPU backend has no
+// device to describe.
+type Describer interface {
+	Device() (Device, error)
+}
+
 // Backend runs the ops of the forward pass. Implementations are safe for use by one goroutine
 // at a time per Backend value unless they document otherwise.
 type Backend interface {

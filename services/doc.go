@@ -4,5 +4,5 @@
 // Registry interface with its in-process implementation) and the least-outstanding replica Pool.
 //
 // It is imported by the service packages (gateway, attnd, expertd) and by cmd/dlmesh. It may import
-// proto and tracing, never a service package; nothing here is specific to one service.
+// proto, tracing and kernels (for the device a service reports), never a service package; nothing here is specific to one service.
 package services
