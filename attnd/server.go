@@ -380,13 +380,8 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
-		inv := seqs[i].InvTemp
 		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: expertd.AppendI32(nil, o.IDs),
-			Logits: expertd.AppendF32(nil, o.Logits, false), Lse: expertd.AppendF32(nil, o.LSE, false),
-			Probs: make([]float32, len(o.LSE))}
-		for row := range res.Probs {
-			res.Probs[row] = o.Prob(row, 0, inv)
-		}
+			Logits: expertd.AppendF32(nil, o.Logits, false), Lse: expertd.AppendF32(nil, o.LSE, false)}
 		resp.Results[i] = res
 	}
 	total := time.Since(t0)

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"time"
 
 	"github.com/dlmesh/dlmesh/kernels"
 )
@@ -94,13 +93,6 @@ func (l LocalExperts) Dispatch(_ context.Context, layer int, x, ids, weights *ke
 type StepOptions struct {
 	Experts ExpertRunner // nil: LocalExperts{m}
 	Allowed []bool       // experts the router may choose (nil: all); for degraded serving
-	Stats   *StepStats   // filled when non-nil
-}
-
-// StepStats breaks a step's time down (nanoseconds, host-side).
-type StepStats struct {
-	Rows                             int
-	AttentionNs, ExpertsNs, LMHeadNs int64
 }
 
 // ErrBadStep wraps invalid Step arguments.
@@ -127,11 +119,9 @@ func (m *Model) Step(ctx context.Context, seqs []StepSeq, blockLen int, opt Step
 		return nil, err
 	}
 	defer pl.free()
-	t0 := time.Now()
 	if err := m.compute(ctx, pl, opt); err != nil {
 		return nil, err
 	}
-	t1 := time.Now()
 	outs, err := pl.collect()
 	if err != nil {
 		return nil, err
@@ -140,11 +130,6 @@ func (m *Model) Step(ctx context.Context, seqs []StepSeq, blockLen int, opt Step
 		if end := s.Pos + len(s.Tokens); end > s.Cache.Len {
 			s.Cache.Len = end
 		}
-	}
-	if opt.Stats != nil {
-		opt.Stats.Rows = pl.rows
-		opt.Stats.AttentionNs = t1.Sub(t0).Nanoseconds()
-		opt.Stats.LMHeadNs = time.Since(t1).Nanoseconds()
 	}
 	return outs, nil
 }
