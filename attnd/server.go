@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 
+	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
@@ -27,9 +28,6 @@ import (
 
 // TracerName is the instrumentation name of attnd's spans.
 const TracerName = "github.com/dlmesh/dlmesh/attnd"
-
-// DefaultBlockLen is the block length of a session opened without one (LLaDA2.x's).
-const DefaultBlockLen = 32
 
 // Errors of the Attention service, mapped to status codes in init.
 var (
@@ -263,10 +261,10 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 	}
 	bl := int(req.GetBlockLength())
 	if bl == 0 {
-		bl = DefaultBlockLen
+		bl = diffusion.DefaultBlockLen
 	}
 	if bl < 1 || bl > capLen {
-		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, DefaultBlockLen)
+		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, diffusion.DefaultBlockLen)
 	}
 	c, err := s.m.NewCache(capLen)
 	if err != nil {

@@ -204,17 +204,26 @@ func TestGenerateEvents(t *testing.T) {
 	f := loadFixture(t)
 	e := newEngine(t, f, engine.NewLocalStepper(f.m))
 	c := f.gen.Cases[0]
-	var steps, blocks int
+	var steps, blocks, blockSteps int
 	var text string
 	r, err := e.Generate(context.Background(), request(t, c, "ev"), func(ev engine.Event) {
 		switch {
 		case ev.Step != nil:
 			steps++
+			blockSteps++
 			if len(ev.Step.Changes) == 0 && ev.Step.MaskedBefore > 0 {
 				t.Errorf("step %d with %d masks changed nothing", ev.Step.Step, ev.Step.MaskedBefore)
 			}
+			// counted per generated block: block 0 holds the first generated position
+			if ev.Step.Block != blocks || ev.Step.Step != blockSteps {
+				t.Errorf("step event %d: block %d step %d, want block %d step %d", steps, ev.Step.Block, ev.Step.Step, blocks, blockSteps)
+			}
 		case ev.Block != nil:
+			if ev.Block.Block != blocks {
+				t.Errorf("block event %d: block %d", blocks, ev.Block.Block)
+			}
 			blocks++
+			blockSteps = 0
 			text += ev.Block.Text
 		}
 	})

@@ -24,7 +24,7 @@ func (m *Model) NewCache(capLen int) (*Cache, error) {
 	if capLen <= 0 || capLen > m.Cfg.MaxPositions && m.Cfg.MaxPositions > 0 {
 		return nil, fmt.Errorf("model: cache capacity %d out of range [1, %d]", capLen, m.Cfg.MaxPositions)
 	}
-	p := m.attnParams(32)
+	p := m.attnParams(0) // the cache's layout does not depend on the block length
 	t, err := m.Be.NewCache(m.Cfg.Layers, capLen, p)
 	if err != nil {
 		return nil, fmt.Errorf("model: new cache: %w", err)
