@@ -411,9 +411,16 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 	}
 	errs := make([]error, n)
 	fans := make([]*fanout, n)
+	// A backend that is not kernels.Concurrent runs one micro-batch at a time: each holds the
+	// lock for its step but for its expert waits (fanout.wait), so one's attention still overlaps
+	// another's expert calls.
+	var lock sync.Locker
+	if n > 1 && !kernels.IsConcurrent(s.m.Be) {
+		lock = new(sync.Mutex)
+	}
 	var wg sync.WaitGroup
 	for c, chunk := range chunks {
-		fans[c] = &fanout{s: s, r: r, be: s.m.Be}
+		fans[c] = &fanout{s: s, r: r, be: s.m.Be, lock: lock}
 		batch := make([]model.StepSeq, len(chunk))
 		for k, j := range chunk {
 			batch[k] = seqs[j]
@@ -421,7 +428,13 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 		run := func() {
 			mctx, span := s.tracer.Start(ctx, "attnd.microbatch", trace.WithAttributes(attribute.Int("index", c),
 				attribute.Int("sessions", len(batch)), attribute.Int("rows", stepRows(batch))))
+			if lock != nil {
+				lock.Lock()
+			}
 			o, err := s.m.Step(mctx, batch, blockLen, model.StepOptions{Experts: fans[c], Allowed: r.allowed})
+			if lock != nil {
+				lock.Unlock()
+			}
 			if err != nil {
 				span.RecordError(err)
 				span.SetStatus(otcodes.Error, err.Error())

@@ -11,7 +11,7 @@ import (
 
 // Backend is kernels.Backend on one CUDA device: its primary context, one non-blocking stream,
 // a memory pool, the llada2 PTX module and a cuBLAS handle, all owned by one locked OS thread.
-// Like every Backend it is for one goroutine at a time.
+// It is for one goroutine at a time (Concurrent reports false): see Concurrent.
 type Backend struct {
 	d    *driver
 	blas *cublas // nil: MatMul and LMHead report ErrUnsupported
@@ -43,6 +43,7 @@ var (
 	_ kernels.Randomizer = (*Backend)(nil)
 	_ kernels.Grapher    = (*Backend)(nil)
 	_ kernels.Describer  = (*Backend)(nil)
+	_ kernels.Concurrent = (*Backend)(nil)
 )
 
 // Available reports whether a CUDA driver and at least one device are present.
@@ -167,6 +168,13 @@ func (b *Backend) do(f func() error) error {
 		return f()
 	})
 }
+
+// Concurrent implements kernels.Concurrent: false. Each driver call is made on the context's
+// thread, but a step is a sequence of them on one stream that shares state between calls — the
+// grow-only scratch buffers, the uploaded router mask, and a running graph capture, which would
+// record another goroutine's ops into its graph — so two goroutines interleaving their steps
+// would corrupt each other. (One stream and scratch set per micro-batch would lift this.)
+func (b *Backend) Concurrent() bool { return false }
 
 // Name implements kernels.Backend.
 func (b *Backend) Name() string { return b.name }

@@ -422,3 +422,12 @@ func TestDeviceOverFakeDriver(t *testing.T) {
 		t.Errorf("Device() with a failing cuMemGetInfo: %v, want an error naming it", err)
 	}
 }
+
+// TestNotConcurrent: the CUDA backend shares scratch buffers, the router mask and a running
+// capture between the calls of a step, so it must declare that it is for one goroutine at a time.
+func TestNotConcurrent(t *testing.T) {
+	b, _ := fakeBackend(t, 0)
+	if kernels.IsConcurrent(b) {
+		t.Fatal("the CUDA backend declares kernels.Concurrent, but its steps share state between calls")
+	}
+}
