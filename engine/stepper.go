@@ -2,12 +2,12 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 )
 
@@ -79,12 +79,6 @@ func (e *StepError) Unwrap() []error {
 	return errs
 }
 
-// Errors of the local stepper.
-var (
-	ErrUnknownSession = errors.New("engine: unknown session")
-	ErrSessionExists  = errors.New("engine: session already open")
-)
-
 // LocalStepper runs steps on an in-process model (attention part and, unless Experts is set,
 // the routed experts too). It is safe for concurrent use; steps are serialised.
 type LocalStepper struct {
@@ -109,7 +103,7 @@ func NewLocalStepper(m *model.Model) *LocalStepper {
 // Open allocates the session's KV cache and keeps its block length.
 func (l *LocalStepper) Open(_ context.Context, session string, capacity, blockLen int) error {
 	if blockLen < 1 || blockLen > capacity {
-		return fmt.Errorf("%w: session %q: block length %d not in [1, capacity %d]", ErrBadRequest, session, blockLen, capacity)
+		return fmt.Errorf("engine: session %q: block length %d not in [1, capacity %d]: %w", session, blockLen, capacity, errdefs.ErrInvalidArgument)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -117,7 +111,7 @@ func (l *LocalStepper) Open(_ context.Context, session string, capacity, blockLe
 		l.sessions = map[string]*localSession{}
 	}
 	if _, ok := l.sessions[session]; ok {
-		return fmt.Errorf("%w: %q", ErrSessionExists, session)
+		return fmt.Errorf("engine: open %q: %w", session, errdefs.ErrSessionExists)
 	}
 	c, err := l.M.NewCache(capacity)
 	if err != nil {
@@ -155,7 +149,7 @@ func (l *LocalStepper) Step(ctx context.Context, steps []SeqStep) ([]model.StepO
 	for i, s := range steps {
 		sess, ok := l.sessions[s.Session]
 		if !ok {
-			return nil, StepInfo{}, fmt.Errorf("%w: %q", ErrUnknownSession, s.Session)
+			return nil, StepInfo{}, fmt.Errorf("engine: step %q: %w", s.Session, errdefs.ErrUnknownSession)
 		}
 		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: s.StartPos, Tokens: s.Tokens, OutRows: s.OutRows, TopK: s.TopK, InvTemp: s.InvTemp}
 		if _, seen := byLen[sess.blockLen]; !seen {
