@@ -14,6 +14,7 @@ import (
 
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 	"github.com/dlmesh/dlmesh/mesh"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/tokenizer"
@@ -25,7 +26,7 @@ import (
 // every other stream finishes exactly as the reference; a new request is served by the attnd
 // that is left, and no session leaks.
 func TestMeshAttndLossSparesOtherSessions(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	m, err := mesh.Up(ctx, mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0", Attnd: 2})

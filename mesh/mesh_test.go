@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 	"github.com/dlmesh/dlmesh/mesh"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 )
@@ -19,7 +20,7 @@ import (
 // TestMeshMatchesReference runs the nine fixture cases one at a time through gateway → attnd →
 // two expertd groups over loopback gRPC.
 func TestMeshMatchesReference(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
 	for i, gc := range f.Cases {
@@ -39,7 +40,7 @@ func TestMeshMatchesReference(t *testing.T) {
 // TestMeshConcurrentStreams runs the nine cases (three prompts × three modes) as concurrent
 // streams: every attnd step carries several sessions at different positions and parameters.
 func TestMeshConcurrentStreams(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
 	got := make([]*streamed, len(f.Cases))
@@ -84,7 +85,7 @@ func waitSessions(t *testing.T, m *mesh.Mesh, n int) {
 // TestMeshCancelFreesSession cancels a stream after three steps: the engine drops the request at
 // the next step boundary and the attnd session is closed; the mesh keeps serving.
 func TestMeshCancelFreesSession(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -166,7 +167,7 @@ func TestMeshRaceConcurrentShort(t *testing.T) {
 // TestMeshDeadline: a stream whose deadline passes mid-generation ends with DeadlineExceeded and
 // frees its session.
 func TestMeshDeadline(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -239,7 +240,7 @@ func TestMeshChat(t *testing.T) {
 // TestMeshQueueFull: with one active slot and one queue place, a third concurrent request is
 // refused with ResourceExhausted.
 func TestMeshQueueFull(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := upMesh(t, mesh.Config{MaxActive: 1, MaxQueue: 1})
 	c := dialGateway(t, m)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -17,6 +17,8 @@ import (
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
 	"github.com/dlmesh/dlmesh/tracing"
+
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 )
 
 // TestConsulMeshFailover runs the mesh as real processes discovering each other through a real
@@ -54,7 +56,7 @@ func TestConsulMeshFailover(t *testing.T) {
 	})
 	time.Sleep(500 * time.Millisecond) // the gateway's watch
 
-	f := loadGenFixture(t)
+	f := fixtures.LoadGen(t)
 	cases := f.Cases[:8]
 	type result struct {
 		ids      []int32

@@ -2,9 +2,6 @@ package failover_test
 
 import (
 	"context"
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,20 +15,9 @@ import (
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
-)
 
-func loadCases(t *testing.T) genFile {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "llada2-tiny-go", "generate_cases.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var f genFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
+	"github.com/dlmesh/dlmesh/internal/fixtures"
+)
 
 // startAttnd starts an attnd discovering through reg and dials it.
 func startAttnd(t *testing.T, reg services.Registry, cfg attnd.Config) (*attnd.Server, pb.AttentionClient, healthpb.HealthClient) {
@@ -152,7 +138,7 @@ func TestDegradedServingEndToEnd(t *testing.T) {
 		t.Skip("starts a Consul agent and a mesh; skipped with -short")
 	}
 	agent := consultest.Start(t)
-	f := loadCases(t)
+	f := fixtures.LoadGen(t)
 	gc := f.Cases[0]
 	full := references(t, f, []genCase{gc})[0]
 

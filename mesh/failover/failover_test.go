@@ -28,6 +28,8 @@ import (
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
 	"github.com/dlmesh/dlmesh/tokenizer"
+
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 )
 
 const tinyDir = "../../models/llada2-tiny-go"
@@ -35,18 +37,10 @@ const tinyDir = "../../models/llada2-tiny-go"
 // genLen keeps the requests short: the tiny model on the CPU backend takes 50–70 ms a step.
 const genLen = 32
 
-type genCase struct {
-	Prompt      string  `json:"prompt"`
-	PromptIDs   []int32 `json:"prompt_ids"`
-	Mode        string  `json:"mode"`
-	BlockLength int     `json:"block_length"`
-}
-
-type genFile struct {
-	MaskID int32     `json:"mask_id"`
-	EOSID  int32     `json:"eos_id"`
-	Cases  []genCase `json:"cases"`
-}
+type (
+	genCase = fixtures.GenCase
+	genFile = fixtures.GenFile
+)
 
 // cluster is the mesh under test; experts[g] are the replicas of group g.
 type cluster struct {
@@ -149,7 +143,7 @@ func TestFailoverThroughConsul(t *testing.T) {
 		t.Skip("starts a Consul agent and a whole mesh; skipped with -short")
 	}
 	agent := consultest.Start(t)
-	f := loadCases(t)
+	f := fixtures.LoadGen(t)
 	cases := f.Cases[:8]
 	refs := references(t, f, cases)
 
