@@ -21,6 +21,8 @@ import (
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/wire"
+
+	"github.com/dlmesh/dlmesh/internal/testutil"
 )
 
 const tinyDir = "../models/llada2-tiny-go"
@@ -247,17 +249,7 @@ func TestStepMatchesLocal(t *testing.T) {
 // waitHealth polls the health service until it reports want.
 func waitHealth(tb testing.TB, h healthpb.HealthClient, want healthpb.HealthCheckResponse_ServingStatus, within time.Duration) {
 	tb.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		st := health(tb, h)
-		if st == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("health %v, want %v within %v", st, want, within)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(tb, fmt.Sprintf("health %v", want), within, func() bool { return health(tb, h) == want })
 }
 
 // oneStep opens a session, steps it once and closes it.

@@ -15,6 +15,8 @@ import (
 	"github.com/dlmesh/dlmesh/internal/fixtures"
 	"github.com/dlmesh/dlmesh/mesh"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+
+	"github.com/dlmesh/dlmesh/internal/testutil"
 )
 
 // TestMeshMatchesReference runs the nine fixture cases one at a time through gateway → attnd →
@@ -69,17 +71,9 @@ func TestMeshConcurrentStreams(t *testing.T) {
 // by the engine right after the stream ends).
 func waitSessions(t *testing.T, m *mesh.Mesh, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		a, g := m.Attnd.Sessions(), m.Gateway.Stepper().Sessions()
-		if a == n && g == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("attnd holds %d sessions and the gateway %d, want %d", a, g, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, fmt.Sprintf("attnd and the gateway holding %d sessions", n), 5*time.Second, func() bool {
+		return m.Attnd.Sessions() == n && m.Gateway.Stepper().Sessions() == n
+	})
 }
 
 // TestMeshCancelFreesSession cancels a stream after three steps: the engine drops the request at
