@@ -372,8 +372,15 @@ func (e *Engine) step(ctx context.Context, jobs []*job) {
 			links = append(links, trace.Link{SpanContext: sc})
 		}
 	}
+	blockLen := jobs[0].req.Params.BlockLen // 0 in the span when the requests' block lengths differ
+	for _, j := range jobs {
+		if j.req.Params.BlockLen != blockLen {
+			blockLen = 0
+			break
+		}
+	}
 	sctx, span := e.tracer.Start(ctx, "engine.step", trace.WithLinks(links...),
-		trace.WithAttributes(attribute.Int("requests", len(jobs))))
+		trace.WithAttributes(attribute.Int("requests", len(jobs)), attribute.Int("block_length", blockLen)))
 	t0 := time.Now()
 	outs, info, err := e.st.Step(sctx, steps)
 	dt := time.Since(t0)
