@@ -252,8 +252,16 @@ func TestMalformed(t *testing.T) {
 			return edit(tb, func(m map[string]any) { model(m)["unk_token"] = "<unk>" })
 		}, "", ErrMalformed, "unk_token"},
 		{"normalizer", func(tb testing.TB) []byte {
-			return edit(tb, func(m map[string]any) { m["normalizer"] = map[string]any{"type": "NFC"} })
-		}, "", ErrUnsupported, `normalizer.type "NFC" not supported`},
+			return edit(tb, func(m map[string]any) { m["normalizer"] = map[string]any{"type": "Lowercase"} })
+		}, "", ErrUnsupported, `normalizer.type "Lowercase" not supported`},
+		{"normalizer in a sequence", func(tb testing.TB) []byte {
+			return edit(tb, func(m map[string]any) {
+				m["normalizer"] = map[string]any{"type": "Sequence", "normalizers": []any{map[string]any{"type": "NFC"}, map[string]any{"type": "NFKD"}}}
+			})
+		}, "", ErrUnsupported, `normalizer.normalizers[1].type "NFKD" not supported`},
+		{"possessive regex unbalanced", func(tb testing.TB) []byte {
+			return edit(tb, func(m map[string]any) { pre(m, 0)["pattern"] = map[string]any{"Regex": "[a-z++"} })
+		}, "", ErrMalformed, "missing ]"},
 		{"no pre-tokenizer", func(tb testing.TB) []byte {
 			return edit(tb, func(m map[string]any) { m["pre_tokenizer"] = nil })
 		}, "", ErrUnsupported, "pre_tokenizer null"},
