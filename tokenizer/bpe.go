@@ -125,56 +125,56 @@ func (m *bpe) mergeLinear(syms []int32) []int32 {
 	return syms
 }
 
-// candidate is a pair waiting in the heap: the merge of the symbol at pos with its right neighbour.
-type candidate struct {
-	rank, pos   int32
-	left, right int32 // symbol ids when queued; a mismatch later means the entry is stale
-	id          int32
-}
-
-func (c candidate) less(d candidate) bool {
-	return c.rank < d.rank || (c.rank == d.rank && c.pos < d.pos)
-}
-
 // mergeHeap gives the same result as mergeLinear in O(n log n), for long words (runs of
-// whitespace, minified text). Symbols form a linked list; merged symbols keep the left position.
+// whitespace, minified text, a megabyte of one letter). Symbols form a linked list over their
+// original positions; a merged symbol keeps the left one. Each position remembers the rule of
+// the pair it starts (rank[p], id[p]); the heap holds keys rank<<32|position, lowest rank first
+// and leftmost on ties, as mergeLinear picks. A key whose rank is no longer its position's is
+// stale and skipped: a position's pair only ever grows (both symbols get longer or stay), so it
+// never returns to a pair it had, and ranks name pairs one to one.
 func (m *bpe) mergeHeap(syms []int32) []int32 {
 	n := len(syms)
-	next := make([]int32, n)
-	prev := make([]int32, n)
+	buf := make([]int32, 4*n)
+	next, prev, rank, id := buf[:n:n], buf[n:2*n:2*n], buf[2*n:3*n:3*n], buf[3*n:]
+	h := make(keyHeap, 0, n)
 	for i := range n {
-		next[i], prev[i] = int32(i+1), int32(i-1)
+		next[i], prev[i], rank[i] = int32(i+1), int32(i-1), noRank
+		if i+1 < n {
+			if r, ok := m.merges[pairKey(syms[i], syms[i+1])]; ok {
+				rank[i], id[i] = r.rank, r.id
+				h = append(h, heapKey(r.rank, int32(i)))
+			}
+		}
 	}
 	next[n-1] = -1
-	var h candHeap
-	push := func(p int32) {
-		q := next[p]
-		if q < 0 {
-			return
+	h.init()
+	// refresh looks up the pair that now starts at p and queues it.
+	refresh := func(p int32) {
+		rank[p] = noRank
+		if q := next[p]; q >= 0 {
+			if r, ok := m.merges[pairKey(syms[p], syms[q])]; ok {
+				rank[p], id[p] = r.rank, r.id
+				h.push(heapKey(r.rank, p))
+			}
 		}
-		if r := m.rule(syms[p], syms[q]); r.rank != noRank {
-			h.push(candidate{rank: r.rank, pos: p, left: syms[p], right: syms[q], id: r.id})
-		}
-	}
-	for i := range n - 1 {
-		push(int32(i))
 	}
 	for len(h) > 0 {
-		c := h.pop()
-		q := next[c.pos]
-		if syms[c.pos] != c.left || q < 0 || syms[q] != c.right {
-			continue
+		k := h.pop()
+		p := int32(uint32(k))
+		if rank[p] != int32(k>>32) {
+			continue // stale
 		}
-		syms[c.pos] = c.id
-		syms[q] = -1
-		next[c.pos] = next[q]
+		q := next[p]
+		syms[p] = id[p]
+		rank[q] = noRank // q is gone: its queued pair is stale
+		next[p] = next[q]
 		if next[q] >= 0 {
-			prev[next[q]] = c.pos
+			prev[next[q]] = p
 		}
-		if prev[c.pos] >= 0 {
-			push(prev[c.pos])
+		refresh(p)
+		if prev[p] >= 0 {
+			refresh(prev[p])
 		}
-		push(c.pos)
 	}
 	out := syms[:0]
 	for p := int32(0); p >= 0; p = next[p] {
@@ -183,42 +183,69 @@ func (m *bpe) mergeHeap(syms []int32) []int32 {
 	return out
 }
 
-// candHeap is a binary min-heap of candidates.
-type candHeap []candidate
+func heapKey(rank, pos int32) uint64 { return uint64(uint32(rank))<<32 | uint64(uint32(pos)) }
 
-func (h *candHeap) push(c candidate) {
-	*h = append(*h, c)
-	s := *h
-	for i := len(s) - 1; i > 0; {
-		p := (i - 1) / 2
-		if !s[i].less(s[p]) {
-			break
-		}
-		s[i], s[p] = s[p], s[i]
-		i = p
+// keyHeap is a 4-ary min-heap of keys: half the levels of a binary heap, and the four children
+// of a node share a cache line.
+type keyHeap []uint64
+
+const heapArity = 4
+
+func (h keyHeap) init() {
+	if len(h) < 2 {
+		return
+	}
+	for i := (len(h) - 2) / heapArity; i >= 0; i-- {
+		h.down(i)
 	}
 }
 
-func (h *candHeap) pop() candidate {
+func (h *keyHeap) push(k uint64) {
+	*h = append(*h, k)
+	s := *h
+	i := len(s) - 1
+	for i > 0 {
+		p := (i - 1) / heapArity
+		if s[p] <= k {
+			break
+		}
+		s[i] = s[p]
+		i = p
+	}
+	s[i] = k
+}
+
+func (h *keyHeap) pop() uint64 {
 	s := *h
 	top := s[0]
 	last := len(s) - 1
 	s[0] = s[last]
-	s = s[:last]
-	for i := 0; ; {
-		l, small := 2*i+1, i
-		if l < len(s) && s[l].less(s[small]) {
-			small = l
-		}
-		if r := l + 1; r < len(s) && s[r].less(s[small]) {
-			small = r
-		}
-		if small == i {
+	*h = s[:last]
+	if last > 0 {
+		h.down(0)
+	}
+	return top
+}
+
+// down moves h[i] down to its place.
+func (h keyHeap) down(i int) {
+	k := h[i]
+	for {
+		c := heapArity*i + 1
+		if c >= len(h) {
 			break
 		}
-		s[i], s[small] = s[small], s[i]
-		i = small
+		best := c
+		for j := c + 1; j < min(c+heapArity, len(h)); j++ {
+			if h[j] < h[best] {
+				best = j
+			}
+		}
+		if h[best] >= k {
+			break
+		}
+		h[i] = h[best]
+		i = best
 	}
-	*h = s
-	return top
+	h[i] = k
 }

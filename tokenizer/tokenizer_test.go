@@ -476,6 +476,9 @@ func TestHeapMatchesLinear(t *testing.T) {
 		}
 		words = append(words, b.String())
 	}
+	for _, n := range []int{49, 1000, 4097} { // runs of one symbol: many equal-rank pairs
+		words = append(words, strings.Repeat("a", n), strings.Repeat(" ", n), strings.Repeat("\t", n), strings.Repeat("ab", n))
+	}
 	for _, w := range words {
 		syms := func() []int32 {
 			var s []int32
@@ -495,6 +498,29 @@ func TestHeapMatchesLinear(t *testing.T) {
 			t.Fatalf("word %q: linear %v, heap %v", w, lin, heap)
 		}
 	}
+}
+
+// FuzzMergeHeap checks the heap merge loop against the quadratic one on any byte string.
+func FuzzMergeHeap(f *testing.F) {
+	tok := tiny(f)
+	for _, s := range []string{"aaaa", "    \t\t", "func main() {", "inininin", "ééé", "\xff\xfe"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, w []byte) {
+		if len(w) < 2 || len(w) > 512 {
+			return
+		}
+		syms := func() []int32 {
+			s := make([]int32, len(w))
+			for i, b := range w {
+				s[i] = tok.model.byteIDs[b]
+			}
+			return s
+		}
+		if lin, heap := tok.model.mergeLinear(syms()), tok.model.mergeHeap(syms()); !slices.Equal(lin, heap) {
+			t.Fatalf("word %q: linear %v, heap %v", w, lin, heap)
+		}
+	})
 }
 
 // TestConcurrentEncode encodes from many goroutines with a small cache that keeps emptying;
