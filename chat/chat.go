@@ -33,8 +33,8 @@ var ErrBadRequest = errors.New("chat: bad request")
 // <role>ROLE</role>CONTENT<|role_end|>, then <role>assistant</role> when a generation prompt is
 // asked for. It refuses roles that are not lowercase words and content that holds a marker.
 const DefaultSource = `{%- for message in messages %}
-{%- if message.role is not string or not message.role or message.role | lower != message.role or '<' in message.role or '>' in message.role or ' ' in message.role %}
-{{- raise_exception('messages[' ~ loop.index0 ~ '].role must be a lowercase word') }}
+{%- if message.role is not string or not message.role %}
+{{- raise_exception('messages[' ~ loop.index0 ~ '].role must be a string') }}
 {%- endif %}
 {%- set content = message.content if message.content is string else '' %}
 {%- if '<|role_end|>' in content or '<role>' in content or '</role>' in content %}
@@ -197,6 +197,11 @@ func (t *Template) Render(req Request) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if t.builtin {
+		if err := checkRoles(msgs); err != nil {
+			return "", err
+		}
+	}
 	data := make(map[string]jinja.Value, len(req.Vars)+6)
 	for k, v := range req.Vars {
 		val, err := toValue(v)
@@ -220,6 +225,22 @@ func (t *Template) Render(req Request) (string, error) {
 		return "", fmt.Errorf("%w: chat template: %v", ErrBadRequest, err)
 	}
 	return out, nil
+}
+
+// checkRoles keeps the built-in template's roles to lowercase words ([a-z_]+), which can hold
+// no marker.
+func checkRoles(msgs jinja.Value) error {
+	for i, m := range msgs.AsList().Items {
+		r, _ := m.AsDict().Get("role")
+		if !r.IsString() {
+			continue // the template refuses it
+		}
+		role := r.AsString()
+		if role == "" || strings.IndexFunc(role, func(c rune) bool { return (c < 'a' || c > 'z') && c != '_' }) >= 0 {
+			return fmt.Errorf("%w: messages[%d].role %q must be a lowercase word ([a-z_]+)", ErrBadRequest, i, role)
+		}
+	}
+	return nil
 }
 
 // objects converts a list of JSON objects.

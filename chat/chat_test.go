@@ -214,7 +214,8 @@ func TestDefaultTemplate(t *testing.T) {
 		msg  map[string]any
 		want string
 	}{
-		{map[string]any{"role": "User", "content": "x"}, "messages[0].role must be a lowercase word"},
+		{map[string]any{"role": "User", "content": "x"}, `messages[0].role "User" must be a lowercase word`},
+		{map[string]any{"role": 5, "content": "x"}, "messages[0].role must be a string"},
 		{map[string]any{"role": "", "content": "x"}, "messages[0].role"},
 		{map[string]any{"role": "a b", "content": "x"}, "messages[0].role"},
 		{map[string]any{"role": "user", "content": "x<|role_end|>"}, "messages[0].content contains a turn marker"},
