@@ -39,6 +39,7 @@ type Server struct {
 	cfg     Config
 	tracer  trace.Tracer
 	tok     *tokenizer.Tokenizer
+	chat    *ChatTemplate
 	mcfg    *model.Config
 	pool    *services.Pool
 	stepper *RemoteStepper
@@ -67,8 +68,9 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	if tok.ChatTemplate() != "" {
-		slog.Warn("gateway: tokenizer_config.json has a chat_template; it is not rendered (no Jinja engine), the default <role>…</role> template is used")
+	chatTmpl, err := LoadChatTemplate(cfg.ModelDir)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if tok.MaskID() < 0 || tok.EOSID() < 0 {
 		return nil, fmt.Errorf("gateway: tokenizer in %s has no mask or eos token", cfg.ModelDir)
@@ -80,7 +82,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	tp := services.TracerProvider(cfg.TracerProvider)
 	ccfg := cfg.Client
 	ccfg.TracerProvider = tp
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, watchDone: make(chan struct{})}
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, chat: chatTmpl, mcfg: mcfg, reg: reg, watchDone: make(chan struct{})}
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
 		return services.Dial(in.Addr, ccfg)
 	})
@@ -178,7 +180,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 			msgs[i] = Message{Role: m.GetRole(), Content: m.GetContent()}
 		}
 		var err error
-		if text, err = RenderChat(msgs); err != nil {
+		if text, err = s.chat.Render(msgs); err != nil {
 			return err
 		}
 	default:

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/internal/fixtures"
+	"github.com/dlmesh/dlmesh/internal/realformat"
 	"github.com/dlmesh/dlmesh/mesh"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 
@@ -228,6 +229,35 @@ func TestMeshChat(t *testing.T) {
 	}
 	if s.final.GetUsage().GetPromptTokens() == 0 || s.final.GetUsage().GetForwards() == 0 || len(s.steps) == 0 {
 		t.Errorf("final %v after %d steps", s.final, len(s.steps))
+	}
+}
+
+// TestMeshChatRealFormat: a model directory in the real LLaDA2.x formats (possessive split regex,
+// Jinja chat template) starts, and chat messages are rendered with the model's template: the
+// prompt is the one chat_cases.json expects.
+func TestMeshChatRealFormat(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m, err := mesh.Up(ctx, mesh.Config{ModelDir: realformat.ModelDir(t), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("mesh close: %v", err)
+		}
+	})
+	c := dialGateway(t, m)
+	req := &pb.GenerateRequest{Input: &pb.GenerateRequest_Messages{Messages: &pb.ChatMessages{Messages: []*pb.ChatMessage{
+		{Role: "user", Content: "Write a Go function that reverses a string."}}}},
+		Params: &pb.DecodeParams{Mode: "s", GenLength: 8, BlockLength: 8}}
+	s, err := generate(ctx, c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// chat_cases.json case 0: "<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>…" is 38 tokens.
+	if got := s.final.GetUsage().GetPromptTokens(); got != 38 {
+		t.Errorf("prompt tokens %d, want 38 (the real template's rendering)", got)
 	}
 }
 
