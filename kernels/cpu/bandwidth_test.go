@@ -25,9 +25,10 @@ func TestReadBandwidth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Any host streams 16 MiB faster than 100 MB/s and slower than 10 TB/s.
-	if r < 1e8 || r > 1e13 {
-		t.Errorf("read bandwidth %.3g B/s: want within [1e8, 1e13]", r)
+	// Any host streams 16 MiB faster than 1 MB/s (even under -race on a loaded machine) and
+	// slower than 10 TB/s.
+	if r < 1e6 || r > 1e13 {
+		t.Errorf("read bandwidth %.3g B/s: want within [1e6, 1e13]", r)
 	}
 	for _, c := range []struct {
 		n    int64
