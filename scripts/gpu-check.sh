@@ -175,7 +175,7 @@ if want model; then
 	((DRY)) || grep -E '^--- (FAIL|SKIP)' "$OUT/model.log" | tee -a "$summary"
 fi
 if want bench; then
-	step bench 200 "$D/dlmesh" bench --shape mini --random-weights --backend cuda --ctx "$BENCH_CTX" --batch "$BENCH_BATCH" \
+	step bench 240 "$D/dlmesh" bench --shape mini --random-weights --backend cuda --ctx "$BENCH_CTX" --batch "$BENCH_BATCH" \
 		--kv-dtype "$BENCH_KV" --expert-act "$BENCH_ACT" --steps "$BENCH_STEPS"
 	((DRY)) || grep -E 'read rate|backend|cuda:' "$OUT/bench.log" | grep -vE '^\s*kv |building' >>"$summary"
 fi

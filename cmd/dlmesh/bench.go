@@ -97,6 +97,9 @@ experts' inputs once, as the dense bf16 GEMMs do, instead of the float32-exact h
 				if len(kvl) != 1 || len(actl) != 1 {
 					return fmt.Errorf("--mesh: want one --kv-dtype and one --expert-act, not %q and %q", kvs, acts)
 				}
+				if random {
+					return fmt.Errorf("--mesh --random-weights: the services load a checkpoint; write a random one with dlmesh randckpt --shape %s --out DIR, then --model DIR", shape)
+				}
 				d := dir
 				if d == "" && shape != "tiny" {
 					return fmt.Errorf("--mesh --shape %s: want --model DIR (write one with dlmesh randckpt --shape %s)", shape, shape)
