@@ -214,7 +214,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 		attribute.Int("gen_length", p.GenLen), attribute.Int("block_length", p.BlockLen))
 
 	ev := &events{s: s, ctx: ctx, stream: stream, firstBlock: len(ids) / p.BlockLen}
-	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p}, ev.on)
+	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p, KeepSpecial: req.GetKeepSpecialTokens()}, ev.on)
 	ev.endBlock()
 	if err != nil {
 		return err

@@ -117,7 +117,8 @@ func generateTo(ctx context.Context, cmd *cobra.Command, addr, prompt string, df
 		return fmt.Errorf("gateway %s: %w", addr, err)
 	}
 	defer cl.Close()
-	req := &pb.GenerateRequest{RequestId: fmt.Sprintf("cli-%d", time.Now().UnixNano()), Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: params}
+	req := &pb.GenerateRequest{RequestId: fmt.Sprintf("cli-%d", time.Now().UnixNano()), Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: params,
+		KeepSpecialTokens: df.keepSpecial}
 	var v *view
 	if !df.json {
 		v = newView(os.Stdout)

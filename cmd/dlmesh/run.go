@@ -57,7 +57,7 @@ func runCmd() *cobra.Command {
 			}
 			eng := engine.New(engine.Config{MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: m.Cfg.Vocab, MaxContext: m.Cfg.MaxPositions}, engine.NewLocalStepper(m), tok)
 			defer eng.Stop()
-			req := engine.Request{ID: "run", Prompt: tok.Encode(args[0]), Params: p, Trace: df.json}
+			req := engine.Request{ID: "run", Prompt: tok.Encode(args[0]), Params: p, Trace: df.json, KeepSpecial: df.keepSpecial}
 			if w := p.BlockWarning(32); w != "" {
 				fmt.Fprintln(os.Stderr, "warning:", w)
 			}
