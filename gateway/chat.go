@@ -5,6 +5,39 @@ import (
 	"strings"
 )
 
+// ChatTemplate renders chat messages into the prompt text the model continues. Messages are
+// passed as the Jinja template sees them (role, content, and whatever else a message carries:
+// tool_calls, tool_call_id, name, …), tools as the request's tool definitions.
+type ChatTemplate interface {
+	Render(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error)
+}
+
+// DefaultChat is the built-in template, used when the model has none: every turn as
+// `<role>ROLE</role>CONTENT<|role_end|>` and, with the generation prompt, `<role>assistant</role>`.
+// It knows only role and content; tools are refused.
+type DefaultChat struct{}
+
+// Render implements ChatTemplate.
+func (DefaultChat) Render(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error) {
+	if len(tools) > 0 {
+		return "", fmt.Errorf("%w: tools: the model has no chat template that renders tools", ErrBadRequest)
+	}
+	msgs := make([]Message, len(messages))
+	for i, m := range messages {
+		role, _ := m["role"].(string)
+		content, ok := m["content"].(string)
+		if !ok && m["content"] != nil {
+			return "", fmt.Errorf("%w: messages[%d].content must be a string", ErrBadRequest, i)
+		}
+		msgs[i] = Message{Role: role, Content: content}
+	}
+	text, err := RenderChat(msgs)
+	if err == nil && !addGenerationPrompt {
+		text = strings.TrimSuffix(text, assistantOpen)
+	}
+	return text, err
+}
+
 // Message is one chat turn.
 type Message struct {
 	Role    string // "system", "user", "assistant" (any lowercase word is accepted)
@@ -33,8 +66,11 @@ func RenderChat(msgs []Message) (string, error) {
 		b.WriteString(m.Content)
 		b.WriteString(roleEnd)
 	}
-	b.WriteString("<role>assistant</role>")
+	b.WriteString(assistantOpen)
 	return b.String(), nil
 }
 
-const roleEnd = "<|role_end|>"
+const (
+	roleEnd       = "<|role_end|>"
+	assistantOpen = "<role>assistant</role>"
+)

@@ -52,6 +52,7 @@ type Server struct {
 	served  chan error
 	reg     services.Registry
 	seq     atomic.Uint64
+	chat    ChatTemplate
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
@@ -91,7 +92,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	ccfg.TracerProvider = tp
 	scfg := cfg.Server
 	scfg.TracerProvider = tp
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, served: make(chan error, 1),
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, served: make(chan error, 1), chat: DefaultChat{},
 		watchDone: make(chan struct{})}
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
 		return services.Dial(in.Addr, ccfg)
@@ -99,7 +100,11 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
-	s.grpc = services.NewServer(scfg)
+	var opts []grpc.ServerOption
+	if cfg.APIKey != "" {
+		opts = append(opts, grpc.ChainStreamInterceptor(services.APIKeyStreamInterceptor(cfg.APIKey, pb.Gateway_Generate_FullMethodName)))
+	}
+	s.grpc = services.NewServer(scfg, opts...)
 	pb.RegisterGatewayServer(s.grpc, s)
 	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		s.eng.Stop()
@@ -188,12 +193,15 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 	case *pb.GenerateRequest_Prompt:
 		text = in.Prompt
 	case *pb.GenerateRequest_Messages:
-		msgs := make([]Message, len(in.Messages.GetMessages()))
+		msgs := make([]map[string]any, len(in.Messages.GetMessages()))
 		for i, m := range in.Messages.GetMessages() {
-			msgs[i] = Message{Role: m.GetRole(), Content: m.GetContent()}
+			msgs[i] = map[string]any{"role": m.GetRole(), "content": m.GetContent()}
+		}
+		if len(msgs) == 0 {
+			return fmt.Errorf("%w: messages is empty", ErrBadRequest)
 		}
 		var err error
-		if text, err = RenderChat(msgs); err != nil {
+		if text, err = s.chat.Render(msgs, nil, true); err != nil {
 			return err
 		}
 	default:

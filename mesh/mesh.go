@@ -4,13 +4,15 @@
 // discovers the expertd instances, the gateway the attnd). It is `dlmesh up`, and the fixture for
 // the mesh's end-to-end tests and benchmarks.
 //
-// Who may import: cmd/dlmesh, tests. It imports attnd, expertd, gateway, services, kernels, model.
+// Who may import: cmd/dlmesh, tests. It imports attnd, expertd, gateway (and its httpapi), services,
+// kernels, model.
 package mesh
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -18,6 +20,7 @@ import (
 	"github.com/dlmesh/dlmesh/attnd"
 	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/gateway/httpapi"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/services"
@@ -50,6 +53,10 @@ type Config struct {
 	// Listen is the gateway's address (DefaultListen); the other services listen on
 	// 127.0.0.1:0.
 	Listen string
+	// HTTPListen is the address of the gateway's OpenAI-compatible HTTP API (httpapi); empty
+	// serves none. APIKey, when set, is required on it and on gRPC Generate.
+	HTTPListen string
+	APIKey     string
 	// MaxActive and MaxQueue bound the gateway's engine (gateway defaults).
 	MaxActive int
 	MaxQueue  int
@@ -118,11 +125,13 @@ type Mesh struct {
 	Attnd    *attnd.Server     // Attnds[0]
 	Attnds   []*attnd.Server   // attnd-0, attnd-1, …
 	Gateway  *gateway.Server
+	HTTP     *httpapi.Server // nil without Config.HTTPListen
 }
 
 // Addrs are the listen addresses of a mesh's services.
 type Addrs struct {
 	Gateway string
+	HTTP    string   // the OpenAI-compatible API; empty when not served
 	Attnd   string   // Attnds[0]
 	Attnds  []string // in Mesh.Attnds order
 	Expertd []string // in Mesh.Experts order
@@ -179,10 +188,24 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 		}
 	}
 	if m.Gateway, err = gateway.New(ctx, gateway.Config{ModelDir: cfg.ModelDir, ID: "gateway-0", Listen: cfg.Listen,
-		MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
+		MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, APIKey: cfg.APIKey, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
+	if cfg.HTTPListen != "" {
+		if m.HTTP, err = httpapi.New(httpapi.Config{Listen: cfg.HTTPListen, Model: ModelName(cfg.ModelDir), APIKey: cfg.APIKey,
+			StopTimeout: cfg.StopTimeout}, m.Gateway); err != nil {
+			return nil, fmt.Errorf("mesh: %w", err)
+		}
+	}
 	return m, nil
+}
+
+// ModelName is the model id the HTTP API serves a model directory under: the directory's name.
+func ModelName(dir string) string {
+	if name := filepath.Base(filepath.Clean(dir)); name != "." && name != string(filepath.Separator) {
+		return name
+	}
+	return "dlmesh"
 }
 
 // Addrs returns the services' listen addresses.
@@ -190,6 +213,9 @@ func (m *Mesh) Addrs() Addrs {
 	a := Addrs{}
 	if m.Gateway != nil {
 		a.Gateway = m.Gateway.Addr()
+	}
+	if m.HTTP != nil {
+		a.HTTP = m.HTTP.Addr()
 	}
 	for _, s := range m.Attnds {
 		a.Attnds = append(a.Attnds, s.Addr())
@@ -211,6 +237,9 @@ func (m *Mesh) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout)
 		defer cancel()
 		errs = append(errs, f(ctx))
+	}
+	if m.HTTP != nil {
+		stop(m.HTTP.Shutdown)
 	}
 	if m.Gateway != nil {
 		stop(m.Gateway.Shutdown)

@@ -41,7 +41,7 @@ func TestConsulMeshFailover(t *testing.T) {
 	g0a, _ := expert("g0", "0-7"), expert("g0", "0-7")
 	g1a, g1b := expert("g1", "8-15"), expert("g1", "8-15")
 	at := startProc(t, bin, addrRE, "attnd serving", append([]string{"attnd"}, consul...)...)
-	gw := startProc(t, bin, addrRE, "gateway serving", append([]string{"gateway", "--listen", "127.0.0.1:0"}, consul...)...)
+	gw := startProc(t, bin, addrRE, "gateway serving", append([]string{"gateway", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"}, consul...)...)
 	_ = at
 
 	reg, err := services.NewConsulRegistry(services.ConsulConfig{Addr: agent.Addr})

@@ -35,7 +35,7 @@ func TestMeshAsProcesses(t *testing.T) {
 	e0 := startProc(t, bin, addrRE, "expertd serving", "expertd", "--model", model, "--experts", "0-7")
 	e1 := startProc(t, bin, addrRE, "expertd serving", "expertd", "--model", model, "--experts", "8-15")
 	at := startProc(t, bin, addrRE, "attnd serving", "attnd", "--model", model, "--expertd", e0.addr+","+e1.addr)
-	gw := startProc(t, bin, addrRE, "gateway serving", "gateway", "--model", model, "--attnd", at.addr, "--listen", "127.0.0.1:0")
+	gw := startProc(t, bin, addrRE, "gateway serving", "gateway", "--model", model, "--attnd", at.addr, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
 
 	f := loadGenFixture(t)
 	c := f.Cases[3] // "// Reverse returns s…", quality mode

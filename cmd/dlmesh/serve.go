@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -14,6 +15,7 @@ import (
 	"github.com/dlmesh/dlmesh/attnd"
 	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/gateway/httpapi"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/mesh"
 	"github.com/dlmesh/dlmesh/services"
@@ -119,8 +121,9 @@ func upCmd() *cobra.Command {
 	var exit bool
 	var df decodeFlags
 	var pf precisionFlags
+	var apiKey string
 	cmd := &cobra.Command{
-		Use:   "up [--groups 2] [--listen 127.0.0.1:7070] [PROMPT]",
+		Use:   "up [--groups 2] [--listen 127.0.0.1:7070] [--http-listen 127.0.0.1:8000] [PROMPT]",
 		Short: "Run the whole mesh in one process: gateway, attnd and one expertd per group on loopback",
 		Long: `Runs the gateway, one attnd and one expertd per expert group (each a real gRPC server on its
 own loopback port), wired through an in-process registry, on the bundled model and the CPU
@@ -142,6 +145,7 @@ with the live view; --exit then stops the mesh afterwards.`,
 				return err
 			}
 			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
+			cfg.APIKey = apiKey
 			fmt.Fprintf(os.Stderr, "starting the mesh on %s (%d expert groups × %d replicas, %s backend)...\n", c.dir, max(cfg.Groups, 1), max(cfg.Replicas, 1), c.backend)
 			m, err := mesh.Up(ctx, cfg)
 			if err != nil {
@@ -155,6 +159,9 @@ with the live view; --exit then stops the mesh afterwards.`,
 			}()
 			a := m.Addrs()
 			fmt.Fprintf(os.Stderr, "gateway  %s\n", a.Gateway)
+			if a.HTTP != "" {
+				fmt.Fprintf(os.Stderr, "openai   http://%s/v1\n", a.HTTP)
+			}
 			for _, at := range a.Attnds {
 				fmt.Fprintf(os.Stderr, "attnd    %s\n", at)
 			}
@@ -172,7 +179,7 @@ with the live view; --exit then stops the mesh afterwards.`,
 			}
 			defer stopMetrics()
 			if len(args) == 1 {
-				if err := generateTo(ctx, cmd, a.Gateway, args[0], &df); err != nil {
+				if err := generateTo(ctx, cmd, a.Gateway, apiKey, args[0], &df); err != nil {
 					return err
 				}
 				if exit {
@@ -191,6 +198,8 @@ with the live view; --exit then stops the mesh afterwards.`,
 	f.IntVar(&cfg.Replicas, "replicas", mesh.DefaultReplicas, "expertd replicas per group")
 	f.IntVar(&cfg.Attnd, "attnd", mesh.DefaultAttnd, "attnd instances (the gateway spreads sessions over them)")
 	f.StringVar(&cfg.Listen, "listen", mesh.DefaultListen, "gateway listen address")
+	f.StringVar(&cfg.HTTPListen, "http-listen", httpapi.DefaultListen, "OpenAI-compatible HTTP API listen address (empty: none)")
+	f.StringVar(&apiKey, "api-key", os.Getenv("DLMESH_API_KEY"), "require this key (Authorization: Bearer KEY) on the HTTP API and gRPC Generate (default $DLMESH_API_KEY)")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
 	f.BoolVar(&cfg.WireBF16, "wire-bf16", false, "send hidden rows to the experts as bf16")
@@ -202,9 +211,9 @@ with the live view; --exit then stops the mesh afterwards.`,
 func gatewayCmd() *cobra.Command {
 	var c common
 	var cfg gateway.Config
-	var attndAddrs string
+	var attndAddrs, httpListen string
 	cmd := &cobra.Command{
-		Use:   "gateway (--attnd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7070]",
+		Use:   "gateway (--attnd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7070] [--http-listen 127.0.0.1:8000]",
 		Short: "Run the gateway: tokenise, validate, batch requests and stream Generate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -224,20 +233,38 @@ func gatewayCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "gateway serving on %s\n", s.Addr())
+			var api *httpapi.Server
+			if httpListen != "" {
+				if api, err = httpapi.New(httpapi.Config{Listen: httpListen, Model: mesh.ModelName(c.dir), APIKey: cfg.APIKey,
+					StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second}, s); err != nil {
+					_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
+					return err
+				}
+				fmt.Fprintf(os.Stderr, "OpenAI-compatible API on http://%s/v1\n", api.Addr())
+			}
+			stop := func() error {
+				var errs []error
+				if api != nil {
+					errs = append(errs, stopWithin(c.stopTimeoutSec, api.Shutdown))
+				}
+				return errors.Join(append(errs, stopWithin(c.stopTimeoutSec, s.Shutdown))...)
+			}
 			stopMetrics, err := serveMetrics(c.metrics, gatewayMetrics(s)...)
 			if err != nil {
-				_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
+				_ = stop()
 				return err
 			}
 			defer stopMetrics()
 			waitSignal(ctx)
-			return stopWithin(c.stopTimeoutSec, s.Shutdown)
+			return stop()
 		},
 	}
 	c.register(cmd, "gateway")
 	f := cmd.Flags()
 	f.StringVar(&attndAddrs, "attnd", "", "attnd addresses, comma-separated")
 	f.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "listen address")
+	f.StringVar(&httpListen, "http-listen", httpapi.DefaultListen, "OpenAI-compatible HTTP API listen address (empty: none)")
+	f.StringVar(&cfg.APIKey, "api-key", os.Getenv("DLMESH_API_KEY"), "require this key (Authorization: Bearer KEY) on the HTTP API and gRPC Generate (default $DLMESH_API_KEY)")
 	f.StringVar(&cfg.ID, "id", "", "instance id (default: from the listen address)")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
