@@ -5,14 +5,20 @@
 // denoising step (the positions that changed, with token id, text and UNMASK/EDIT), a BlockEvent
 // per frozen block, and one FinalEvent (text, finish reason, usage, degraded flag).
 //
-// Input: `prompt` is tokenised as is. `messages` are rendered with the default LLaDA2 chat
-// template, one turn at a time and then the assistant's opening tag:
+// Input: `prompt` is tokenised as is. `messages` are rendered by the server's ChatTemplate
+// (SetChat); the default, DefaultChat, is the built-in LLaDA2 template, one turn at a time and
+// then the assistant's opening tag:
 //
 //	<role>ROLE</role>CONTENT<|role_end|>   (for every message, ROLE as given: system, user, …)
 //	<role>assistant</role>
 //
-// The gateway has no Jinja engine, so a chat_template in tokenizer_config.json is not rendered:
-// the default above is always used (a warning is logged at startup when the file has one).
+// Output: as Hugging Face's generate, at most gen_length tokens, cut at EOS, the text without
+// special tokens (keep_special_tokens keeps them) and cut before the first stop string;
+// finish_reason "stop" or "length". BlockEvent texts are append-only pieces of the final text.
+//
+// Front ends: gRPC Generate and the OpenAI-compatible HTTP API (gateway/httpapi) both run on the
+// in-process API of api.go (Run, Tokenizer, Chat, Ready), so they share the engine. Config.APIKey
+// requires "authorization: Bearer KEY" metadata on Generate.
 //
 // Errors: a bad request gets InvalidArgument naming the field and its range (for example
 // "diffusion: invalid tau_mask 2: want a value in (0, 1]"), a full queue ResourceExhausted, a
