@@ -70,6 +70,7 @@ func (f *decodeFlags) decodeParams(cmd *cobra.Command) (*pb.DecodeParams, error)
 // liveBlock follows the block being denoised from step events, for the live view.
 type liveBlock struct {
 	block, start int32
+	gen          int32 // gen_length: positions from it on are not returned
 	cells        []cell
 }
 
@@ -82,6 +83,7 @@ func (b *liveBlock) apply(s *pb.StepEvent) []cell {
 			if int32(i)+s.BlockStart < 0 {
 				b.cells[i] = cell{prompt: true, text: "·"}
 			}
+			b.cells[i].beyond = b.gen > 0 && int32(i)+s.BlockStart >= b.gen
 		}
 	}
 	for i := range b.cells {
@@ -96,7 +98,7 @@ func (b *liveBlock) apply(s *pb.StepEvent) []cell {
 		if c.Kind == pb.TokenChange_KIND_EDIT {
 			m = markEdit
 		}
-		b.cells[i] = cell{text: c.TokenText, mark: m}
+		b.cells[i] = cell{text: c.TokenText, mark: m, beyond: b.cells[i].beyond}
 	}
 	return b.cells
 }
@@ -130,7 +132,7 @@ func generateTo(ctx context.Context, cmd *cobra.Command, addr, apiKey, prompt st
 		v = newView(os.Stdout)
 		v.commit(prompt)
 	}
-	var lb liveBlock
+	lb := liveBlock{gen: int32(df.gen)}
 	var steps []jsonChangeStep
 	start := time.Now()
 	final, err := cl.Generate(ctx, req, func(ev *pb.GenerateEvent) error {

@@ -163,7 +163,7 @@ func stepCells(tok *tokenizer.Tokenizer, s *engine.StepEvent, req engine.Request
 	cells := make([]cell, len(s.Tokens))
 	for i, t := range s.Tokens {
 		pos := s.BlockLo + i
-		cells[i] = cell{mark: marks[pos], prompt: pos < s.PromptLen}
+		cells[i] = cell{mark: marks[pos], prompt: pos < s.PromptLen, beyond: pos >= s.PromptLen+req.Params.GenLen}
 		if t == tok.MaskID() {
 			cells[i].masked = true
 		} else {
