@@ -5,24 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	otcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
-	"github.com/dlmesh/dlmesh/expertd"
-	"github.com/dlmesh/dlmesh/kernels"
-	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/tokenizer"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // TracerName is the instrumentation name of attnd's spans.
@@ -31,17 +29,14 @@ const TracerName = "github.com/dlmesh/dlmesh/attnd"
 // DefaultBlockLen is the block length of a session opened without one (LLaDA2.x's).
 const DefaultBlockLen = 32
 
-// Errors of the Attention service, mapped to status codes in init.
-var (
-	ErrSessionExists = errors.New("attnd: session already open")
-	ErrNotReady      = errors.New("attnd: weights not loaded")
-)
+// ErrNotReady: a call arrived before the weights were loaded.
+var ErrNotReady = errors.New("attnd: weights not loaded")
 
-func init() {
-	services.RegisterCode(ErrSessionExists, codes.AlreadyExists)
-	services.RegisterCode(ErrNotReady, codes.Unavailable)
-	services.RegisterCode(model.ErrBadStep, codes.InvalidArgument)
-	services.RegisterCode(ErrUncovered, codes.Unavailable)
+// Codes is attnd's error → status table (invalid arguments, a full session table, unknown and
+// duplicate sessions are errdefs' sentinels, in the shared entries).
+var Codes = services.CodeTable{
+	{Err: ErrNotReady, Code: codes.Unavailable},
+	{Err: ErrUncovered, Code: codes.Unavailable},
 }
 
 // Server is one attnd: the Attention gRPC service over the attention part of the model.
@@ -51,9 +46,7 @@ type Server struct {
 	cfg         Config
 	clientCfg   services.ClientConfig
 	tracer      trace.Tracer
-	grpc        *services.Server
-	lis         net.Listener
-	served      chan error
+	node        *services.Node // listener, gRPC server, health, registration (health.go)
 	reg         services.Registry
 	fingerprint string
 	backend     string // the kernels backend's name, once loaded
@@ -78,7 +71,6 @@ type Server struct {
 	stopping    bool       // Shutdown began: health stays NOT_SERVING
 	servingOnce sync.Once
 	serving     chan struct{} // closed when first SERVING
-	registered  atomic.Bool
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
@@ -104,46 +96,33 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return nil, err
 	}
 	cfg = cfg.WithDefaults()
-	fp, err := expertd.Fingerprint(cfg.ModelDir)
+	fp, err := model.Fingerprint(cfg.ModelDir)
 	if err != nil {
 		return nil, fmt.Errorf("attnd: %w", err)
 	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	scfg := cfg.Server
-	scfg.TracerProvider = tp
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp, served: make(chan error, 1),
+	tp := services.TracerProvider(cfg.TracerProvider)
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp,
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
 		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
-	s.grpc = services.NewServer(scfg)
-	pb.RegisterAttentionServer(s.grpc, s)
-	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("attnd: listen: %w", err)
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "attnd", Listen: cfg.Listen, Server: cfg.Server,
+		Codes: Codes, TracerProvider: tp, Registry: reg},
+		func(r grpc.ServiceRegistrar) { pb.RegisterAttentionServer(r, s) }, s.load)
+	if err != nil {
+		return nil, err
 	}
 	if s.cfg.ID == "" {
-		s.cfg.ID = "attnd-" + s.lis.Addr().String()
+		s.cfg.ID = "attnd-" + s.node.Addr()
 	}
-	go func() { s.served <- s.grpc.Serve(s.lis) }()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
-	if err := s.load(ctx); err != nil {
-		close(s.watchDone)
-		return nil, errors.Join(err, s.Shutdown(context.WithoutCancel(ctx)))
-	}
 	go s.watchExperts(wctx, reg)
 	return s, nil
 }
 
 func (s *Server) load(ctx context.Context) error {
-	newBackend := s.cfg.NewBackend
-	if newBackend == nil {
-		newBackend = func() (kernels.Backend, error) { return cpu.New(), nil }
-	}
-	be, err := newBackend()
+	be, err := s.cfg.NewBackend()
 	if err != nil {
 		return fmt.Errorf("attnd: backend: %w", err)
 	}
@@ -184,7 +163,7 @@ func (s *Server) WaitServing(ctx context.Context) error {
 }
 
 // Addr is the address the server listens on.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.node.Addr() }
 
 // Instance describes this attnd for discovery: meta "fingerprint" and the device's
 // (Config.DeviceMeta).
@@ -201,20 +180,14 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-// Shutdown reports NOT_SERVING, stops discovery, deregisters the instance, stops gracefully
-// within cfg.Server.StopTimeout (or ctx), and frees the sessions and the model.
+// Shutdown reports NOT_SERVING, stops discovery, then stops the node (deregistration, graceful
+// stop within cfg.Server.StopTimeout or ctx), and frees the sessions and the model.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
-		defer cancel()
-		var errs []error
 		s.stopHealth()
 		s.stopWatch() // no registration after this
 		<-s.watchDone
-		if s.registered.Load() {
-			errs = append(errs, s.reg.Deregister(ctx, s.cfg.ID))
-		}
-		errs = append(errs, s.grpc.Stop(ctx), <-s.served)
+		errs := []error{s.node.Stop(ctx)}
 		s.poolMu.Lock()
 		for k, p := range s.pools {
 			errs = append(errs, p.Close())
@@ -237,7 +210,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func invalid(format string, args ...any) error {
-	return fmt.Errorf("attnd: %s: %w", fmt.Sprintf(format, args...), services.ErrInvalidArgument)
+	return fmt.Errorf("attnd: %s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
 }
 
 // Open implements pb.AttentionServer.
@@ -252,10 +225,10 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 		return nil, invalid("session_id is empty")
 	}
 	if _, ok := s.sessions[id]; ok {
-		return nil, fmt.Errorf("%w: %q", ErrSessionExists, id)
+		return nil, fmt.Errorf("attnd: open %q: %w", id, errdefs.ErrSessionExists)
 	}
 	if len(s.sessions) >= s.cfg.MaxSessions {
-		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, services.ErrOverloaded)
+		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, errdefs.ErrOverloaded)
 	}
 	capLen, maxPos := int(req.GetCapacity()), s.m.Cfg.MaxPositions
 	if capLen < 1 || (maxPos > 0 && capLen > maxPos) {
@@ -322,7 +295,7 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 		id := st.GetSessionId()
 		sess, ok := s.sessions[id]
 		if !ok {
-			return nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, services.ErrUnknownSession)
+			return nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, errdefs.ErrUnknownSession)
 		}
 		if seen[id] {
 			return nil, invalid("sessions[%d]: session %q appears twice", i, id)
@@ -381,8 +354,8 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
 		inv := seqs[i].InvTemp
-		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: expertd.AppendI32(nil, o.IDs),
-			Logits: expertd.AppendF32(nil, o.Logits, false), Lse: expertd.AppendF32(nil, o.LSE, false),
+		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: wire.AppendI32(nil, o.IDs),
+			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false),
 			Probs: make([]float32, len(o.LSE))}
 		for row := range res.Probs {
 			res.Probs[row] = o.Prob(row, 0, inv)

@@ -19,6 +19,7 @@ import (
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 const tinyDir = "../models/llada2-tiny-go"
@@ -30,7 +31,7 @@ func start(tb testing.TB, ids []int) (*expertd.Server, pb.ExpertsClient, healthp
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := expertd.New(ctx, expertd.Config{ModelDir: tinyDir, Experts: ids})
+	s, err := expertd.New(ctx, expertd.Config{ModelDir: tinyDir, Experts: ids}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -71,7 +72,7 @@ func randomInput(rows, hidden, topK int, held []int32, seed uint64) input {
 
 func (in input) request(layer int32, dt pb.DType) *pb.ExpertsRequest {
 	return &pb.ExpertsRequest{Layer: layer, Rows: int32(in.rows), Hidden: int32(in.hidden), TopK: int32(in.topK), Dtype: dt,
-		X: expertd.AppendF32(nil, in.x, dt == pb.DType_DTYPE_BF16), Ids: expertd.AppendI32(nil, in.ids), Weights: expertd.AppendF32(nil, in.w, false)}
+		X: wire.AppendF32(nil, in.x, dt == pb.DType_DTYPE_BF16), Ids: wire.AppendI32(nil, in.ids), Weights: wire.AppendF32(nil, in.w, false)}
 }
 
 // localFFN computes the same rows with the in-process model's experts.
@@ -107,7 +108,7 @@ func TestComputeMatchesLocalExperts(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make([]float32, len(want))
-	if err := expertd.DecodeF32(got, resp.GetY(), false); err != nil {
+	if err := wire.DecodeF32(got, resp.GetY(), false); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(got, want) {
@@ -118,7 +119,7 @@ func TestComputeMatchesLocalExperts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := expertd.DecodeF32(got, resp.GetY(), true); err != nil {
+	if err := wire.DecodeF32(got, resp.GetY(), true); err != nil {
 		t.Fatal(err)
 	}
 	var maxErr, maxAbs float64
@@ -155,7 +156,7 @@ func TestInfoAndHealth(t *testing.T) {
 	if !slices.Equal(info.GetExperts(), []int32{8, 9, 10, 11, 12, 13, 14, 15}) || !slices.Equal(info.GetLayers(), []int32{1, 2, 3, 4, 5, 6, 7}) {
 		t.Errorf("info experts %v layers %v", info.GetExperts(), info.GetLayers())
 	}
-	fp, _ := expertd.Fingerprint(tinyDir)
+	fp, _ := model.Fingerprint(tinyDir)
 	if info.GetFingerprint() != fp || fp == "" {
 		t.Errorf("fingerprint %q, want %q", info.GetFingerprint(), fp)
 	}
@@ -178,7 +179,7 @@ func TestInstanceDeviceMeta(t *testing.T) {
 		m, _ := services.DeviceMeta("cuda:0", gpus, "") // as if the backend were cuda:0
 		m["experts"] = "spoofed"
 		return m
-	}})
+	}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,10 +213,10 @@ func TestComputeRejectsMalformed(t *testing.T) {
 		{"weights long", func(r *pb.ExpertsRequest) { r.Weights = append(r.Weights, 0, 0, 0, 0) }, "weights has"},
 		{"rows mismatch", func(r *pb.ExpertsRequest) { r.Rows = 2 }, "x has"},
 		{"expert of another group", func(r *pb.ExpertsRequest) {
-			r.Ids = expertd.AppendI32(nil, []int32{0, 12, -1, 1, 2, 3, 4, 5, 6, 7, 0, 1})
+			r.Ids = wire.AppendI32(nil, []int32{0, 12, -1, 1, 2, 3, 4, 5, 6, 7, 0, 1})
 		}, "ids[0,1] = 12"},
 		{"negative id", func(r *pb.ExpertsRequest) {
-			r.Ids = expertd.AppendI32(nil, []int32{0, 1, -1, 1, 2, -2, 4, 5, 6, 7, 0, 1})
+			r.Ids = wire.AppendI32(nil, []int32{0, 1, -1, 1, 2, -2, 4, 5, 6, 7, 0, 1})
 		}, "ids[1,1] = -2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -229,36 +230,6 @@ func TestComputeRejectsMalformed(t *testing.T) {
 				t.Errorf("message %q does not name %q", msg, tc.field)
 			}
 		})
-	}
-}
-
-func TestParseExperts(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want []int
-		bad  bool
-	}{
-		{in: "0-7", want: []int{0, 1, 2, 3, 4, 5, 6, 7}},
-		{in: "8-15", want: []int{8, 9, 10, 11, 12, 13, 14, 15}},
-		{in: "3,1, 2", want: []int{1, 2, 3}},
-		{in: "0-1,8-9", want: []int{0, 1, 8, 9}},
-		{in: "", bad: true},
-		{in: "7-3", bad: true},
-		{in: "1,1", bad: true},
-		{in: "a", bad: true},
-		{in: "-1", bad: true},
-	} {
-		got, err := expertd.ParseExperts(tc.in)
-		if tc.bad != (err != nil) || !tc.bad && !slices.Equal(got, tc.want) {
-			t.Errorf("ParseExperts(%q) = %v, %v", tc.in, got, err)
-		}
-		if !tc.bad && expertd.FormatExperts(got) != strings.ReplaceAll(expertd.FormatExperts(tc.want), " ", "") {
-			t.Errorf("FormatExperts(%v) = %q", got, expertd.FormatExperts(got))
-		}
-	}
-	g, err := expertd.SplitExperts(16, 2)
-	if err != nil || expertd.FormatExperts(g[0]) != "0-7" || expertd.FormatExperts(g[1]) != "8-15" {
-		t.Errorf("SplitExperts(16, 2) = %v, %v", g, err)
 	}
 }
 
@@ -288,5 +259,39 @@ func TestInfoReportsLoad(t *testing.T) {
 	}
 	if l.GetP50Ms() <= 0 || l.GetP99Ms() < l.GetP50Ms() {
 		t.Errorf("latency p50 %v ms p99 %v ms: want 0 < p50 <= p99", l.GetP50Ms(), l.GetP99Ms())
+	}
+}
+
+// New registers the replica in the registry it is given, under the default id scheme (or
+// Config.ID), SERVING; Shutdown takes it out again.
+func TestRegistration(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		cfg    expertd.Config
+		prefix string
+	}{
+		{"default id from experts", expertd.Config{Experts: []int{0, 1, 2, 5}}, "expertd-0-2_5-127.0.0.1-"},
+		{"default id from group", expertd.Config{Experts: []int{3}, Group: "g7"}, "expertd-g7-127.0.0.1-"},
+		{"explicit id", expertd.Config{Experts: []int{3}, ID: "expertd-g0-r1"}, "expertd-g0-r1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := services.NewMemRegistry()
+			cfg := tc.cfg
+			cfg.ModelDir = tinyDir
+			s, err := expertd.New(t.Context(), cfg, reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ins, _ := reg.Instances(t.Context(), services.KindExpertd)
+			if len(ins) != 1 || ins[0].ID != s.ID() || !strings.HasPrefix(s.ID(), tc.prefix) || ins[0].Addr != s.Addr() {
+				t.Fatalf("registered %+v (id %q), want one instance with id prefix %q at %s", ins, s.ID(), tc.prefix, s.Addr())
+			}
+			if err := s.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if ins, _ := reg.Instances(t.Context(), services.KindExpertd); len(ins) != 0 {
+				t.Errorf("after Shutdown the registry holds %+v", ins)
+			}
+		})
 	}
 }

@@ -3,6 +3,8 @@ package gateway
 import (
 	"fmt"
 	"strings"
+
+	"github.com/dlmesh/dlmesh/errdefs"
 )
 
 // ChatTemplate renders chat messages into the prompt text the model continues. Messages are
@@ -20,14 +22,14 @@ type DefaultChat struct{}
 // Render implements ChatTemplate.
 func (DefaultChat) Render(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error) {
 	if len(tools) > 0 {
-		return "", fmt.Errorf("%w: tools: the model has no chat template that renders tools", ErrBadRequest)
+		return "", fmt.Errorf("gateway: tools: the model has no chat template that renders tools: %w", errdefs.ErrInvalidArgument)
 	}
 	msgs := make([]Message, len(messages))
 	for i, m := range messages {
 		role, _ := m["role"].(string)
 		content, ok := m["content"].(string)
 		if !ok && m["content"] != nil {
-			return "", fmt.Errorf("%w: messages[%d].content must be a string", ErrBadRequest, i)
+			return "", fmt.Errorf("gateway: messages[%d].content must be a string: %w", i, errdefs.ErrInvalidArgument)
 		}
 		msgs[i] = Message{Role: role, Content: content}
 	}
@@ -50,15 +52,15 @@ type Message struct {
 // contain the template's markers; content must not contain `<|role_end|>`.
 func RenderChat(msgs []Message) (string, error) {
 	if len(msgs) == 0 {
-		return "", fmt.Errorf("%w: messages is empty", ErrBadRequest)
+		return "", fmt.Errorf("gateway: messages is empty: %w", errdefs.ErrInvalidArgument)
 	}
 	var b strings.Builder
 	for i, m := range msgs {
 		if m.Role == "" || strings.IndexFunc(m.Role, func(r rune) bool { return (r < 'a' || r > 'z') && r != '_' }) >= 0 {
-			return "", fmt.Errorf("%w: messages[%d].role %q must be a lowercase word ([a-z_]+)", ErrBadRequest, i, m.Role)
+			return "", fmt.Errorf("gateway: messages[%d].role %q must be a lowercase word ([a-z_]+): %w", i, m.Role, errdefs.ErrInvalidArgument)
 		}
 		if strings.Contains(m.Content, roleEnd) {
-			return "", fmt.Errorf("%w: messages[%d].content contains the turn marker %s", ErrBadRequest, i, roleEnd)
+			return "", fmt.Errorf("gateway: messages[%d].content contains the turn marker %s: %w", i, roleEnd, errdefs.ErrInvalidArgument)
 		}
 		b.WriteString("<role>")
 		b.WriteString(m.Role)

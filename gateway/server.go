@@ -5,20 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	otcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
-	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -28,12 +26,10 @@ import (
 // TracerName is the instrumentation name of the gateway's spans.
 const TracerName = "github.com/dlmesh/dlmesh/gateway"
 
-func init() {
-	services.RegisterCode(ErrBadRequest, codes.InvalidArgument)
-	services.RegisterCode(diffusion.ErrInvalidParams, codes.InvalidArgument)
-	services.RegisterCode(engine.ErrBadRequest, codes.InvalidArgument)
-	services.RegisterCode(engine.ErrOverloaded, codes.ResourceExhausted)
-	services.RegisterCode(engine.ErrStopped, codes.Unavailable)
+// Codes is the gateway edge's error → status table (bad requests, a full queue and unknown
+// sessions are errdefs' sentinels, in the shared entries).
+var Codes = services.CodeTable{
+	{Err: engine.ErrStopped, Code: codes.Unavailable},
 }
 
 // Server is the gateway: the Gateway gRPC service over an engine stepping on attnd.
@@ -47,9 +43,7 @@ type Server struct {
 	pool    *services.Pool
 	stepper *RemoteStepper
 	eng     *engine.Engine
-	grpc    *services.Server
-	lis     net.Listener
-	served  chan error
+	node    *services.Node // listener, gRPC server, health, registration
 	reg     services.Registry
 	seq     atomic.Uint64
 	chat    ChatTemplate
@@ -84,41 +78,35 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
+	tp := services.TracerProvider(cfg.TracerProvider)
 	ccfg := cfg.Client
 	ccfg.TracerProvider = tp
-	scfg := cfg.Server
-	scfg.TracerProvider = tp
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, served: make(chan error, 1), chat: DefaultChat{},
-		watchDone: make(chan struct{})}
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, chat: DefaultChat{}, watchDone: make(chan struct{})}
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
 		return services.Dial(in.Addr, ccfg)
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
-	var opts []grpc.ServerOption
+	scfg := cfg.Server
 	if cfg.APIKey != "" {
-		opts = append(opts, grpc.ChainStreamInterceptor(services.APIKeyStreamInterceptor(cfg.APIKey, pb.Gateway_Generate_FullMethodName)))
+		scfg.StreamInterceptors = append(scfg.StreamInterceptors, services.APIKeyStreamInterceptor(cfg.APIKey, pb.Gateway_Generate_FullMethodName))
 	}
-	s.grpc = services.NewServer(scfg, opts...)
-	pb.RegisterGatewayServer(s.grpc, s)
-	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "gateway", Listen: cfg.Listen, Server: scfg,
+		Codes: Codes, TracerProvider: tp, Registry: reg},
+		func(r grpc.ServiceRegistrar) { pb.RegisterGatewayServer(r, s) }, nil)
+	if err != nil {
 		s.eng.Stop()
-		return nil, fmt.Errorf("gateway: listen: %w", err)
+		return nil, err
 	}
 	if s.cfg.ID == "" {
-		s.cfg.ID = "gateway-" + s.lis.Addr().String()
+		s.cfg.ID = "gateway-" + s.node.Addr()
 	}
-	go func() { s.served <- s.grpc.Serve(s.lis) }()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
 	ch, err := reg.Watch(wctx, services.KindAttnd)
 	if err == nil {
-		err = reg.Register(ctx, s.Instance())
+		err = s.node.Register(ctx, s.Instance())
 	}
 	if err != nil {
 		close(s.watchDone)
@@ -135,12 +123,12 @@ func (s *Server) watchAttnd(ch <-chan []services.Instance) {
 		if err := s.pool.Update(set); err != nil {
 			slog.Warn("gateway: attnd pool update", "err", err)
 		}
-		s.grpc.SetServing(s.pool.Len() > 0)
+		s.node.SetServing(s.pool.Len() > 0)
 	}
 }
 
 // Addr is the address the server listens on.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.node.Addr() }
 
 // Instance describes the gateway for discovery.
 func (s *Server) Instance() services.Instance {
@@ -153,15 +141,12 @@ func (s *Server) Queued() int { return s.eng.Queued() }
 // Stepper returns the gateway's RemoteStepper (for its session count).
 func (s *Server) Stepper() *RemoteStepper { return s.stepper }
 
-// Shutdown deregisters the gateway, reports NOT_SERVING, stops the gRPC server gracefully within
-// cfg.Server.StopTimeout (or ctx; running streams are cut after it), then stops the engine
+// Shutdown stops the node (NOT_SERVING, deregistration, graceful stop within
+// cfg.Server.StopTimeout or ctx; running streams are cut after it), then stops the engine
 // (closing any session left) and discovery.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
-		defer cancel()
-		s.grpc.SetServing(false)
-		errs := []error{s.reg.Deregister(ctx, s.cfg.ID), s.grpc.Stop(ctx), <-s.served}
+		errs := []error{s.node.Stop(ctx)}
 		s.eng.Stop()
 		s.stopWatch()
 		<-s.watchDone
@@ -198,17 +183,17 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 			msgs[i] = map[string]any{"role": m.GetRole(), "content": m.GetContent()}
 		}
 		if len(msgs) == 0 {
-			return fmt.Errorf("%w: messages is empty", ErrBadRequest)
+			return fmt.Errorf("gateway: messages is empty: %w", errdefs.ErrInvalidArgument)
 		}
 		var err error
 		if text, err = s.chat.Render(msgs, nil, true); err != nil {
 			return err
 		}
 	default:
-		return fmt.Errorf("%w: input: want prompt or messages", ErrBadRequest)
+		return fmt.Errorf("gateway: input: want prompt or messages: %w", errdefs.ErrInvalidArgument)
 	}
 	if text == "" {
-		return fmt.Errorf("%w: prompt is empty", ErrBadRequest)
+		return fmt.Errorf("gateway: prompt is empty: %w", errdefs.ErrInvalidArgument)
 	}
 	p, err := Params(req.GetParams())
 	if err != nil {
@@ -216,7 +201,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 	}
 	ids := s.tok.Encode(text)
 	if len(ids) == 0 {
-		return fmt.Errorf("%w: prompt encodes to no tokens", ErrBadRequest)
+		return fmt.Errorf("gateway: prompt encodes to no tokens: %w", errdefs.ErrInvalidArgument)
 	}
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("prompt_tokens", len(ids)),
 		attribute.Int("gen_length", p.GenLen), attribute.Int("block_length", p.BlockLen))

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/gateway"
 	"github.com/dlmesh/dlmesh/gateway/httpapi"
 	"github.com/dlmesh/dlmesh/services"
@@ -42,7 +43,7 @@ func TestOverloadAndUnavailable(t *testing.T) {
 		code   string
 	}{
 		{"no attnd", &fakeBackend{tok: tok}, 503, "unavailable"},
-		{"queue full", &fakeBackend{tok: tok, ready: true, err: fmt.Errorf("wrapped: %w", engine.ErrOverloaded)}, 429, "queue_full"},
+		{"queue full", &fakeBackend{tok: tok, ready: true, err: fmt.Errorf("wrapped: %w", errdefs.ErrOverloaded)}, 429, "queue_full"},
 		{"experts gone", &fakeBackend{tok: tok, ready: true, err: fmt.Errorf("step: %w", services.ErrNoReplica)}, 503, "unavailable"},
 	} {
 		for _, stream := range []bool{false, true} {

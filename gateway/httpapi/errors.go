@@ -9,7 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/dlmesh/dlmesh/diffusion"
-	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/gateway"
 )
 
 // apiError is an error in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
@@ -40,14 +40,14 @@ func badRequest(param, format string, args ...any) *apiError {
 var paramNames = map[string]string{"gen_length": "max_tokens", "stop_strings": "stop"}
 
 // fromError maps an error of the gateway or engine to its HTTP status through the mesh's one
-// error table (services.Code): InvalidArgument 400, ResourceExhausted 429, Unavailable 503,
+// error table (gateway.Codes): InvalidArgument 400, ResourceExhausted 429, Unavailable 503,
 // DeadlineExceeded 504, Canceled 499 (the client went away), anything else 500.
 func fromError(err error) *apiError {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae
 	}
-	switch services.Code(err) {
+	switch gateway.Codes.Code(err) {
 	case codes.InvalidArgument:
 		var pe *diffusion.ParamError
 		if errors.As(err, &pe) {
