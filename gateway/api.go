@@ -20,10 +20,10 @@ import (
 func (s *Server) Tokenizer() *tokenizer.Tokenizer { return s.tok }
 
 // Chat returns the chat template requests with messages are rendered with.
-func (s *Server) Chat() ChatTemplate { return s.chat }
+func (s *Server) Chat() ChatRenderer { return s.chat }
 
 // SetChat replaces the chat template (the default is DefaultChat); call it before serving.
-func (s *Server) SetChat(t ChatTemplate) { s.chat = t }
+func (s *Server) SetChat(t ChatRenderer) { s.chat = t }
 
 // Ready reports whether an attnd is known: without one every request fails with Unavailable.
 func (s *Server) Ready() bool { return s.pool.Len() > 0 }

@@ -7,10 +7,10 @@ import (
 	"github.com/dlmesh/dlmesh/errdefs"
 )
 
-// ChatTemplate renders chat messages into the prompt text the model continues. Messages are
+// ChatRenderer renders chat messages into the prompt text the model continues. Messages are
 // passed as the Jinja template sees them (role, content, and whatever else a message carries:
 // tool_calls, tool_call_id, name, …), tools as the request's tool definitions.
-type ChatTemplate interface {
+type ChatRenderer interface {
 	Render(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error)
 }
 
@@ -19,7 +19,7 @@ type ChatTemplate interface {
 // It knows only role and content; tools are refused.
 type DefaultChat struct{}
 
-// Render implements ChatTemplate.
+// Render implements ChatRenderer.
 func (DefaultChat) Render(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error) {
 	if len(tools) > 0 {
 		return "", fmt.Errorf("gateway: tools: the model has no chat template that renders tools: %w", errdefs.ErrInvalidArgument)

@@ -5,7 +5,7 @@
 // denoising step (the positions that changed, with token id, text and UNMASK/EDIT), a BlockEvent
 // per frozen block, and one FinalEvent (text, finish reason, usage, degraded flag).
 //
-// Input: `prompt` is tokenised as is. `messages` are rendered by the server's ChatTemplate
+// Input: `prompt` is tokenised as is. `messages` are rendered by the server's ChatRenderer
 // (SetChat); the default, DefaultChat, is the built-in LLaDA2 template, one turn at a time and
 // then the assistant's opening tag:
 //

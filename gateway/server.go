@@ -46,7 +46,7 @@ type Server struct {
 	node    *services.Node // listener, gRPC server, health, registration
 	reg     services.Registry
 	seq     atomic.Uint64
-	chat    ChatTemplate
+	chat    ChatRenderer
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}

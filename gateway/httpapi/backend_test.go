@@ -25,7 +25,7 @@ type fakeBackend struct {
 }
 
 func (f *fakeBackend) Tokenizer() *tokenizer.Tokenizer { return f.tok }
-func (f *fakeBackend) Chat() gateway.ChatTemplate      { return gateway.DefaultChat{} }
+func (f *fakeBackend) Chat() gateway.ChatRenderer      { return gateway.DefaultChat{} }
 func (f *fakeBackend) Ready() bool                     { return f.ready }
 func (f *fakeBackend) Run(context.Context, engine.Request, func(engine.Event)) (*engine.Result, error) {
 	return nil, f.err
