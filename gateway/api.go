@@ -19,11 +19,11 @@ import (
 // Tokenizer returns the model's tokenizer.
 func (s *Server) Tokenizer() *tokenizer.Tokenizer { return s.tok }
 
-// Chat returns the chat template requests with messages are rendered with.
-func (s *Server) Chat() ChatRenderer { return s.chat }
-
-// SetChat replaces the chat template (the default is DefaultChat); call it before serving.
-func (s *Server) SetChat(t ChatRenderer) { s.chat = t }
+// RenderMessages renders chat messages and tool definitions with the model's chat template
+// (ChatTemplate.RenderMessages), with the generation prompt.
+func (s *Server) RenderMessages(messages []map[string]any, tools []map[string]any) (string, error) {
+	return s.chat.RenderMessages(messages, tools, true)
+}
 
 // Ready reports whether an attnd is known: without one every request fails with Unavailable.
 func (s *Server) Ready() bool { return s.pool.Len() > 0 }

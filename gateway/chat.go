@@ -1,78 +1,80 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
+	"github.com/dlmesh/dlmesh/chat"
 	"github.com/dlmesh/dlmesh/errdefs"
 )
 
-// ChatRenderer renders chat messages into the prompt text the model continues. Messages are
-// passed as the Jinja template sees them (role, content, and whatever else a message carries:
-// tool_calls, tool_call_id, name, …), tools as the request's tool definitions.
-type ChatRenderer interface {
-	Render(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error)
+// Message is one chat turn.
+type Message struct {
+	Role    string `json:"role"` // any role the template accepts: system, user, assistant, tool, …
+	Content string `json:"content"`
 }
 
-// DefaultChat is the built-in template, used when the model has none: every turn as
-// `<role>ROLE</role>CONTENT<|role_end|>` and, with the generation prompt, `<role>assistant</role>`.
-// It knows only role and content; tools are refused.
-type DefaultChat struct{}
+// ChatTemplate renders chat turns into a prompt with a model's chat template (package chat).
+type ChatTemplate struct {
+	tmpl *chat.Template
+}
 
-// Render implements ChatRenderer.
-func (DefaultChat) Render(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error) {
-	if len(tools) > 0 {
-		return "", fmt.Errorf("gateway: tools: the model has no chat template that renders tools: %w", errdefs.ErrInvalidArgument)
+// LoadChatTemplate reads modelDir's chat template: tokenizer_config.json's chat_template, or
+// the built-in default (see the package doc) when it has none.
+func LoadChatTemplate(modelDir string) (*ChatTemplate, error) {
+	t, err := chat.Load(modelDir)
+	if err != nil {
+		return nil, err
 	}
-	msgs := make([]Message, len(messages))
-	for i, m := range messages {
-		role, _ := m["role"].(string)
-		content, ok := m["content"].(string)
-		if !ok && m["content"] != nil {
-			return "", fmt.Errorf("gateway: messages[%d].content must be a string: %w", i, errdefs.ErrInvalidArgument)
-		}
-		msgs[i] = Message{Role: role, Content: content}
+	return &ChatTemplate{tmpl: t}, nil
+}
+
+// IsDefault reports whether the model has no template of its own.
+func (c *ChatTemplate) IsDefault() bool { return c.tmpl.IsDefault() }
+
+// Render renders msgs with add_generation_prompt true, so the model continues as the assistant.
+// Errors wrap errdefs.ErrInvalidArgument.
+func (c *ChatTemplate) Render(msgs []Message) (string, error) {
+	if len(msgs) == 0 {
+		return "", fmt.Errorf("gateway: messages is empty: %w", errdefs.ErrInvalidArgument)
 	}
-	text, err := RenderChat(msgs)
-	if err == nil && !addGenerationPrompt {
-		text = strings.TrimSuffix(text, assistantOpen)
+	req := chat.Request{Messages: make([]any, len(msgs)), AddGenerationPrompt: true}
+	for i, m := range msgs {
+		req.Messages[i] = m
+	}
+	text, err := c.tmpl.Render(req)
+	if errors.Is(err, chat.ErrBadRequest) {
+		return "", fmt.Errorf("gateway: %s: %w", strings.TrimPrefix(err.Error(), chat.ErrBadRequest.Error()+": "), errdefs.ErrInvalidArgument)
 	}
 	return text, err
 }
 
-// Message is one chat turn.
-type Message struct {
-	Role    string // "system", "user", "assistant" (any lowercase word is accepted)
-	Content string
-}
+var defaultChat = &ChatTemplate{tmpl: chat.Default()}
 
-// RenderChat renders messages with the default LLaDA2 chat template (see the package doc):
-// every turn as `<role>ROLE</role>CONTENT<|role_end|>`, then `<role>assistant</role>` so the
-// model continues as the assistant. A role must be a non-empty word of [a-z_] and must not
-// contain the template's markers; content must not contain `<|role_end|>`.
-func RenderChat(msgs []Message) (string, error) {
-	if len(msgs) == 0 {
+// RenderChat renders messages with the built-in default template (see the package doc): every
+// turn as `<role>ROLE</role>CONTENT<|role_end|>`, then `<role>assistant</role>`. A role must be
+// a non-empty word of [a-z_]; content must not contain the template's markers.
+func RenderChat(msgs []Message) (string, error) { return defaultChat.Render(msgs) }
+
+// RenderMessages renders messages as the Jinja template sees them (role, content and whatever
+// else a message carries: tool_calls, tool_call_id, name, …) with the request's tool
+// definitions, as the OpenAI-compatible API hands them over. Errors wrap
+// errdefs.ErrInvalidArgument.
+func (c *ChatTemplate) RenderMessages(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error) {
+	if len(messages) == 0 {
 		return "", fmt.Errorf("gateway: messages is empty: %w", errdefs.ErrInvalidArgument)
 	}
-	var b strings.Builder
-	for i, m := range msgs {
-		if m.Role == "" || strings.IndexFunc(m.Role, func(r rune) bool { return (r < 'a' || r > 'z') && r != '_' }) >= 0 {
-			return "", fmt.Errorf("gateway: messages[%d].role %q must be a lowercase word ([a-z_]+): %w", i, m.Role, errdefs.ErrInvalidArgument)
-		}
-		if strings.Contains(m.Content, roleEnd) {
-			return "", fmt.Errorf("gateway: messages[%d].content contains the turn marker %s: %w", i, roleEnd, errdefs.ErrInvalidArgument)
-		}
-		b.WriteString("<role>")
-		b.WriteString(m.Role)
-		b.WriteString("</role>")
-		b.WriteString(m.Content)
-		b.WriteString(roleEnd)
+	req := chat.Request{Messages: make([]any, len(messages)), AddGenerationPrompt: addGenerationPrompt}
+	for i, m := range messages {
+		req.Messages[i] = m
 	}
-	b.WriteString(assistantOpen)
-	return b.String(), nil
+	for _, t := range tools {
+		req.Tools = append(req.Tools, t)
+	}
+	text, err := c.tmpl.Render(req)
+	if errors.Is(err, chat.ErrBadRequest) {
+		return "", fmt.Errorf("gateway: %s: %w", strings.TrimPrefix(err.Error(), chat.ErrBadRequest.Error()+": "), errdefs.ErrInvalidArgument)
+	}
+	return text, err
 }
-
-const (
-	roleEnd       = "<|role_end|>"
-	assistantOpen = "<role>assistant</role>"
-)

@@ -5,11 +5,12 @@
 // denoising step (the positions that changed, with token id, text and UNMASK/EDIT), a BlockEvent
 // per frozen block, and one FinalEvent (text, finish reason, usage, degraded flag).
 //
-// Input: `prompt` is tokenised as is. `messages` are rendered by the server's ChatRenderer
-// (SetChat); the default, DefaultChat, is the built-in LLaDA2 template, one turn at a time and
-// then the assistant's opening tag:
+// Input: `prompt` is tokenised as is. `messages` are rendered with the model's chat template
+// (tokenizer_config.json's chat_template, rendered as Hugging Face apply_chat_template does, by
+// package chat) with add_generation_prompt true. A model without a template gets the built-in
+// default, one turn at a time and then the assistant's opening tag:
 //
-//	<role>ROLE</role>CONTENT<|role_end|>   (for every message, ROLE as given: system, user, …)
+//	<role>ROLE</role>CONTENT<|role_end|>   (for every message, ROLE a lowercase word: system, user, …)
 //	<role>assistant</role>
 //
 // Output: as Hugging Face's generate, at most gen_length tokens, cut at EOS, the text without
@@ -17,7 +18,7 @@
 // finish_reason "stop" or "length". BlockEvent texts are append-only pieces of the final text.
 //
 // Front ends: gRPC Generate and the OpenAI-compatible HTTP API (gateway/httpapi) both run on the
-// in-process API of api.go (Run, Tokenizer, Chat, Ready), so they share the engine. Config.APIKey
+// in-process API of api.go (Run, Tokenizer, RenderMessages, Ready), so they share the engine. Config.APIKey
 // requires "authorization: Bearer KEY" metadata on Generate.
 //
 // Errors: a bad request gets InvalidArgument naming the field and its range (for example
@@ -32,6 +33,6 @@
 //
 // Client is a small helper that streams one Generate (used by `dlmesh generate`).
 //
-// Who may import: cmd/dlmesh, mesh, tests. It imports engine, diffusion, tokenizer, model (config
-// only), services, wire, errdefs, proto; never another service package.
+// Who may import: cmd/dlmesh, mesh, tests. It imports engine, diffusion, tokenizer, chat, model
+// (config only), services, wire, errdefs, proto; never another service package.
 package gateway

@@ -11,7 +11,6 @@ import (
 
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/errdefs"
-	"github.com/dlmesh/dlmesh/gateway"
 	"github.com/dlmesh/dlmesh/gateway/httpapi"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/tokenizer"
@@ -25,7 +24,9 @@ type fakeBackend struct {
 }
 
 func (f *fakeBackend) Tokenizer() *tokenizer.Tokenizer { return f.tok }
-func (f *fakeBackend) Chat() gateway.ChatRenderer      { return gateway.DefaultChat{} }
+func (f *fakeBackend) RenderMessages([]map[string]any, []map[string]any) (string, error) {
+	return "hi", nil
+}
 func (f *fakeBackend) Ready() bool                     { return f.ready }
 func (f *fakeBackend) Run(context.Context, engine.Request, func(engine.Event)) (*engine.Result, error) {
 	return nil, f.err

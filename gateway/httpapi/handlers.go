@@ -50,7 +50,7 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	text, err := s.b.Chat().Render(msgs, req.Tools, true)
+	text, err := s.b.RenderMessages(msgs, req.Tools)
 	if err != nil {
 		writeError(w, fromError(err))
 		return

@@ -18,7 +18,7 @@ import (
 // Backend is what the API runs requests on: *gateway.Server.
 type Backend interface {
 	Tokenizer() *tokenizer.Tokenizer
-	Chat() gateway.ChatRenderer
+	RenderMessages(messages []map[string]any, tools []map[string]any) (string, error)
 	Ready() bool
 	Run(ctx context.Context, req engine.Request, onEvent func(engine.Event)) (*engine.Result, error)
 }
