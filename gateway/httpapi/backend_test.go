@@ -27,7 +27,7 @@ func (f *fakeBackend) Tokenizer() *tokenizer.Tokenizer { return f.tok }
 func (f *fakeBackend) RenderMessages([]map[string]any, []map[string]any) (string, error) {
 	return "hi", nil
 }
-func (f *fakeBackend) Ready() bool                     { return f.ready }
+func (f *fakeBackend) Ready() bool { return f.ready }
 func (f *fakeBackend) Run(context.Context, engine.Request, func(engine.Event)) (*engine.Result, error) {
 	return nil, f.err
 }
