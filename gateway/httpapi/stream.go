@@ -98,9 +98,10 @@ func (s *stream) on(ev engine.Event) {
 	}
 }
 
-// denoiseEvent is one step as the opt-in denoise events show it: the block's provisional text
-// (its generated positions before gen_length that hold a token, up to EOS) and the positions,
-// counted from the first generated token, that the step unmasked and edited.
+// denoiseEvent is one step as the opt-in denoise events show it: the block (counted from the one
+// holding the first generated token) and the step within it, the block's provisional text (its
+// generated positions before gen_length that hold a token, up to EOS) and the positions, counted
+// from the first generated token, that the step unmasked and edited.
 func (s *stream) denoiseEvent(st *engine.StepEvent) map[string]any {
 	unmasked, edited := []int{}, []int{}
 	for _, c := range st.Changes {
