@@ -73,6 +73,9 @@ type Server struct {
 	pools  map[string]*services.Pool // by expert set
 	routes atomic.Pointer[routes]
 
+	hopBufs sync.Pool // *hopBuf: the fan-outs' host buffers
+	lanes   *lanePool // idle ComputeStreams per replica
+
 	healthMu    sync.Mutex // health transitions (health.go)
 	healthy     bool       // health is SERVING
 	stopping    bool       // Shutdown began: health stays NOT_SERVING
@@ -116,7 +119,8 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	scfg.TracerProvider = tp
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp, served: make(chan error, 1),
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
-		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
+		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow),
+		lanes: newLanePool()}
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
 	s.grpc = services.NewServer(scfg)
@@ -215,6 +219,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			errs = append(errs, s.reg.Deregister(ctx, s.cfg.ID))
 		}
 		errs = append(errs, s.grpc.Stop(ctx), <-s.served)
+		s.lanes.close()
 		s.poolMu.Lock()
 		for k, p := range s.pools {
 			errs = append(errs, p.Close())
@@ -420,7 +425,8 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 	fans := make([]*fanout, n)
 	var wg sync.WaitGroup
 	for c, chunk := range chunks {
-		fans[c] = &fanout{s: s, r: r, be: s.m.Be}
+		fans[c] = s.newFanout(r)
+		defer fans[c].release()
 		batch := make([]model.StepSeq, len(chunk))
 		for k, j := range chunk {
 			batch[k] = seqs[j]
