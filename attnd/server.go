@@ -62,8 +62,10 @@ type Server struct {
 
 	m *model.Model
 
-	mu       sync.Mutex // sessions and the backend: one step at a time
-	sessions map[string]*session
+	stepMu       sync.Mutex // one step at a time; taken before mu, and never under it
+	mu           sync.Mutex // sessions (held briefly: never across a step's compute)
+	sessions     map[string]*session
+	stepSessions []*session // the sessions the running step claimed; under mu
 
 	info  atomic.Pointer[pb.ModelInfo] // set once loaded (load.go)
 	meter *services.LoadMeter          // Step calls
@@ -92,7 +94,9 @@ type Server struct {
 type session struct {
 	cache    *model.Cache
 	blockLen int
-	counted  int // cache.Len as counted in usage.kvTokens
+	counted  int  // cache.Len as counted in usage.kvTokens
+	inStep   bool // a step is using the cache (claim); under Server.mu
+	closed   bool // Close came during that step: unclaim frees the cache
 }
 
 var _ pb.AttentionServer = (*Server)(nil)
@@ -226,6 +230,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			delete(s.pools, k)
 		}
 		s.poolMu.Unlock()
+		s.stepMu.Lock() // a step cut short by the stop timeout finishes first
+		defer s.stepMu.Unlock()
 		s.mu.Lock()
 		for id, ss := range s.sessions {
 			ss.cache.Free()
@@ -289,8 +295,12 @@ func (s *Server) Close(_ context.Context, req *pb.CloseRequest) (*pb.CloseRespon
 	defer s.mu.Unlock()
 	if ss, ok := s.sessions[req.GetSessionId()]; ok {
 		s.closed(ss)
-		ss.cache.Free()
 		delete(s.sessions, req.GetSessionId())
+		if ss.inStep {
+			ss.closed = true // the running step frees it when done
+		} else {
+			ss.cache.Free()
+		}
 	}
 	return &pb.CloseResponse{}, nil
 }
@@ -311,37 +321,14 @@ func (s *Server) Step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 
 func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
 	t0 := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		return nil, ErrNotReady
+	s.stepMu.Lock()
+	defer s.stepMu.Unlock()
+	seqs, lens, err := s.claim(req)
+	if err != nil {
+		return nil, err
 	}
 	ss := req.GetSessions()
-	if len(ss) == 0 {
-		return nil, invalid("sessions is empty")
-	}
-	seqs := make([]model.StepSeq, len(ss))
-	lens := make([]int, len(ss))
-	seen := make(map[string]bool, len(ss))
-	for i, st := range ss {
-		id := st.GetSessionId()
-		sess, ok := s.sessions[id]
-		if !ok {
-			return nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, services.ErrUnknownSession)
-		}
-		if seen[id] {
-			return nil, invalid("sessions[%d]: session %q appears twice", i, id)
-		}
-		seen[id] = true
-		inv := st.GetInvTemperature()
-		if inv < 0 {
-			return nil, invalid("sessions[%d].inv_temperature %v: want >= 0 (0 = 1)", i, inv)
-		}
-		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
-			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
-		lens[i] = sess.blockLen
-	}
-	defer s.written(ss) // what the step wrote to the caches, even if it failed later
+	defer s.unclaim(ss) // and count what the step wrote to the caches, even if it failed later
 	// the request is valid: now the expert groups must be there
 	r := s.routes.Load()
 	if r == nil || len(r.groups) == 0 {
@@ -400,6 +387,64 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 		MsAttention: ms(max(total.Nanoseconds()-expertsNs, 0)), Degraded: r.degraded()}
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("degraded", r.degraded()))
 	return resp, nil
+}
+
+// claim validates the sessions of a step under s.mu and marks them in use, so that a Close
+// while the step runs defers freeing the cache to unclaim. s.mu is not held across the step:
+// Open and Close do not wait behind a step that waits on its experts. s.stepMu is held.
+func (s *Server) claim(req *pb.StepRequest) ([]model.StepSeq, []int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		return nil, nil, ErrNotReady
+	}
+	ss := req.GetSessions()
+	if len(ss) == 0 {
+		return nil, nil, invalid("sessions is empty")
+	}
+	seqs := make([]model.StepSeq, len(ss))
+	lens := make([]int, len(ss))
+	used := make([]*session, len(ss))
+	seen := make(map[string]bool, len(ss))
+	for i, st := range ss {
+		id := st.GetSessionId()
+		sess, ok := s.sessions[id]
+		if !ok {
+			return nil, nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, services.ErrUnknownSession)
+		}
+		if seen[id] {
+			return nil, nil, invalid("sessions[%d]: session %q appears twice", i, id)
+		}
+		seen[id] = true
+		inv := st.GetInvTemperature()
+		if inv < 0 {
+			return nil, nil, invalid("sessions[%d].inv_temperature %v: want >= 0 (0 = 1)", i, inv)
+		}
+		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
+			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
+		lens[i] = sess.blockLen
+		used[i] = sess
+	}
+	for _, sess := range used {
+		sess.inStep = true
+	}
+	s.stepSessions = used
+	return seqs, lens, nil
+}
+
+// unclaim ends a step's use of its sessions: it counts what the step wrote to the caches of
+// those still open and frees those closed meanwhile.
+func (s *Server) unclaim(steps []*pb.SessionStep) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.written(steps)
+	for _, sess := range s.stepSessions {
+		sess.inStep = false
+		if sess.closed {
+			sess.cache.Free()
+		}
+	}
+	s.stepSessions = nil
 }
 
 // stepRows is the number of token rows a batch feeds.
