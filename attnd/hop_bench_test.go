@@ -167,15 +167,25 @@ func echoFloor(b *testing.B, rg *hopRig, meshOpts bool) func() {
 }
 
 // BenchmarkExpertHop measures attnd's fan-out of one MoE layer of the tiny model to its 2 expert
-// groups (one expertd each, loopback gRPC) for batches of 1 and 8 blocks of 32 tokens: us/layer
+// groups (one expertd each, loopback gRPC) for batches of 1 and 8 blocks of 32 tokens, over the
+// groups' ComputeStreams (call=stream, what attnd does) or unary Compute calls (call=unary, its
+// fallback): us/layer
 // is the whole Dispatch + wait, compute-us the slowest group's compute as expertd reports it,
 // overhead-us/layer their difference. echo-us is the floor measured in the same run: the same
 // request and response bytes through plain gRPC unary calls (one per group, in parallel) to a
 // server that answers at once; mesh-echo-us the same through the mesh's gRPC options.
 func BenchmarkExpertHop(b *testing.B) {
-	for _, blocks := range []int{1, 8} {
-		b.Run(fmt.Sprintf("blocks=%d", blocks), func(b *testing.B) {
-			rg := newHopRig(b, blocks)
+	for _, bc := range []struct {
+		blocks int
+		unary  bool
+	}{{1, false}, {1, true}, {8, false}, {8, true}} {
+		transport := "stream"
+		if bc.unary {
+			transport = "unary"
+		}
+		b.Run(fmt.Sprintf("blocks=%d/call=%s", bc.blocks, transport), func(b *testing.B) {
+			rg := newHopRig(b, bc.blocks)
+			rg.s.unaryOnly = bc.unary
 			echo, meshEcho := echoFloor(b, rg, false), echoFloor(b, rg, true)
 			ctx := context.Background()
 			r := rg.s.routes.Load()

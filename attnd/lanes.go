@@ -111,6 +111,9 @@ func (f *fanout) lane(gi int) *lane {
 	if l := f.lanes[gi]; l != nil {
 		return l
 	}
+	if f.s.unaryOnly {
+		return nil
+	}
 	r, done, err := pickOther(f.r.groups[gi].pool, nil)
 	if err != nil {
 		return nil

@@ -77,6 +77,9 @@ type Server struct {
 
 	hopBufs sync.Pool // *hopBuf: the fan-outs' host buffers
 	lanes   *lanePool // idle ComputeStreams per replica
+	// unaryOnly makes every expert call a unary Compute (no lanes): for benchmarks comparing
+	// the two.
+	unaryOnly bool
 
 	healthMu    sync.Mutex // health transitions (health.go)
 	healthy     bool       // health is SERVING
