@@ -168,7 +168,7 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 		g := f.r.groups[p.group]
 		if l := f.lane(p.group); l != nil {
 			if err := l.st.Send(req); err == nil {
-				c.lane, c.replica = l, l.r.Instance().ID
+				c.lane, c.replica = l, l.id
 				continue
 			}
 			f.dropLane(p.group) // broken: this group goes unary, with its retry

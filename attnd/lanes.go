@@ -24,6 +24,7 @@ import (
 // per-call span or interceptor. Between steps the lane waits in the lanePool.
 type lane struct {
 	r        *services.Replica
+	id       string // r's instance ID
 	st       grpc.BidiStreamingClient[pb.ExpertsRequest, pb.ExpertsResponse]
 	cancel   context.CancelFunc
 	done     func() // the replica's reservation (least-outstanding), held while a fan-out has it
@@ -76,7 +77,7 @@ func (p *lanePool) get(r *services.Replica) (*lane, error) {
 		cancel()
 		return nil, err
 	}
-	return &lane{r: r, st: st, cancel: cancel}, nil
+	return &lane{r: r, id: r.Instance().ID, st: st, cancel: cancel}, nil
 }
 
 // put ends a fan-out's use of l: it releases the replica reservation and keeps l for the next.
@@ -175,7 +176,7 @@ func (f *fanout) recv(ctx context.Context, gi int, l *lane, req *pb.ExpertsReque
 	case status.Code(err) == codes.Unimplemented: // an expertd without ComputeStream
 		again, err = f.s.callGroup(ctx, g, req)
 	case services.IsInstanceFailure(err) || errors.Is(err, services.ErrBreakerOpen):
-		again, err = f.s.callGroupAvoiding(ctx, g, req, l.r, fmt.Errorf("replica %s: %w", l.r.Instance().ID, err))
+		again, err = f.s.callGroupAvoiding(ctx, g, req, l.r, fmt.Errorf("replica %s: %w", l.id, err))
 	}
 	if err != nil {
 		return err
