@@ -13,11 +13,11 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // fanout is the remote model.ExpertRunner of one micro-batch's step: it sends each MoE layer's
@@ -158,7 +158,7 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 		for _, r := range p.rows {
 			row := hx[int(r)*H : (int(r)+1)*H]
 			if bf16 {
-				req.X = expertd.AppendF32(req.X, row, true)
+				req.X = wire.AppendF32(req.X, row, true)
 			} else {
 				req.X = append(req.X, f32Bytes(row)...)
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/dlmesh/dlmesh/kernels"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 const benchTinyDir = "../models/llada2-tiny-go"
@@ -93,9 +94,9 @@ func newHopRig(b *testing.B, blocks int) *hopRig {
 	}
 	for _, p := range parts {
 		req := &pb.ExpertsRequest{Layer: int32(layer), Rows: int32(len(p.rows)), Hidden: int32(H), TopK: int32(k),
-			Ids: expertd.AppendI32(nil, p.ids), Weights: expertd.AppendF32(nil, p.weights, false)}
+			Ids: wire.AppendI32(nil, p.ids), Weights: wire.AppendF32(nil, p.weights, false)}
 		for _, row := range p.rows {
-			req.X = expertd.AppendF32(req.X, hx[int(row)*H:(int(row)+1)*H], false)
+			req.X = wire.AppendF32(req.X, hx[int(row)*H:(int(row)+1)*H], false)
 		}
 		rg.reqs = append(rg.reqs, req)
 		rg.respBytes = append(rg.respBytes, len(p.rows)*H*4)

@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/dlmesh/dlmesh/expertd"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // TestComputeStreamMatchesCompute: a stream answers each request, in order, exactly as Compute
@@ -38,7 +38,7 @@ func TestComputeStreamMatchesCompute(t *testing.T) {
 		}
 		want := localFFN(t, 3, in)
 		got := make([]float32, len(want))
-		if err := expertd.DecodeF32(got, resp.GetY(), false); err != nil {
+		if err := wire.DecodeF32(got, resp.GetY(), false); err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
 		if !slices.Equal(got, want) {

@@ -9,10 +9,11 @@ import (
 	"time"
 
 	"github.com/dlmesh/dlmesh/engine"
-	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // RemoteStepper is the engine.Stepper of the gateway: sessions live on attnd instances. Open
@@ -116,7 +117,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 		s, ok := st.sessions[sp.Session]
 		if !ok {
 			st.mu.Unlock()
-			return nil, engine.StepInfo{}, fmt.Errorf("gateway: step: session %q: %w", sp.Session, services.ErrUnknownSession)
+			return nil, engine.StepInfo{}, fmt.Errorf("gateway: step: session %q: %w", sp.Session, errdefs.ErrUnknownSession)
 		}
 		c, ok := byReplica[s.r]
 		if !ok {
@@ -195,13 +196,13 @@ func (st *RemoteStepper) convert(resp *pb.StepResponse, idx []int, steps []engin
 		if want := st.remoteID(sp.Session); r.GetSessionId() != want {
 			return fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), want)
 		}
-		if err := expertd.DecodeI32(o.IDs, r.GetIds()); err != nil {
+		if err := wire.DecodeI32(o.IDs, r.GetIds()); err != nil {
 			return fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
 		}
-		if err := expertd.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
+		if err := wire.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
 			return fmt.Errorf("gateway: session %q logits: %w", sp.Session, err)
 		}
-		if err := expertd.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
+		if err := wire.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
 			return fmt.Errorf("gateway: session %q lse: %w", sp.Session, err)
 		}
 		outs[i] = o

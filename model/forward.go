@@ -2,11 +2,11 @@ package model
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"time"
 
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/kernels"
 )
 
@@ -103,9 +103,6 @@ type StepStats struct {
 	AttentionNs, ExpertsNs, LMHeadNs int64
 }
 
-// ErrBadStep wraps invalid Step arguments.
-var ErrBadStep = errors.New("model: invalid step")
-
 func (m *Model) attnParams(blockLen int) kernels.AttnParams {
 	c := m.Cfg
 	return kernels.AttnParams{
@@ -183,10 +180,10 @@ func (m *Model) plan(seqs []StepSeq, blockLen int) (*stepPlan, error) {
 		return nil, ErrNoAttention
 	}
 	if len(seqs) == 0 {
-		return nil, fmt.Errorf("%w: no sequences", ErrBadStep)
+		return nil, fmt.Errorf("model: step: no sequences: %w", errdefs.ErrInvalidArgument)
 	}
 	if blockLen <= 0 {
-		return nil, fmt.Errorf("%w: block length %d", ErrBadStep, blockLen)
+		return nil, fmt.Errorf("model: step: block length %d: %w", blockLen, errdefs.ErrInvalidArgument)
 	}
 	c, be := m.Cfg, m.Be
 	ks := make([]kernels.Seq, len(seqs))
@@ -194,21 +191,21 @@ func (m *Model) plan(seqs []StepSeq, blockLen int) (*stepPlan, error) {
 	for i, s := range seqs {
 		switch {
 		case s.Cache == nil || s.Cache.T == nil:
-			return nil, fmt.Errorf("%w: sequence %d has no cache", ErrBadStep, i)
+			return nil, fmt.Errorf("model: step: sequence %d has no cache: %w", i, errdefs.ErrInvalidArgument)
 		case len(s.Tokens) == 0:
-			return nil, fmt.Errorf("%w: sequence %d has no tokens", ErrBadStep, i)
+			return nil, fmt.Errorf("model: step: sequence %d has no tokens: %w", i, errdefs.ErrInvalidArgument)
 		case s.Pos < 0 || s.Pos > s.Cache.Len:
-			return nil, fmt.Errorf("%w: sequence %d starts at %d but its cache holds %d positions", ErrBadStep, i, s.Pos, s.Cache.Len)
+			return nil, fmt.Errorf("model: step: sequence %d starts at %d but its cache holds %d positions: %w", i, s.Pos, s.Cache.Len, errdefs.ErrInvalidArgument)
 		case s.Pos+len(s.Tokens) > s.Cache.Cap:
-			return nil, fmt.Errorf("%w: sequence %d ends at %d past its cache capacity %d", ErrBadStep, i, s.Pos+len(s.Tokens), s.Cache.Cap)
+			return nil, fmt.Errorf("model: step: sequence %d ends at %d past its cache capacity %d: %w", i, s.Pos+len(s.Tokens), s.Cache.Cap, errdefs.ErrInvalidArgument)
 		case s.OutRows < 0 || s.OutRows > len(s.Tokens):
-			return nil, fmt.Errorf("%w: sequence %d out_rows %d not in [0, %d]", ErrBadStep, i, s.OutRows, len(s.Tokens))
+			return nil, fmt.Errorf("model: step: sequence %d out_rows %d not in [0, %d]: %w", i, s.OutRows, len(s.Tokens), errdefs.ErrInvalidArgument)
 		case s.TopK < 0 || s.TopK > 1024:
-			return nil, fmt.Errorf("%w: sequence %d top_k %d not in [0, 1024]", ErrBadStep, i, s.TopK)
+			return nil, fmt.Errorf("model: step: sequence %d top_k %d not in [0, 1024]: %w", i, s.TopK, errdefs.ErrInvalidArgument)
 		}
 		for j, t := range s.Tokens {
 			if t < 0 || int(t) >= c.Vocab {
-				return nil, fmt.Errorf("%w: sequence %d token %d = %d not in [0, %d)", ErrBadStep, i, j, t, c.Vocab)
+				return nil, fmt.Errorf("model: step: sequence %d token %d = %d not in [0, %d): %w", i, j, t, c.Vocab, errdefs.ErrInvalidArgument)
 			}
 		}
 		ks[i] = kernels.Seq{Row: len(ids), Len: len(s.Tokens), Pos: s.Pos, Cache: s.Cache.T}
