@@ -37,7 +37,8 @@ type fanout struct {
 }
 
 // hopBuf holds the host buffers of one fan-out, reused from layer to layer and, through
-// Server.hopBufs, from step to step: after warm-up a layer allocates nothing here.
+// Server.hopFree, from step to step: after warm-up a layer allocates nothing here. (A free list,
+// not a sync.Pool: pinned memory must be freed, at Shutdown, not dropped.)
 type hopBuf struct {
 	hx    []float32 // [T·H] the routed hidden rows
 	hid   []int32   // [T·k]
@@ -47,6 +48,45 @@ type hopBuf struct {
 	reqs  []pb.ExpertsRequest
 	resps []pb.ExpertsResponse
 	calls []groupCall
+
+	// With a kernels.Stager backend the activations, ids, weights and sums live in one pinned
+	// buffer (pin, from st), reused until a layer needs more.
+	st  kernels.Stager
+	pin []byte
+}
+
+// staged returns pinned views for a layer of T rows of H values and k choices (x, ids, weights,
+// out), growing the pinned buffer when short.
+func (b *hopBuf) staged(st kernels.Stager, T, H, k int) (x []float32, ids []int32, w, out []float32, err error) {
+	need := 4 * (2*T*H + 2*T*k)
+	if len(b.pin) < need {
+		if b.pin != nil {
+			if err := b.st.FreePinned(b.pin); err != nil {
+				return nil, nil, nil, nil, err
+			}
+			b.pin = nil
+		}
+		if b.pin, err = st.AllocPinned(need); err != nil {
+			return nil, nil, nil, nil, err
+		}
+		b.st = st
+	}
+	f := unsafe.Slice((*float32)(unsafe.Pointer(&b.pin[0])), need/4)
+	x, f = f[:T*H], f[T*H:]
+	out, f = f[:T*H], f[T*H:]
+	w, f = f[:T*k], f[T*k:]
+	ids = unsafe.Slice((*int32)(unsafe.Pointer(&f[0])), T*k)
+	return x, ids, w, out, nil
+}
+
+// free releases the pinned buffer.
+func (b *hopBuf) free() error {
+	if b.pin == nil {
+		return nil
+	}
+	err := b.st.FreePinned(b.pin)
+	b.pin = nil
+	return err
 }
 
 // groupCall is the state of one group's call within one layer.
@@ -60,10 +100,14 @@ type groupCall struct {
 }
 
 func (s *Server) newFanout(r *routes) *fanout {
-	buf, _ := s.hopBufs.Get().(*hopBuf)
-	if buf == nil {
+	var buf *hopBuf
+	s.hopMu.Lock()
+	if n := len(s.hopFree); n > 0 {
+		buf, s.hopFree = s.hopFree[n-1], s.hopFree[:n-1]
+	} else {
 		buf = &hopBuf{}
 	}
+	s.hopMu.Unlock()
 	return &fanout{s: s, r: r, be: s.m.Be, buf: buf, lanes: make([]*lane, len(r.groups))}
 }
 
@@ -76,7 +120,9 @@ func (f *fanout) release() {
 		}
 	}
 	if f.buf != nil {
-		f.s.hopBufs.Put(f.buf)
+		f.s.hopMu.Lock()
+		f.s.hopFree = append(f.s.hopFree, f.buf)
+		f.s.hopMu.Unlock()
 		f.buf = nil
 	}
 }
@@ -115,16 +161,39 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 	t0 := time.Now()
 	T, H, k := x.Rows(), x.Cols(), ids.Cols()
 	b := f.buf
-	hx, hid, hw := grow(&b.hx, T*H), grow(&b.hid, T*k), grow(&b.hw, T*k)
-	for _, d := range []struct {
-		dst any
-		t   *kernels.Tensor
-	}{{hx, x}, {hid, ids}, {hw, weights}} {
-		if err := f.be.Download(d.dst, d.t); err != nil {
+	var (
+		hx, hw, out []float32
+		hid         []int32
+		err         error
+	)
+	st, staged := f.be.(kernels.Stager)
+	if staged {
+		// pinned buffers: three async copies on the backend's stream, one wait for them
+		if hx, hid, hw, out, err = b.staged(st, T, H, k); err != nil {
+			return nil, fmt.Errorf("attnd: pinned hop buffers: %w", err)
+		}
+		for _, d := range []struct {
+			dst []byte
+			t   *kernels.Tensor
+		}{{f32Bytes(hx), x}, {i32Bytes(hid), ids}, {f32Bytes(hw), weights}} {
+			if err := st.DownloadAsync(d.dst, d.t); err != nil {
+				return nil, fmt.Errorf("attnd: download routed rows: %w", err)
+			}
+		}
+		if err := f.be.Sync(); err != nil {
 			return nil, fmt.Errorf("attnd: download routed rows: %w", err)
 		}
+	} else {
+		hx, hid, hw, out = grow(&b.hx, T*H), grow(&b.hid, T*k), grow(&b.hw, T*k), grow(&b.out, T*H)
+		for _, d := range []struct {
+			dst any
+			t   *kernels.Tensor
+		}{{hx, x}, {hid, ids}, {hw, weights}} {
+			if err := f.be.Download(d.dst, d.t); err != nil {
+				return nil, fmt.Errorf("attnd: download routed rows: %w", err)
+			}
+		}
 	}
-	var err error
 	b.parts, err = splitInto(b.parts[:0], hid, hw, k, f.r.owner, len(f.r.groups))
 	if err != nil {
 		return nil, err
@@ -189,7 +258,6 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 		t1 := time.Now()
 		defer func() { f.expertsNs += time.Since(t1).Nanoseconds() }()
 		defer span.End()
-		out := grow(&b.out, T*H)
 		clear(out)
 		var errs []error
 		f.lastComputeNs = 0
@@ -217,6 +285,9 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 		if err := errors.Join(errs...); err != nil {
 			span.SetStatus(codes.Error, err.Error())
 			return err
+		}
+		if staged { // in stream order; out is written again only after the next layer's Sync
+			return st.UploadAsync(dst, f32Bytes(out))
 		}
 		return f.be.Upload(dst, out)
 	}, nil

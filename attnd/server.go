@@ -73,7 +73,8 @@ type Server struct {
 	pools  map[string]*services.Pool // by expert set
 	routes atomic.Pointer[routes]
 
-	hopBufs sync.Pool // *hopBuf: the fan-outs' host buffers
+	hopMu   sync.Mutex
+	hopFree []*hopBuf // the idle fan-outs' host buffers (experts.go)
 	lanes   *lanePool // idle ComputeStreams per replica
 	// unaryOnly makes every expert call a unary Compute (no lanes): for benchmarks comparing
 	// the two.
@@ -239,6 +240,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			ss.cache.Free()
 			delete(s.sessions, id)
 		}
+		s.hopMu.Lock()
+		for _, b := range s.hopFree { // every fan-out is back: no step runs
+			errs = append(errs, b.free())
+		}
+		s.hopFree = nil
+		s.hopMu.Unlock()
 		if s.m != nil {
 			errs = append(errs, s.m.Close(), s.m.Be.Close())
 			s.m = nil
