@@ -33,7 +33,14 @@
 //
 // With several sessions a step is split into Config.MicroBatches micro-batches run concurrently
 // (split.go): while one waits for its groups the other runs its attention, and the trace report
-// (tracing) draws each micro-batch in a band of its own so the ping-pong is visible.
+// (tracing) draws each micro-batch in a band of its own so the ping-pong is visible. The
+// ping-pong hides a hop only when a micro-batch's attention takes as long as the other's hop:
+// in the embedded CPU mesh (every service in one 2-core process) it does not (a trace of 6
+// concurrent requests: 72% of the fan-out time of one micro-batch overlapped the other's, both
+// queued at the same expertd), and the shared expert competes with the transport's goroutines
+// for the same cores, so only 20-36% of the groups' computes started before attnd's shared
+// expert ended (a runtime.Gosched after the sends, tried, did not help: 20%). Separate
+// processes, or a GPU doing the attention, are what the overlap is for.
 //
 // Measured (BenchmarkExpertHop, one MoE layer of the tiny model, 2 groups of one expertd each on
 // loopback, on the shared 2-core machine with a load average of ~24, so ratios in one run are
