@@ -42,22 +42,25 @@
 // expert ended (a runtime.Gosched after the sends, tried, did not help: 20%). Separate
 // processes, or a GPU doing the attention, are what the overlap is for.
 //
-// Measured (BenchmarkExpertHop, one MoE layer of the tiny model, 2 groups of one expertd each on
-// loopback, on the shared 2-core machine with a load average of ~24, so ratios in one run are
-// what holds): before, the fan-out was a unary call per group in a new goroutine, with the rows
-// downloaded, copied per element into new request bytes, answers decoded into new slices and a
-// span per call (otelgrpc). Its overhead over the slowest group's compute was 2.4-2.8× the echo
-// floor (a plain gRPC unary echo of the same bytes, both groups in parallel) at 1 block, 2.0× at
-// 8 blocks, with 1.1 MB and 1,665 allocations per layer (echo calls included). The CPU profile
-// put half the process's CPU in ExpertsFFN, a third in gRPC's transport (as much as the echo's),
-// 5% in the fan-out's own host work and 7% in GC and allocation, while only ~27% of the wall time
-// had the process on a CPU at all: the hop's cost is the chain of goroutine and thread wake-ups
-// on its path (client writer, server reader, handler, the backend's workers, server writer,
-// client reader), each waiting for a core on a loaded machine, far more than its bytes. The
-// mesh's gRPC options (stats handler, interceptors) cost nothing measurable over plain gRPC
-// (mesh-echo-us ≈ echo-us). After (lanes, pooled buffers): 1.2-1.7× the echo at 1 block and
-// 1.2-1.5× at 8, with half the bytes and a third fewer allocations; unary calls with the same
-// pooled buffers measured 2.1× and 1.4× in the same run, so the stream is what paid at batch 1.
+// Measured (BenchmarkExpertHop: one MoE layer of the tiny model, 2 groups of one expertd each on
+// loopback; the machine is 2 shared cores with load averages of 6-25, so only ratios within one
+// run hold). Before, the fan-out was a unary call per group in a new goroutine, the rows copied
+// element by element into new request bytes, the answers decoded into new slices, a client and
+// a server span per call. Its overhead over the slowest group's compute was 2.4-3.2× the echo
+// floor (plain gRPC unary calls of the same bytes, both groups in parallel, to a server that
+// answers at once) at 1 block and 2.0-2.1× at 8, with 1.1 MB and 1,665 allocations per layer
+// (the echoes' included). The CPU profile then: ExpertsFFN half of the process's CPU, gRPC's
+// transport a third (as much for the echoes as for the hop), the fan-out's own host work 5%, GC
+// and allocation 7%; and the process was on a CPU only 27% of the wall time: the hop's cost is
+// the chain of goroutine and thread wake-ups on its path (client writer, server reader, handler,
+// the backend's workers, server writer, client reader), each waiting for a core, far more than
+// its bytes. The mesh's gRPC options (stats handlers, interceptors) cost nothing measurable over
+// plain gRPC (mesh-echo-us ≈ echo-us). After (lanes, pooled buffers), in one run at load ~10:
+// 1.97× the echo at 1 block (1.41 ms over 0.71 ms) and 1.09× at 8, against 2.66× and 1.49× for
+// unary calls with the same pooled buffers and 3.24× and 2.08× for the code before; half the
+// bytes and a third fewer allocations per layer. So the stream is what paid, at both sizes; the
+// pooled buffers alone bought little. The profile after: ExpertsFFN 55%, transport ~20% (echoes
+// included), the fan-out's host work 4%, expertd's decoding 3%, GC 4.5%.
 //
 // # On the GPU
 //
