@@ -25,9 +25,12 @@ import (
 // step's), layer after layer, so it reuses its host buffers and keeps one ComputeStream per
 // group for the whole step; release gives both back.
 type fanout struct {
-	s         *Server
-	r         *routes
-	be        kernels.Backend
+	s  *Server
+	r  *routes
+	be kernels.Backend
+	// lock is held around the backend's use by this micro-batch (nil: none), released while
+	// waiting on the groups (a backend that is not kernels.Concurrent: microSteps)
+	lock      sync.Locker
 	expertsNs int64 // time spent in Dispatch and wait, summed over the layers
 	// lastComputeNs is the slowest group's compute time (as expertd reports it) in the last layer.
 	lastComputeNs int64
@@ -259,15 +262,22 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 		defer func() { f.expertsNs += time.Since(t1).Nanoseconds() }()
 		defer span.End()
 		clear(out)
+		if f.lock != nil { // let another micro-batch (or Open, Close) use the backend meanwhile
+			f.lock.Unlock()
+		}
+		for i := range parts {
+			if c := &calls[i]; c.lane != nil {
+				c.err = f.recv(ctx, parts[i].group, c.lane, &reqs[i], &resps[i])
+			}
+		}
+		wg.Wait() // the unary fallback calls
+		if f.lock != nil {
+			f.lock.Lock()
+		}
 		var errs []error
 		f.lastComputeNs = 0
 		for i := range parts {
 			p, c := &parts[i], &calls[i]
-			if c.lane != nil {
-				c.err = f.recv(ctx, p.group, c.lane, &reqs[i], &resps[i])
-			} else {
-				wg.Wait() // the unary fallback calls
-			}
 			if c.err == nil {
 				c.err = addRows(out, p.rows, H, &resps[i])
 			}
@@ -278,7 +288,6 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 				errs = append(errs, fmt.Errorf("attnd: layer %d expert group %s: %w", layer, f.r.groups[p.group].key, c.err))
 			}
 		}
-		wg.Wait()
 		if span.IsRecording() {
 			f.annotate(span, dispatched, t1, calls)
 		}

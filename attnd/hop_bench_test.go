@@ -35,7 +35,7 @@ func newHopRig(b *testing.B, blocks int) *hopRig {
 	ctx := context.Background()
 	reg := services.NewMemRegistry()
 	for i, ids := range [][]int{{0, 1, 2, 3, 4, 5, 6, 7}, {8, 9, 10, 11, 12, 13, 14, 15}} {
-		e, err := expertd.New(ctx, expertd.Config{ModelDir: benchTinyDir, Experts: ids})
+		e, err := expertd.New(ctx, expertd.Config{ModelDir: benchTinyDir, Experts: ids}, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -11,7 +11,10 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/dlmesh/dlmesh/attnd"
 	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/kernels"
+	"github.com/dlmesh/dlmesh/kernels/cpu"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 )
@@ -67,7 +70,7 @@ func (g *gatedExperts) ComputeStream(st grpc.BidiStreamingServer[pb.ExpertsReque
 // startGated registers a gated expert group for experts ids in reg.
 func startGated(tb testing.TB, reg services.Registry, id string, ids []int) *gatedExperts {
 	tb.Helper()
-	e, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: ids})
+	e, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: ids}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -97,12 +100,25 @@ func startGated(tb testing.TB, reg services.Registry, id string, ids []int) *gat
 
 // TestOpenCloseDoNotWaitForStep: while a step waits on an expert group, Open and Close of other
 // sessions, and Close of a session in that very step, return at once; the step then completes
-// (the closed session's cache is freed after it).
+// (the closed session's cache is freed after it). Also on a backend that is not
+// kernels.Concurrent, where Open and Close take the backend while the step waits on experts.
 func TestOpenCloseDoNotWaitForStep(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		be   func() kernels.Backend
+	}{
+		{"concurrent", func() kernels.Backend { return cpu.New() }},
+		{"exclusive", func() kernels.Backend { return &exclusive{Backend: cpu.New()} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testOpenCloseDuringStep(t, tc.be()) })
+	}
+}
+
+func testOpenCloseDuringStep(t *testing.T, be kernels.Backend) {
 	reg := services.NewMemRegistry()
 	startExpertd(t, reg, "e0", []int{0, 1, 2, 3, 4, 5, 6, 7})
 	g := startGated(t, reg, "e1", []int{8, 9, 10, 11, 12, 13, 14, 15})
-	a, c, _ := startAttnd(t, reg)
+	a, c, _ := startAttndCfg(t, reg, attnd.Config{ModelDir: tinyDir, NewBackend: func() (kernels.Backend, error) { return be, nil }})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := a.WaitServing(ctx); err != nil {

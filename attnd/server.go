@@ -5,20 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	otcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
+	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/kernels"
-	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -28,9 +27,6 @@ import (
 
 // TracerName is the instrumentation name of attnd's spans.
 const TracerName = "github.com/dlmesh/dlmesh/attnd"
-
-// DefaultBlockLen is the block length of a session opened without one (LLaDA2.x's).
-const DefaultBlockLen = 32
 
 // ErrNotReady: a call arrived before the weights were loaded.
 var ErrNotReady = errors.New("attnd: weights not loaded")
@@ -49,9 +45,7 @@ type Server struct {
 	cfg         Config
 	clientCfg   services.ClientConfig
 	tracer      trace.Tracer
-	grpc        *services.Server
-	lis         net.Listener
-	served      chan error
+	node        *services.Node // listener, gRPC server, health, registration (health.go)
 	reg         services.Registry
 	fingerprint string
 	backend     string // the kernels backend's name, once loaded
@@ -64,6 +58,7 @@ type Server struct {
 	mu           sync.Mutex // sessions (held briefly: never across a step's compute)
 	sessions     map[string]*session
 	stepSessions []*session // the sessions the running step claimed; under mu
+	beMu         sync.Mutex // the backend, when it is not kernels.Concurrent; taken after mu
 
 	info  atomic.Pointer[pb.ModelInfo] // set once loaded (load.go)
 	meter *services.LoadMeter          // Step calls
@@ -85,7 +80,6 @@ type Server struct {
 	stopping    bool       // Shutdown began: health stays NOT_SERVING
 	servingOnce sync.Once
 	serving     chan struct{} // closed when first SERVING
-	registered  atomic.Bool
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
@@ -117,44 +111,30 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("attnd: %w", err)
 	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	scfg := cfg.Server
-	scfg.TracerProvider = tp
-	scfg.Codes = Codes
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp, served: make(chan error, 1),
+	tp := services.TracerProvider(cfg.TracerProvider)
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp,
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
 		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow),
 		lanes: newLanePool()}
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
-	s.grpc = services.NewServer(scfg)
-	pb.RegisterAttentionServer(s.grpc, s)
-	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("attnd: listen: %w", err)
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "attnd", Listen: cfg.Listen, Server: cfg.Server,
+		Codes: Codes, TracerProvider: tp, Registry: reg},
+		func(r grpc.ServiceRegistrar) { pb.RegisterAttentionServer(r, s) }, s.load)
+	if err != nil {
+		return nil, err
 	}
 	if s.cfg.ID == "" {
-		s.cfg.ID = "attnd-" + s.lis.Addr().String()
+		s.cfg.ID = "attnd-" + s.node.Addr()
 	}
-	go func() { s.served <- s.grpc.Serve(s.lis) }()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
-	if err := s.load(ctx); err != nil {
-		close(s.watchDone)
-		return nil, errors.Join(err, s.Shutdown(context.WithoutCancel(ctx)))
-	}
 	go s.watchExperts(wctx, reg)
 	return s, nil
 }
 
 func (s *Server) load(ctx context.Context) error {
-	newBackend := s.cfg.NewBackend
-	if newBackend == nil {
-		newBackend = func() (kernels.Backend, error) { return cpu.New(), nil }
-	}
-	be, err := newBackend()
+	be, err := s.cfg.NewBackend()
 	if err != nil {
 		return fmt.Errorf("attnd: backend: %w", err)
 	}
@@ -195,7 +175,7 @@ func (s *Server) WaitServing(ctx context.Context) error {
 }
 
 // Addr is the address the server listens on.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.node.Addr() }
 
 // Instance describes this attnd for discovery: meta "fingerprint" and the device's
 // (Config.DeviceMeta).
@@ -212,20 +192,14 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-// Shutdown reports NOT_SERVING, stops discovery, deregisters the instance, stops gracefully
-// within cfg.Server.StopTimeout (or ctx), and frees the sessions and the model.
+// Shutdown reports NOT_SERVING, stops discovery, then stops the node (deregistration, graceful
+// stop within cfg.Server.StopTimeout or ctx), and frees the sessions and the model.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
-		defer cancel()
-		var errs []error
 		s.stopHealth()
 		s.stopWatch() // no registration after this
 		<-s.watchDone
-		if s.registered.Load() {
-			errs = append(errs, s.reg.Deregister(ctx, s.cfg.ID))
-		}
-		errs = append(errs, s.grpc.Stop(ctx), <-s.served)
+		errs := []error{s.node.Stop(ctx)}
 		s.lanes.close()
 		s.poolMu.Lock()
 		for k, p := range s.pools {
@@ -237,7 +211,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		defer s.stepMu.Unlock()
 		s.mu.Lock()
 		for id, ss := range s.sessions {
-			ss.cache.Free()
+			s.freeCache(ss.cache)
 			delete(s.sessions, id)
 		}
 		s.hopMu.Lock()
@@ -283,12 +257,14 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 	}
 	bl := int(req.GetBlockLength())
 	if bl == 0 {
-		bl = DefaultBlockLen
+		bl = diffusion.DefaultBlockLen
 	}
 	if bl < 1 || bl > capLen {
-		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, DefaultBlockLen)
+		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, diffusion.DefaultBlockLen)
 	}
+	unlock := s.lockBackend()
 	c, err := s.m.NewCache(capLen)
+	unlock()
 	if err != nil {
 		return nil, fmt.Errorf("attnd: open %q: %w", id, err)
 	}
@@ -308,7 +284,7 @@ func (s *Server) Close(_ context.Context, req *pb.CloseRequest) (*pb.CloseRespon
 		if ss.inStep {
 			ss.closed = true // the running step frees it when done
 		} else {
-			ss.cache.Free()
+			s.freeCache(ss.cache)
 		}
 	}
 	return &pb.CloseResponse{}, nil
@@ -381,13 +357,8 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
-		inv := seqs[i].InvTemp
 		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: wire.AppendI32(nil, o.IDs),
-			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false),
-			Probs: make([]float32, len(o.LSE))}
-		for row := range res.Probs {
-			res.Probs[row] = o.Prob(row, 0, inv)
-		}
+			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false)}
 		resp.Results[i] = res
 	}
 	total := time.Since(t0)
@@ -450,10 +421,35 @@ func (s *Server) unclaim(steps []*pb.SessionStep) {
 	for _, sess := range s.stepSessions {
 		sess.inStep = false
 		if sess.closed {
-			sess.cache.Free()
+			s.freeCache(sess.cache)
 		}
 	}
 	s.stepSessions = nil
+}
+
+// backendLock is the lock around the use of a backend that is not kernels.Concurrent, nil for
+// one that is.
+func (s *Server) backendLock() sync.Locker {
+	if kernels.IsConcurrent(s.m.Be) {
+		return nil
+	}
+	return &s.beMu
+}
+
+// lockBackend takes backendLock, if any, and returns its unlock.
+func (s *Server) lockBackend() func() {
+	l := s.backendLock()
+	if l == nil {
+		return func() {}
+	}
+	l.Lock()
+	return l.Unlock
+}
+
+// freeCache frees a session's cache under backendLock.
+func (s *Server) freeCache(c *model.Cache) {
+	defer s.lockBackend()()
+	c.Free()
 }
 
 // stepRows is the number of token rows a batch feeds.
@@ -477,9 +473,15 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 	}
 	errs := make([]error, n)
 	fans := make([]*fanout, n)
+	// A backend that is not kernels.Concurrent runs one micro-batch at a time: each holds the
+	// lock for its step but for its expert waits (fanout.wait), so one's attention still overlaps
+	// another's expert calls. It is s.beMu, which Open and Close take too: they run beside a
+	// step's expert waits, not beside its ops.
+	lock := s.backendLock()
 	var wg sync.WaitGroup
 	for c, chunk := range chunks {
 		fans[c] = s.newFanout(r)
+		fans[c].lock = lock
 		defer fans[c].release()
 		batch := make([]model.StepSeq, len(chunk))
 		for k, j := range chunk {
@@ -488,7 +490,13 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 		run := func() {
 			mctx, span := s.tracer.Start(ctx, "attnd.microbatch", trace.WithAttributes(attribute.Int("index", c),
 				attribute.Int("sessions", len(batch)), attribute.Int("rows", stepRows(batch))))
+			if lock != nil {
+				lock.Lock()
+			}
 			o, err := s.m.Step(mctx, batch, blockLen, model.StepOptions{Experts: fans[c], Allowed: r.allowed})
+			if lock != nil {
+				lock.Unlock()
+			}
 			if err != nil {
 				span.RecordError(err)
 				span.SetStatus(otcodes.Error, err.Error())

@@ -31,7 +31,7 @@ func start(tb testing.TB, ids []int) (*expertd.Server, pb.ExpertsClient, healthp
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := expertd.New(ctx, expertd.Config{ModelDir: tinyDir, Experts: ids})
+	s, err := expertd.New(ctx, expertd.Config{ModelDir: tinyDir, Experts: ids}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestInstanceDeviceMeta(t *testing.T) {
 		m, _ := services.DeviceMeta("cuda:0", gpus, "") // as if the backend were cuda:0
 		m["experts"] = "spoofed"
 		return m
-	}})
+	}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,40 +233,10 @@ func TestComputeRejectsMalformed(t *testing.T) {
 	}
 }
 
-func TestParseExperts(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want []int
-		bad  bool
-	}{
-		{in: "0-7", want: []int{0, 1, 2, 3, 4, 5, 6, 7}},
-		{in: "8-15", want: []int{8, 9, 10, 11, 12, 13, 14, 15}},
-		{in: "3,1, 2", want: []int{1, 2, 3}},
-		{in: "0-1,8-9", want: []int{0, 1, 8, 9}},
-		{in: "", bad: true},
-		{in: "7-3", bad: true},
-		{in: "1,1", bad: true},
-		{in: "a", bad: true},
-		{in: "-1", bad: true},
-	} {
-		got, err := expertd.ParseExperts(tc.in)
-		if tc.bad != (err != nil) || !tc.bad && !slices.Equal(got, tc.want) {
-			t.Errorf("ParseExperts(%q) = %v, %v", tc.in, got, err)
-		}
-		if !tc.bad && expertd.FormatExperts(got) != strings.ReplaceAll(expertd.FormatExperts(tc.want), " ", "") {
-			t.Errorf("FormatExperts(%v) = %q", got, expertd.FormatExperts(got))
-		}
-	}
-	g, err := expertd.SplitExperts(16, 2)
-	if err != nil || expertd.FormatExperts(g[0]) != "0-7" || expertd.FormatExperts(g[1]) != "8-15" {
-		t.Errorf("SplitExperts(16, 2) = %v, %v", g, err)
-	}
-}
-
 // TestInfoReportsLoad: Info counts the Compute calls answered and failed, with their latency.
 func TestInfoReportsLoad(t *testing.T) {
 	held := []int32{0, 1, 2, 3, 4, 5, 6, 7}
-	_, c, _ := start(t, expertsOf(held))
+	srv, c, _ := start(t, expertsOf(held))
 	in := randomInput(4, 256, 4, held, 3)
 	ctx := context.Background()
 	for range 3 {
@@ -287,7 +257,44 @@ func TestInfoReportsLoad(t *testing.T) {
 	if l.GetCalls() != 3 || l.GetErrors() != 1 || l.GetInFlight() != 0 || l.GetWindowCalls() != 3 || l.GetWindowS() != 60 {
 		t.Errorf("load %v: want 3 calls, 1 error, none in flight, 3 in the 60 s window", l)
 	}
+	if srv.Calls() != l.GetCalls() {
+		t.Errorf("Calls() = %d, Info's load %d: one count, want them equal", srv.Calls(), l.GetCalls())
+	}
 	if l.GetP50Ms() <= 0 || l.GetP99Ms() < l.GetP50Ms() {
 		t.Errorf("latency p50 %v ms p99 %v ms: want 0 < p50 <= p99", l.GetP50Ms(), l.GetP99Ms())
+	}
+}
+
+// New registers the replica in the registry it is given, under the default id scheme (or
+// Config.ID), SERVING; Shutdown takes it out again.
+func TestRegistration(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		cfg    expertd.Config
+		prefix string
+	}{
+		{"default id from experts", expertd.Config{Experts: []int{0, 1, 2, 5}}, "expertd-0-2_5-127.0.0.1-"},
+		{"default id from group", expertd.Config{Experts: []int{3}, Group: "g7"}, "expertd-g7-127.0.0.1-"},
+		{"explicit id", expertd.Config{Experts: []int{3}, ID: "expertd-g0-r1"}, "expertd-g0-r1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := services.NewMemRegistry()
+			cfg := tc.cfg
+			cfg.ModelDir = tinyDir
+			s, err := expertd.New(t.Context(), cfg, reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ins, _ := reg.Instances(t.Context(), services.KindExpertd)
+			if len(ins) != 1 || ins[0].ID != s.ID() || !strings.HasPrefix(s.ID(), tc.prefix) || ins[0].Addr != s.Addr() {
+				t.Fatalf("registered %+v (id %q), want one instance with id prefix %q at %s", ins, s.ID(), tc.prefix, s.Addr())
+			}
+			if err := s.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if ins, _ := reg.Instances(t.Context(), services.KindExpertd); len(ins) != 0 {
+				t.Errorf("after Shutdown the registry holds %+v", ins)
+			}
+		})
 	}
 }

@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	otcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -41,13 +39,12 @@ type Server struct {
 	cfg     Config
 	tracer  trace.Tracer
 	tok     *tokenizer.Tokenizer
+	chat    *ChatTemplate
 	mcfg    *model.Config
 	pool    *services.Pool
 	stepper *RemoteStepper
 	eng     *engine.Engine
-	grpc    *services.Server
-	lis     net.Listener
-	served  chan error
+	node    *services.Node // listener, gRPC server, health, registration
 	reg     services.Registry
 	seq     atomic.Uint64
 
@@ -71,8 +68,9 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	if tok.ChatTemplate() != "" {
-		slog.Warn("gateway: tokenizer_config.json has a chat_template; it is not rendered (no Jinja engine), the default <role>…</role> template is used")
+	chatTmpl, err := LoadChatTemplate(cfg.ModelDir)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if tok.MaskID() < 0 || tok.EOSID() < 0 {
 		return nil, fmt.Errorf("gateway: tokenizer in %s has no mask or eos token", cfg.ModelDir)
@@ -81,38 +79,31 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
+	tp := services.TracerProvider(cfg.TracerProvider)
 	ccfg := cfg.Client
 	ccfg.TracerProvider = tp
-	scfg := cfg.Server
-	scfg.TracerProvider = tp
-	scfg.Codes = Codes
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, served: make(chan error, 1),
-		watchDone: make(chan struct{})}
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, chat: chatTmpl, mcfg: mcfg, reg: reg, watchDone: make(chan struct{})}
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
 		return services.Dial(in.Addr, ccfg)
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
-	s.grpc = services.NewServer(scfg)
-	pb.RegisterGatewayServer(s.grpc, s)
-	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "gateway", Listen: cfg.Listen, Server: cfg.Server,
+		Codes: Codes, TracerProvider: tp, Registry: reg},
+		func(r grpc.ServiceRegistrar) { pb.RegisterGatewayServer(r, s) }, nil)
+	if err != nil {
 		s.eng.Stop()
-		return nil, fmt.Errorf("gateway: listen: %w", err)
+		return nil, err
 	}
 	if s.cfg.ID == "" {
-		s.cfg.ID = "gateway-" + s.lis.Addr().String()
+		s.cfg.ID = "gateway-" + s.node.Addr()
 	}
-	go func() { s.served <- s.grpc.Serve(s.lis) }()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
 	ch, err := reg.Watch(wctx, services.KindAttnd)
 	if err == nil {
-		err = reg.Register(ctx, s.Instance())
+		err = s.node.Register(ctx, s.Instance())
 	}
 	if err != nil {
 		close(s.watchDone)
@@ -129,12 +120,12 @@ func (s *Server) watchAttnd(ch <-chan []services.Instance) {
 		if err := s.pool.Update(set); err != nil {
 			slog.Warn("gateway: attnd pool update", "err", err)
 		}
-		s.grpc.SetServing(s.pool.Len() > 0)
+		s.node.SetServing(s.pool.Len() > 0)
 	}
 }
 
 // Addr is the address the server listens on.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.node.Addr() }
 
 // Instance describes the gateway for discovery.
 func (s *Server) Instance() services.Instance {
@@ -147,15 +138,12 @@ func (s *Server) Queued() int { return s.eng.Queued() }
 // Stepper returns the gateway's RemoteStepper (for its session count).
 func (s *Server) Stepper() *RemoteStepper { return s.stepper }
 
-// Shutdown deregisters the gateway, reports NOT_SERVING, stops the gRPC server gracefully within
-// cfg.Server.StopTimeout (or ctx; running streams are cut after it), then stops the engine
+// Shutdown stops the node (NOT_SERVING, deregistration, graceful stop within
+// cfg.Server.StopTimeout or ctx; running streams are cut after it), then stops the engine
 // (closing any session left) and discovery.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
-		defer cancel()
-		s.grpc.SetServing(false)
-		errs := []error{s.reg.Deregister(ctx, s.cfg.ID), s.grpc.Stop(ctx), <-s.served}
+		errs := []error{s.node.Stop(ctx)}
 		s.eng.Stop()
 		s.stopWatch()
 		<-s.watchDone
@@ -192,7 +180,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 			msgs[i] = Message{Role: m.GetRole(), Content: m.GetContent()}
 		}
 		var err error
-		if text, err = RenderChat(msgs); err != nil {
+		if text, err = s.chat.Render(msgs); err != nil {
 			return err
 		}
 	default:
@@ -212,7 +200,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("prompt_tokens", len(ids)),
 		attribute.Int("gen_length", p.GenLen), attribute.Int("block_length", p.BlockLen))
 
-	ev := &events{s: s, ctx: ctx, stream: stream, firstBlock: len(ids) / p.BlockLen}
+	ev := &events{s: s, ctx: ctx, stream: stream}
 	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p}, ev.on)
 	ev.endBlock()
 	if err != nil {
@@ -241,15 +229,13 @@ func final(r *engine.Result, steps int) *pb.FinalEvent {
 
 // events converts the engine's events of one request into stream messages and spans.
 type events struct {
-	s          *Server
-	ctx        context.Context
-	stream     grpc.ServerStreamingServer[pb.GenerateEvent]
-	firstBlock int // absolute index of the block holding the first generated position
-	steps      int
-	block      int // relative index of the block being denoised, -1 before the first step
-	blockStep  int
-	blockSpan  trace.Span
-	err        error // the first failed Send
+	s         *Server
+	ctx       context.Context
+	stream    grpc.ServerStreamingServer[pb.GenerateEvent]
+	steps     int
+	block     int // the block being denoised (engine.StepEvent.Block)
+	blockSpan trace.Span
+	err       error // the first failed Send
 }
 
 func (e *events) send(ev *pb.GenerateEvent) {
@@ -270,17 +256,16 @@ func (e *events) on(ev engine.Event) {
 	case ev.Step != nil:
 		st := ev.Step
 		e.steps++
-		block := st.Block - e.firstBlock
+		block := st.Block
 		now := time.Now()
 		start := now.Add(-time.Duration(st.StepMs * float64(time.Millisecond)))
 		if e.blockSpan == nil || block != e.block {
 			e.endBlock()
 			_, e.blockSpan = e.s.tracer.Start(e.ctx, "gateway.block", trace.WithTimestamp(start),
 				trace.WithAttributes(attribute.Int("block", block)))
-			e.block, e.blockStep = block, 0
+			e.block = block
 		}
-		e.blockStep++
-		out := &pb.StepEvent{Block: int32(block), Step: int32(e.blockStep), MaskedBefore: int32(st.MaskedBefore), StepMs: float32(st.StepMs),
+		out := &pb.StepEvent{Block: int32(block), Step: int32(st.Step), MaskedBefore: int32(st.MaskedBefore), StepMs: float32(st.StepMs),
 			BlockStart: int32(st.BlockLo - st.PromptLen), BlockLength: int32(len(st.Tokens)), Degraded: st.Degraded}
 		unmasked, edited := 0, 0
 		for _, c := range st.Changes {
@@ -296,14 +281,14 @@ func (e *events) on(ev engine.Event) {
 		}
 		bctx := trace.ContextWithSpan(e.ctx, e.blockSpan)
 		_, span := e.s.tracer.Start(bctx, "gateway.step", trace.WithTimestamp(start), trace.WithAttributes(
-			attribute.Int("block", block), attribute.Int("step", e.blockStep), attribute.Int("masked_before", st.MaskedBefore),
+			attribute.Int("block", block), attribute.Int("step", st.Step), attribute.Int("masked_before", st.MaskedBefore),
 			attribute.Int("unmasked", unmasked), attribute.Int("edited", edited)))
 		span.End(trace.WithTimestamp(now))
 		e.send(&pb.GenerateEvent{Event: &pb.GenerateEvent_Step{Step: out}})
 	case ev.Block != nil:
 		b := ev.Block
 		e.endBlock()
-		e.send(&pb.GenerateEvent{Event: &pb.GenerateEvent_Block{Block: &pb.BlockEvent{Block: int32(b.Block - e.firstBlock),
+		e.send(&pb.GenerateEvent{Event: &pb.GenerateEvent_Block{Block: &pb.BlockEvent{Block: int32(b.Block),
 			Text: b.Text, TokenIds: b.Tokens}}})
 	}
 }

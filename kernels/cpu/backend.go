@@ -42,6 +42,10 @@ func New(opts ...Option) *Backend {
 	return b
 }
 
+// NewBackend is New with the default options as a backend factory: the default of the
+// services' NewBackend knobs (attnd.Config, expertd.Config).
+func NewBackend() (kernels.Backend, error) { return New(), nil }
+
 // Workers is the number of goroutines an op may use.
 func (b *Backend) Workers() int { return b.workers }
 
@@ -57,6 +61,10 @@ type store struct {
 
 // Name implements kernels.Backend.
 func (b *Backend) Name() string { return "cpu" }
+
+// Concurrent implements kernels.Concurrent: ops are synchronous and keep no state between calls,
+// so several goroutines may use one Backend at once on different tensors.
+func (b *Backend) Concurrent() bool { return true }
 
 // Sync implements kernels.Backend: every op runs to completion before it returns.
 func (b *Backend) Sync() error { return nil }
