@@ -6,12 +6,78 @@
 // The routed experts are remote. For every MoE layer the model routes, then Dispatch (experts.go)
 // downloads the hidden rows, the chosen ids and the weights once, groups the rows by expert group
 // (a row goes once to each group that holds any of its choices, the other groups' ids set to -1),
-// and calls every group in parallel while the model computes the shared expert. A group is a
-// services.Pool of expertd replicas (least outstanding calls, one breaker per replica); every call
-// has a deadline and a failed call is retried once on another replica of the group (Compute is
-// idempotent). wait sums the groups' rows, in group order, and uploads them. Tensors travel as f32
-// by default (exact parity with the in-process engine up to the order of one float addition per
-// group), bf16 when Config.WireBF16 is set.
+// encodes each group's rows once into its request and sends it, and returns while the model
+// computes the shared expert; wait receives the answers and sums them, in group order, into
+// the host buffer it uploads. A group is a services.Pool of expertd replicas (least outstanding
+// calls, one breaker per replica); every call has a deadline and a failed call is retried once on
+// another replica of the group (Compute is idempotent). Tensors travel as f32 by default (exact
+// parity with the in-process engine up to the order of one float addition per group), bf16 when
+// Config.WireBF16 is set.
+//
+// # The expert hop
+//
+// A hop is a Send on a lane and a Recv (lanes.go): each fan-out (one micro-batch's step) takes,
+// per group, one long-lived Experts.ComputeStream to a replica for the whole step, and returns
+// it to the Server's lane pool after. So a layer costs no goroutine, no new HTTP/2 stream, no
+// per-call interceptor, context or client span, and its host buffers (hopBuf: activations,
+// split, requests, sums) come from a pool: after warm-up a layer allocates only what protobuf
+// decodes. The unary Compute stays the fallback: a lane that fails is dropped and its request
+// retried as a unary call on another replica (on any replica when expertd lacks ComputeStream);
+// the ExpertTimeout deadline is a timer per layer that cancels the lane. A step's trace keeps
+// one attnd.experts span per layer with the group timings as attributes (group.rtt_ms,
+// group.compute_ms, group.replica, and overlap_ms / blocked_ms: the caller's own work between
+// Dispatch and wait, and how long wait then blocked); expertd starts its compute span only when
+// the request carries the traceparent of a sampled trace. Step holds the session lock only to
+// claim its sessions: Open and Close do not wait for a step that waits on its experts (a Close
+// during the step frees the cache when the step ends).
+//
+// With several sessions a step is split into Config.MicroBatches micro-batches run concurrently
+// (split.go): while one waits for its groups the other runs its attention, and the trace report
+// (tracing) draws each micro-batch in a band of its own so the ping-pong is visible. The
+// ping-pong hides a hop only when a micro-batch's attention takes as long as the other's hop:
+// in the embedded CPU mesh (every service in one 2-core process) it does not (a trace of 6
+// concurrent requests: 72% of the fan-out time of one micro-batch overlapped the other's, both
+// queued at the same expertd), and the shared expert competes with the transport's goroutines
+// for the same cores, so only 20-36% of the groups' computes started before attnd's shared
+// expert ended (a runtime.Gosched after the sends, tried, did not help: 20%). Separate
+// processes, or a GPU doing the attention, are what the overlap is for.
+//
+// Measured (BenchmarkExpertHop: one MoE layer of the tiny model, 2 groups of one expertd each on
+// loopback; the machine is 2 shared cores with load averages of 6-25, so only ratios within one
+// run hold). Before, the fan-out was a unary call per group in a new goroutine, the rows copied
+// element by element into new request bytes, the answers decoded into new slices, a client and
+// a server span per call. Its overhead over the slowest group's compute was 2.4-3.2× the echo
+// floor (plain gRPC unary calls of the same bytes, both groups in parallel, to a server that
+// answers at once) at 1 block and 2.0-2.1× at 8, with 1.1 MB and 1,665 allocations per layer
+// (the echoes' included). The CPU profile then: ExpertsFFN half of the process's CPU, gRPC's
+// transport a third (as much for the echoes as for the hop), the fan-out's own host work 5%, GC
+// and allocation 7%; and the process was on a CPU only 27% of the wall time: the hop's cost is
+// the chain of goroutine and thread wake-ups on its path (client writer, server reader, handler,
+// the backend's workers, server writer, client reader), each waiting for a core, far more than
+// its bytes. The mesh's gRPC options (stats handlers, interceptors) cost nothing measurable over
+// plain gRPC (mesh-echo-us ≈ echo-us). After (lanes, pooled buffers), in one run at load ~10:
+// 1.97× the echo at 1 block (1.41 ms over 0.71 ms) and 1.09× at 8, against 2.66× and 1.49× for
+// unary calls with the same pooled buffers and 3.24× and 2.08× for the code before; half the
+// bytes and a third fewer allocations per layer. So the stream is what paid, at both sizes; the
+// pooled buffers alone bought little. The profile after: ExpertsFFN 55%, transport ~20% (echoes
+// included), the fan-out's host work 4%, expertd's decoding 3%, GC 4.5%.
+//
+// # On the GPU
+//
+// The path is the same on the CUDA backend with two changes, both behind kernels.Stager (a
+// backend with pinned host memory and stream-ordered copies; the CPU backend has none and keeps
+// the plain Download/Upload): the hop's host buffers are pinned (cuMemHostAlloc) so the routed
+// rows are downloaded, and the sums uploaded, with cuMemcpyDtoHAsync/HtoDAsync on the backend's
+// stream, the download followed by one stream synchronisation (the rows must be on the host
+// before they are sent) and the upload not waited for at all (the next op on the stream consumes
+// it; the buffer is reused only after the next layer's synchronisation). The attention part of a
+// layer stays graph-captured between hops: model.Step's compute is cut at each Dispatch/wait
+// into segments (embed + layer 0 up to its router; then per MoE layer: add routed sums, the next
+// layer's attention and router), each segment captured once per batch shape and replayed, the
+// hop itself running on the host between two graph launches; the shared expert is enqueued
+// right after the download so the GPU works on it while the groups do. The design keeps one
+// synchronisation per layer (the download) and no per-layer allocation, which is what a
+// ~0.44 ms layer of experts on a GPU leaves room for.
 //
 // Groups come from discovery: attnd watches the expertd instances, asks each new one for its
 // expert set (Experts.Info, with the checkpoint fingerprint, which must match), and groups the

@@ -54,8 +54,11 @@ type Server struct {
 
 	m *model.Model
 
-	mu       sync.Mutex // sessions and the backend: one step at a time
-	sessions map[string]*session
+	stepMu       sync.Mutex // one step at a time; taken before mu, and never under it
+	mu           sync.Mutex // sessions (held briefly: never across a step's compute)
+	sessions     map[string]*session
+	stepSessions []*session // the sessions the running step claimed; under mu
+	beMu         sync.Mutex // the backend, when it is not kernels.Concurrent; taken after mu
 
 	info  atomic.Pointer[pb.ModelInfo] // set once loaded (load.go)
 	meter *services.LoadMeter          // Step calls
@@ -64,6 +67,13 @@ type Server struct {
 	poolMu sync.Mutex
 	pools  map[string]*services.Pool // by expert set
 	routes atomic.Pointer[routes]
+
+	hopMu   sync.Mutex
+	hopFree []*hopBuf // the idle fan-outs' host buffers (experts.go)
+	lanes   *lanePool // idle ComputeStreams per replica
+	// unaryOnly makes every expert call a unary Compute (no lanes): for benchmarks comparing
+	// the two.
+	unaryOnly bool
 
 	healthMu    sync.Mutex // health transitions (health.go)
 	healthy     bool       // health is SERVING
@@ -80,7 +90,9 @@ type Server struct {
 type session struct {
 	cache    *model.Cache
 	blockLen int
-	counted  int // cache.Len as counted in usage.kvTokens
+	counted  int  // cache.Len as counted in usage.kvTokens
+	inStep   bool // a step is using the cache (claim); under Server.mu
+	closed   bool // Close came during that step: unclaim frees the cache
 }
 
 var _ pb.AttentionServer = (*Server)(nil)
@@ -102,7 +114,8 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	tp := services.TracerProvider(cfg.TracerProvider)
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp,
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
-		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
+		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow),
+		lanes: newLanePool()}
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
 	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "attnd", Listen: cfg.Listen, Server: cfg.Server,
@@ -187,17 +200,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.stopWatch() // no registration after this
 		<-s.watchDone
 		errs := []error{s.node.Stop(ctx)}
+		s.lanes.close()
 		s.poolMu.Lock()
 		for k, p := range s.pools {
 			errs = append(errs, p.Close())
 			delete(s.pools, k)
 		}
 		s.poolMu.Unlock()
+		s.stepMu.Lock() // a step cut short by the stop timeout finishes first
+		defer s.stepMu.Unlock()
 		s.mu.Lock()
 		for id, ss := range s.sessions {
-			ss.cache.Free()
+			s.freeCache(ss.cache)
 			delete(s.sessions, id)
 		}
+		s.hopMu.Lock()
+		for _, b := range s.hopFree { // every fan-out is back: no step runs
+			errs = append(errs, b.free())
+		}
+		s.hopFree = nil
+		s.hopMu.Unlock()
 		if s.m != nil {
 			errs = append(errs, s.m.Close(), s.m.Be.Close())
 			s.m = nil
@@ -240,7 +262,9 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 	if bl < 1 || bl > capLen {
 		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, diffusion.DefaultBlockLen)
 	}
+	unlock := s.lockBackend()
 	c, err := s.m.NewCache(capLen)
+	unlock()
 	if err != nil {
 		return nil, fmt.Errorf("attnd: open %q: %w", id, err)
 	}
@@ -256,8 +280,12 @@ func (s *Server) Close(_ context.Context, req *pb.CloseRequest) (*pb.CloseRespon
 	defer s.mu.Unlock()
 	if ss, ok := s.sessions[req.GetSessionId()]; ok {
 		s.closed(ss)
-		ss.cache.Free()
 		delete(s.sessions, req.GetSessionId())
+		if ss.inStep {
+			ss.closed = true // the running step frees it when done
+		} else {
+			s.freeCache(ss.cache)
+		}
 	}
 	return &pb.CloseResponse{}, nil
 }
@@ -278,37 +306,14 @@ func (s *Server) Step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 
 func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
 	t0 := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		return nil, ErrNotReady
+	s.stepMu.Lock()
+	defer s.stepMu.Unlock()
+	seqs, lens, err := s.claim(req)
+	if err != nil {
+		return nil, err
 	}
 	ss := req.GetSessions()
-	if len(ss) == 0 {
-		return nil, invalid("sessions is empty")
-	}
-	seqs := make([]model.StepSeq, len(ss))
-	lens := make([]int, len(ss))
-	seen := make(map[string]bool, len(ss))
-	for i, st := range ss {
-		id := st.GetSessionId()
-		sess, ok := s.sessions[id]
-		if !ok {
-			return nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, errdefs.ErrUnknownSession)
-		}
-		if seen[id] {
-			return nil, invalid("sessions[%d]: session %q appears twice", i, id)
-		}
-		seen[id] = true
-		inv := st.GetInvTemperature()
-		if inv < 0 {
-			return nil, invalid("sessions[%d].inv_temperature %v: want >= 0 (0 = 1)", i, inv)
-		}
-		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
-			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
-		lens[i] = sess.blockLen
-	}
-	defer s.written(ss) // what the step wrote to the caches, even if it failed later
+	defer s.unclaim(ss) // and count what the step wrote to the caches, even if it failed later
 	// the request is valid: now the expert groups must be there
 	r := s.routes.Load()
 	if r == nil || len(r.groups) == 0 {
@@ -364,6 +369,89 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	return resp, nil
 }
 
+// claim validates the sessions of a step under s.mu and marks them in use, so that a Close
+// while the step runs defers freeing the cache to unclaim. s.mu is not held across the step:
+// Open and Close do not wait behind a step that waits on its experts. s.stepMu is held.
+func (s *Server) claim(req *pb.StepRequest) ([]model.StepSeq, []int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		return nil, nil, ErrNotReady
+	}
+	ss := req.GetSessions()
+	if len(ss) == 0 {
+		return nil, nil, invalid("sessions is empty")
+	}
+	seqs := make([]model.StepSeq, len(ss))
+	lens := make([]int, len(ss))
+	used := make([]*session, len(ss))
+	seen := make(map[string]bool, len(ss))
+	for i, st := range ss {
+		id := st.GetSessionId()
+		sess, ok := s.sessions[id]
+		if !ok {
+			return nil, nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, errdefs.ErrUnknownSession)
+		}
+		if seen[id] {
+			return nil, nil, invalid("sessions[%d]: session %q appears twice", i, id)
+		}
+		seen[id] = true
+		inv := st.GetInvTemperature()
+		if inv < 0 {
+			return nil, nil, invalid("sessions[%d].inv_temperature %v: want >= 0 (0 = 1)", i, inv)
+		}
+		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
+			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
+		lens[i] = sess.blockLen
+		used[i] = sess
+	}
+	for _, sess := range used {
+		sess.inStep = true
+	}
+	s.stepSessions = used
+	return seqs, lens, nil
+}
+
+// unclaim ends a step's use of its sessions: it counts what the step wrote to the caches of
+// those still open and frees those closed meanwhile.
+func (s *Server) unclaim(steps []*pb.SessionStep) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.written(steps)
+	for _, sess := range s.stepSessions {
+		sess.inStep = false
+		if sess.closed {
+			s.freeCache(sess.cache)
+		}
+	}
+	s.stepSessions = nil
+}
+
+// backendLock is the lock around the use of a backend that is not kernels.Concurrent, nil for
+// one that is.
+func (s *Server) backendLock() sync.Locker {
+	if kernels.IsConcurrent(s.m.Be) {
+		return nil
+	}
+	return &s.beMu
+}
+
+// lockBackend takes backendLock, if any, and returns its unlock.
+func (s *Server) lockBackend() func() {
+	l := s.backendLock()
+	if l == nil {
+		return func() {}
+	}
+	l.Lock()
+	return l.Unlock
+}
+
+// freeCache frees a session's cache under backendLock.
+func (s *Server) freeCache(c *model.Cache) {
+	defer s.lockBackend()()
+	c.Free()
+}
+
 // stepRows is the number of token rows a batch feeds.
 func stepRows(batch []model.StepSeq) int {
 	n := 0
@@ -387,14 +475,14 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 	fans := make([]*fanout, n)
 	// A backend that is not kernels.Concurrent runs one micro-batch at a time: each holds the
 	// lock for its step but for its expert waits (fanout.wait), so one's attention still overlaps
-	// another's expert calls.
-	var lock sync.Locker
-	if n > 1 && !kernels.IsConcurrent(s.m.Be) {
-		lock = new(sync.Mutex)
-	}
+	// another's expert calls. It is s.beMu, which Open and Close take too: they run beside a
+	// step's expert waits, not beside its ops.
+	lock := s.backendLock()
 	var wg sync.WaitGroup
 	for c, chunk := range chunks {
-		fans[c] = &fanout{s: s, r: r, be: s.m.Be, lock: lock}
+		fans[c] = s.newFanout(r)
+		fans[c].lock = lock
+		defer fans[c].release()
 		batch := make([]model.StepSeq, len(chunk))
 		for k, j := range chunk {
 			batch[k] = seqs[j]

@@ -23,15 +23,31 @@ type part struct {
 //
 // Reference: y[t] = Σ_j w[t,j]·FFN_{ids[t,j]}(x[t]) = Σ_g Σ_{j: owner(ids[t,j])=g} w[t,j]·FFN(x[t]).
 func split(ids []int32, weights []float32, k int, owner []int, groups int) ([]part, error) {
+	return splitInto(nil, ids, weights, k, owner, groups)
+}
+
+// splitInto is split reusing the parts (and their slices) of buf[:cap(buf)].
+func splitInto(buf []part, ids []int32, weights []float32, k int, owner []int, groups int) ([]part, error) {
 	if k <= 0 || len(ids)%k != 0 || len(weights) != len(ids) {
 		return nil, fmt.Errorf("attnd: split: %d ids, %d weights, top_k %d", len(ids), len(weights), k)
 	}
-	parts := make([]part, groups)
+	parts := buf[:cap(buf)]
+	if len(parts) < groups {
+		parts = append(parts, make([]part, groups-len(parts))...)
+	}
+	parts = parts[:groups]
 	for g := range parts {
-		parts[g].group = g
+		p := &parts[g]
+		*p = part{group: g, rows: p.rows[:0], ids: p.ids[:0], weights: p.weights[:0]}
 	}
 	T := len(ids) / k
-	touched := make([]bool, groups)
+	var touchedBuf [64]bool
+	touched := touchedBuf[:0]
+	if groups <= len(touchedBuf) {
+		touched = touchedBuf[:groups]
+	} else {
+		touched = make([]bool, groups)
+	}
 	for t := 0; t < T; t++ {
 		clear(touched)
 		row := ids[t*k : (t+1)*k]
@@ -59,11 +75,13 @@ func split(ids []int32, weights []float32, k int, owner []int, groups int) ([]pa
 			}
 		}
 	}
-	out := parts[:0]
-	for _, p := range parts {
-		if len(p.rows) > 0 {
-			out = append(out, p)
+	// Empty groups move to the end (keeping their slices for reuse); the others keep group order.
+	n := 0
+	for g := range parts {
+		if len(parts[g].rows) > 0 {
+			parts[n], parts[g] = parts[g], parts[n]
+			n++
 		}
 	}
-	return out, nil
+	return parts[:n], nil
 }

@@ -39,7 +39,11 @@ type Server struct {
 	isHeld []bool  // by global expert id
 	gpus   []*pb.GPUInfo
 
-	mu sync.Mutex // the backend is used by one goroutine at a time
+	mu     sync.Mutex // the backend is used by one goroutine at a time
+	closed bool       // under mu: Shutdown freed the model and the backend
+
+	drainOnce sync.Once
+	drain     chan struct{} // closed when Shutdown begins (draining)
 
 	closeOnce sync.Once
 	meter     *services.LoadMeter
@@ -162,11 +166,14 @@ func (s *Server) SetServing(serving bool) { s.node.SetServing(serving) }
 // return the first call's result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
+		s.draining()
+		close(s.drain) // ComputeStreams end between requests
 		errs := []error{s.node.Stop(ctx)}
 		s.mu.Lock()
 		if s.m != nil {
 			errs = append(errs, s.m.Close(), s.m.Be.Close())
 		}
+		s.closed = true
 		s.mu.Unlock()
 		s.closeErr = errors.Join(errs...)
 	})
@@ -183,31 +190,41 @@ func (s *Server) Info(context.Context, *pb.InfoRequest) (*pb.ExpertSetInfo, erro
 func (s *Server) Load() services.LoadSnapshot { return s.meter.Snapshot() }
 
 // Compute implements pb.ExpertsServer.
-func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (_ *pb.ExpertsResponse, err error) {
-	end := s.meter.Start()
-	defer func() { end(err) }()
+func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (*pb.ExpertsResponse, error) {
 	ctx, span := s.tracer.Start(ctx, "expertd.compute", trace.WithAttributes(
 		attribute.Int("layer", int(req.GetLayer())), attribute.Int("rows", int(req.GetRows()))))
 	defer span.End()
-	t0 := time.Now()
-	b, err := s.validate(req)
-	if err != nil {
+	resp := &pb.ExpertsResponse{}
+	if err := s.serve(ctx, req, resp, &scratch{}); err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		return nil, err
 	}
-	y, err := s.compute(ctx, b)
+	return resp, nil
+}
+
+// serve validates and computes one request into resp, with sc's buffers.
+func (s *Server) serve(ctx context.Context, req *pb.ExpertsRequest, resp *pb.ExpertsResponse, sc *scratch) (err error) {
+	end := s.meter.Start()
+	defer func() { end(err) }()
+	t0 := time.Now()
+	b, err := s.validate(req, sc)
 	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
-		return nil, err
+		return err
+	}
+	y := grow(&sc.y, b.rows*s.m.Cfg.Hidden)
+	if err := s.compute(ctx, b, y, sc); err != nil {
+		return err
 	}
 	bf16 := req.GetDtype() == pb.DType_DTYPE_BF16
-	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: wire.AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),
-		ComputeMs: float64(time.Since(t0).Microseconds()) / 1000}, nil
+	resp.Dtype = req.GetDtype()
+	resp.Y = wire.AppendF32(resp.Y[:0], y, bf16)
+	resp.ComputeMs = float64(time.Since(t0).Microseconds()) / 1000
+	return nil
 }
 
 // validate checks every field of req and decodes its tensors. Errors wrap
 // errdefs.ErrInvalidArgument and name the field and the allowed values.
-func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
+func (s *Server) validate(req *pb.ExpertsRequest, sc *scratch) (*batch, error) {
 	c := s.m.Cfg
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("expertd: %s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
@@ -234,8 +251,9 @@ func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 	default:
 		return nil, bad("dtype %v: want DTYPE_F32 or DTYPE_BF16", req.GetDtype())
 	}
-	b := &batch{layer: layer, rows: rows, topK: topK,
-		x: make([]float32, rows*hidden), ids: make([]int32, rows*topK), weights: make([]float32, rows*topK)}
+	b := &sc.b
+	*b = batch{layer: layer, rows: rows, topK: topK,
+		x: grow(&sc.x, rows*hidden), ids: grow(&sc.ids, rows*topK), weights: grow(&sc.w, rows*topK)}
 	size := 4
 	if bf16 {
 		size = 2

@@ -307,6 +307,22 @@ type ReadMeter interface {
 	ReadBandwidth(n int64, reps int) (bytesPerS float64, err error)
 }
 
+// Stager is implemented by backends whose host transfers can run asynchronously, in stream
+// order, through pinned (page-locked) host memory: attnd's expert hop downloads the routed rows
+// and uploads their sums through it. Pinned buffers are scarce and slow to allocate: keep them.
+type Stager interface {
+	// AllocPinned returns n bytes of pinned host memory, zeroed, for FreePinned (or Close) to free.
+	AllocPinned(n int) ([]byte, error)
+	// FreePinned frees a buffer AllocPinned returned (the whole slice it returned).
+	FreePinned(p []byte) error
+	// DownloadAsync enqueues a copy of t's bytes into dst, which must lie in a pinned buffer and
+	// hold exactly t's bytes; they are there once a later Sync returns.
+	DownloadAsync(dst []byte, t *Tensor) error
+	// UploadAsync enqueues a copy of src (in a pinned buffer, exactly t's bytes) into t, in order
+	// with the ops around it; src must not change until a later Sync returns.
+	UploadAsync(t *Tensor, src []byte) error
+}
+
 // Grapher is implemented by backends that can record a sequence of ops once and replay it
 // (CUDA graphs). Capture runs fn with the ops recorded instead of run; the returned Graph
 // replays them on the same tensors.

@@ -134,12 +134,13 @@ func union(iv [][2]float64) float64 {
 
 // Span names the step analysis knows.
 const (
-	SpanEngineStep   = "engine.step"
-	SpanAttndStep    = "attnd.step"
-	SpanAttndExperts = "attnd.experts"
-	SpanGenerate     = "gateway.generate"
-	SpanGatewayBlock = "gateway.block"
-	SpanGatewayStep  = "gateway.step"
+	SpanEngineStep      = "engine.step"
+	SpanAttndStep       = "attnd.step"
+	SpanAttndExperts    = "attnd.experts"
+	SpanAttndMicrobatch = "attnd.microbatch"
+	SpanGenerate        = "gateway.generate"
+	SpanGatewayBlock    = "gateway.block"
+	SpanGatewayStep     = "gateway.step"
 )
 
 // StepCost splits one step's wall time into what the charts of the report stack. A step is an

@@ -507,3 +507,65 @@ func TestHTMLOptionsValidate(t *testing.T) {
 		t.Error("empty trace: no page")
 	}
 }
+
+// TestHTMLMicrobatchLanes: in a ping-pong step each micro-batch and everything below it get a
+// band of lanes of their own, in micro-batch order, so the fan-out of one is drawn beside (and
+// overlapping in time) the attention of the other, never on a lane of the other's.
+func TestHTMLMicrobatchLanes(t *testing.T) {
+	t0 := time.Unix(7000, 0)
+	at := func(ms float64) time.Time { return t0.Add(time.Duration(ms * float64(time.Millisecond))) }
+	var spans []tracing.Span
+	add := func(name, id, parent string, start, dur float64, attrs tracing.Attributes) {
+		spans = append(spans, tracing.Span{Name: name, SpanID: id, ParentSpanID: parent, Start: at(start), End: at(start + dur),
+			DurationMs: dur, Attributes: attrs, Service: "dlmesh-up", Kind: "internal", Status: tracing.Status{Code: "Unset"}})
+	}
+	add("attnd.step", "s", "", 0, 20, nil)
+	// micro-batch 1 starts later but its first fan-out (1-3 ms) overlaps micro-batch 0's
+	// attention; their fan-outs alternate.
+	add("attnd.microbatch", "m1", "s", 0.5, 19, tracing.Attributes{"index": int64(1)})
+	add("attnd.microbatch", "m0", "s", 0, 19, tracing.Attributes{"index": int64(0)})
+	for l := range 4 {
+		start := float64(l) * 4
+		add("attnd.experts", fmt.Sprintf("x0-%d", l), "m0", start+3, 2, tracing.Attributes{"layer": int64(l)})
+		add("expertd.compute", fmt.Sprintf("c0-%d", l), fmt.Sprintf("x0-%d", l), start+3.2, 1, nil)
+		add("attnd.experts", fmt.Sprintf("x1-%d", l), "m1", start+1, 2, tracing.Attributes{"layer": int64(l)})
+		add("expertd.compute", fmt.Sprintf("c1-%d", l), fmt.Sprintf("x1-%d", l), start+1.2, 1, nil)
+	}
+	_, doc := render(t, spans, tracing.HTMLOptions{})
+	checkTimeline(t, doc, spans, tracing.StepCosts(spans), 1)
+	rects := find(find(one(t, doc, "svg", "timeline"), "g", "row")[0], "rect", "")
+	top := map[string]float64{} // micro-batch index → the y of its bar
+	for _, r := range rects {
+		if tip := tooltip(r); strings.HasPrefix(tip, "attnd.microbatch") {
+			top[tip[strings.LastIndex(tip, "index = ")+len("index = "):]] = num(t, r, "y")
+		}
+	}
+	if len(top) != 2 || top["0"] >= top["1"] {
+		t.Fatalf("micro-batch bars at %v: want micro-batch 0 above 1", top)
+	}
+	// A fan-out of micro-batch 0 starts at 3 ms (+4 per layer), one of 1 at 1 ms: each must lie
+	// in its own micro-batch's band, below its bar and (for 0) above 1's.
+	scale := num(t, one(t, doc, "svg", "timeline"), "data-px-per-ms")
+	in := map[string]int{}
+	for _, r := range rects {
+		tip := tooltip(r)
+		if !strings.HasPrefix(tip, "attnd.experts") {
+			continue
+		}
+		y, x := num(t, r, "y"), num(t, r, "x")
+		ms := math.Mod((x-num(t, rects[0], "x"))/scale, 4)
+		mb := "0"
+		if math.Abs(ms-1) < 0.01 {
+			mb = "1"
+		}
+		switch {
+		case mb == "0" && y > top["0"] && y < top["1"], mb == "1" && y > top["1"]:
+			in[mb]++
+		default:
+			t.Errorf("fan-out of micro-batch %s at y %v, outside its band (bars at %v)", mb, y, top)
+		}
+	}
+	if in["0"] != 4 || in["1"] != 4 {
+		t.Errorf("%v fan-outs in their micro-batch's band, want 4 each", in)
+	}
+}

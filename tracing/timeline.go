@@ -7,8 +7,9 @@ import (
 )
 
 // buildTimeline draws one row per step (every step, or the slowest maxSteps): the step span and
-// every span below it, one band of lanes per depth, overlapping spans of a depth (micro-batches,
-// the fan-out to expert groups and replicas) on lanes of their own. x is the time since the
+// every span below it, one band of lanes per depth, overlapping spans of a depth (the fan-out
+// to expert groups and replicas) on lanes of their own, and each micro-batch with everything
+// below it in a band of its own (the ping-pong: one's fan-outs beside the other's attention). x is the time since the
 // step's start, on one scale for every row, so widths compare across rows.
 func buildTimeline(ix *index, costs []StepCost, maxSteps int) timeline {
 	roots := ix.steps()
@@ -59,32 +60,52 @@ func buildTimeline(ix *index, costs []StepCost, maxSteps int) timeline {
 	tl.AxisY = f1(y - 6)
 	for r, items := range rows {
 		root := ix.spans[roots[order[r]]]
-		// Lanes: per depth, first-fit by start time.
-		byDepth := map[int][]item{}
-		maxD := 0
+		// Lanes: one band for the spans outside any micro-batch, then one band per attnd.microbatch
+		// span (itself and everything below it, in micro-batch start order), so that one
+		// micro-batch's expert fan-outs line up against the other's attention; within a band,
+		// per depth, first-fit by start time.
+		band := map[int]int{} // span index → its micro-batch span index, -1 for none
+		var mbs []int
 		for _, it := range items {
-			byDepth[it.depth] = append(byDepth[it.depth], it)
-			maxD = max(maxD, it.depth)
+			b := -1
+			if ix.spans[it.j].Name == SpanAttndMicrobatch {
+				b = it.j
+				mbs = append(mbs, it.j)
+			} else if a := ix.ancestor(it.j, SpanAttndMicrobatch); a >= 0 {
+				b = a
+			}
+			band[it.j] = b
 		}
+		sort.SliceStable(mbs, func(a, b int) bool { return ix.spans[mbs[a]].Start.Before(ix.spans[mbs[b]].Start) })
 		lane := map[int]int{} // span index → lane within the row
 		offset := 0
-		for d := 0; d <= maxD; d++ {
-			its := byDepth[d]
-			sort.SliceStable(its, func(a, b int) bool { return ix.spans[its[a].j].Start.Before(ix.spans[its[b].j].Start) })
-			var ends []float64
-			for _, it := range its {
-				iv := relMs(root, ix.spans[it.j])
-				l := 0
-				for l < len(ends) && ends[l] > iv[0] {
-					l++
+		for _, b := range append([]int{-1}, mbs...) {
+			byDepth := map[int][]item{}
+			maxD := -1
+			for _, it := range items {
+				if band[it.j] == b {
+					byDepth[it.depth] = append(byDepth[it.depth], it)
+					maxD = max(maxD, it.depth)
 				}
-				if l == len(ends) {
-					ends = append(ends, 0)
-				}
-				ends[l] = iv[1]
-				lane[it.j] = offset + l
 			}
-			offset += len(ends)
+			for d := 0; d <= maxD; d++ {
+				its := byDepth[d]
+				sort.SliceStable(its, func(a, b int) bool { return ix.spans[its[a].j].Start.Before(ix.spans[its[b].j].Start) })
+				var ends []float64
+				for _, it := range its {
+					iv := relMs(root, ix.spans[it.j])
+					l := 0
+					for l < len(ends) && ends[l] > iv[0] {
+						l++
+					}
+					if l == len(ends) {
+						ends = append(ends, 0)
+					}
+					ends[l] = iv[1]
+					lane[it.j] = offset + l
+				}
+				offset += len(ends)
+			}
 		}
 		h := float64(offset*(laneH+laneGap) - laneGap)
 		c := costs[order[r]]

@@ -35,6 +35,7 @@ type Backend struct {
 	capture *graph         // non-nil while a capture is running
 	sms     int            // multiprocessor count
 	smem    map[string]int // raised dynamic shared-memory limits
+	pinned  []pinnedBuf    // AllocPinned's buffers, freed at Close
 	closed  bool
 }
 
@@ -237,6 +238,7 @@ func (b *Backend) Close() error {
 		if b.allowed != nil {
 			b.pool.put(b.allowed.ptr, b.allowed.size, b.allowed.class)
 		}
+		b.freeAllPinned()
 		b.pool.trim()
 		b.mod.unload()
 		d.cuStreamDestroy(b.stream)

@@ -28,6 +28,8 @@ type driver struct {
 	cuMemAlloc                  func(p *uintptr, size uint64) cuResult
 	cuMemFree                   func(p uintptr) cuResult
 	cuMemcpyHtoD                func(dst uintptr, src unsafe.Pointer, n uint64) cuResult
+	cuMemHostAlloc              func(p *unsafe.Pointer, n uint64, flags uint32) cuResult
+	cuMemFreeHost               func(p unsafe.Pointer) cuResult
 	cuMemcpyHtoDAsync           func(dst uintptr, src unsafe.Pointer, n uint64, s uintptr) cuResult
 	cuMemcpyDtoHAsync           func(dst unsafe.Pointer, src uintptr, n uint64, s uintptr) cuResult
 	cuMemcpyDtoDAsync           func(dst, src uintptr, n uint64, s uintptr) cuResult
@@ -56,13 +58,14 @@ type driver struct {
 
 // Driver constants used here.
 const (
-	streamNonBlocking   = 1 // CU_STREAM_NON_BLOCKING
-	captureModeRelaxed  = 2 // CU_STREAM_CAPTURE_MODE_RELAXED: pool misses may cuMemAlloc while capturing
-	eventDefault        = 0
-	attrMultiprocessors = 16 // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
-	attrCCMajor         = 75 // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-	attrCCMinor         = 76
-	funcAttrMaxDynSmem  = 8 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+	streamNonBlocking    = 1 // CU_STREAM_NON_BLOCKING
+	memHostAllocPortable = 1 // CU_MEMHOSTALLOC_PORTABLE
+	captureModeRelaxed   = 2 // CU_STREAM_CAPTURE_MODE_RELAXED: pool misses may cuMemAlloc while capturing
+	eventDefault         = 0
+	attrMultiprocessors  = 16 // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+	attrCCMajor          = 75 // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+	attrCCMinor          = 76
+	funcAttrMaxDynSmem   = 8 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 )
 
 // symbol names one entry point: the field it fills and the names to try, newest first.
@@ -88,6 +91,8 @@ func (d *driver) symbols() []symbol {
 		{&d.cuMemAlloc, []string{"cuMemAlloc_v2"}, false},
 		{&d.cuMemFree, []string{"cuMemFree_v2"}, false},
 		{&d.cuMemcpyHtoD, []string{"cuMemcpyHtoD_v2"}, false},
+		{&d.cuMemHostAlloc, []string{"cuMemHostAlloc"}, false},
+		{&d.cuMemFreeHost, []string{"cuMemFreeHost"}, false},
 		{&d.cuMemcpyHtoDAsync, []string{"cuMemcpyHtoDAsync_v2"}, false},
 		{&d.cuMemcpyDtoHAsync, []string{"cuMemcpyDtoHAsync_v2"}, false},
 		{&d.cuMemcpyDtoDAsync, []string{"cuMemcpyDtoDAsync_v2"}, false},

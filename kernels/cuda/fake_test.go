@@ -27,6 +27,18 @@ type fakeDriver struct {
 	launches []fakeLaunch
 	captures int
 	fns      []string // kernel names; a function handle is its index + 1
+	pinned   map[unsafe.Pointer][]byte
+	copies   []fakeCopy
+	syncs    int
+}
+
+// fakeCopy is one async host copy the backend enqueued.
+type fakeCopy struct {
+	dir    string // "DtoH" or "HtoD"
+	host   unsafe.Pointer
+	dev    uintptr
+	n      uint64
+	stream uintptr
 }
 
 type fakeLaunch struct {
@@ -47,6 +59,7 @@ func (f *fakeDriver) seen() {
 // launch decodes.
 func (f *fakeDriver) table(nargs int) *driver {
 	f.tids = map[int]bool{}
+	f.pinned = map[unsafe.Pointer][]byte{}
 	f.next = 0x10000
 	ok := func() cuResult { f.seen(); return cudaSuccess }
 	return &driver{
@@ -66,15 +79,37 @@ func (f *fakeDriver) table(nargs int) *driver {
 			f.next += uintptr(n+255) &^ 255
 			return ok()
 		},
-		cuMemFree:           func(uintptr) cuResult { f.frees++; return ok() },
-		cuMemcpyHtoD:        func(uintptr, unsafe.Pointer, uint64) cuResult { return ok() },
-		cuMemcpyHtoDAsync:   func(uintptr, unsafe.Pointer, uint64, uintptr) cuResult { return ok() },
-		cuMemcpyDtoHAsync:   func(unsafe.Pointer, uintptr, uint64, uintptr) cuResult { return ok() },
+		cuMemFree:    func(uintptr) cuResult { f.frees++; return ok() },
+		cuMemcpyHtoD: func(uintptr, unsafe.Pointer, uint64) cuResult { return ok() },
+		cuMemcpyHtoDAsync: func(d uintptr, h unsafe.Pointer, n uint64, s uintptr) cuResult {
+			f.copies = append(f.copies, fakeCopy{"HtoD", h, d, n, s})
+			return ok()
+		},
+		cuMemcpyDtoHAsync: func(h unsafe.Pointer, d uintptr, n uint64, s uintptr) cuResult {
+			f.copies = append(f.copies, fakeCopy{"DtoH", h, d, n, s})
+			return ok()
+		},
+		cuMemHostAlloc: func(p *unsafe.Pointer, n uint64, _ uint32) cuResult {
+			buf := make([]byte, n)
+			for i := range buf {
+				buf[i] = 0xAB // not zeroed: AllocPinned must clear it
+			}
+			*p = unsafe.Pointer(&buf[0])
+			f.pinned[*p] = buf
+			return ok()
+		},
+		cuMemFreeHost: func(p unsafe.Pointer) cuResult {
+			if _, held := f.pinned[p]; !held {
+				return 1 // CUDA_ERROR_INVALID_VALUE
+			}
+			delete(f.pinned, p)
+			return ok()
+		},
 		cuMemcpyDtoDAsync:   func(_, _ uintptr, _ uint64, _ uintptr) cuResult { return ok() },
 		cuMemsetD8Async:     func(uintptr, uint8, uint64, uintptr) cuResult { return ok() },
 		cuStreamCreate:      func(s *uintptr, _ uint32) cuResult { *s = 0x5; return ok() },
 		cuStreamDestroy:     func(uintptr) cuResult { return ok() },
-		cuStreamSynchronize: func(uintptr) cuResult { return ok() },
+		cuStreamSynchronize: func(uintptr) cuResult { f.syncs++; return ok() },
 		cuEventCreate:       func(e *uintptr, _ uint32) cuResult { *e = 0xe; return ok() },
 		cuEventRecord:       func(_, _ uintptr) cuResult { return ok() },
 		cuEventSynchronize:  func(uintptr) cuResult { return ok() },
@@ -487,6 +522,79 @@ func TestDeviceUUIDOverFakeDriver(t *testing.T) {
 	d.cuDeviceGet = func(*int32, int32) cuResult { return 101 } // CUDA_ERROR_INVALID_DEVICE
 	if _, err := d.deviceUUID(7); err == nil || !strings.Contains(err.Error(), "cuDeviceGet") || !strings.Contains(err.Error(), "device 7") {
 		t.Errorf("bad ordinal: %v, want an error naming cuDeviceGet and the device", err)
+	}
+}
+
+// TestPinnedStaging: the hop's staging path allocates pinned host memory (zeroed), copies with
+// the async driver calls on the backend's stream without waiting, only from and to pinned
+// memory of the right size, and frees what it allocated (FreePinned, or Close for the rest).
+func TestPinnedStaging(t *testing.T) {
+	b, f := fakeBackend(t, 0)
+	x, err := b.Alloc(kernels.F32, 4, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, err := b.AllocPinned(4 * 8 * 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pinned) != 1 || slices.ContainsFunc(host, func(v byte) bool { return v != 0 }) {
+		t.Fatalf("AllocPinned: %d pinned buffers, contents zeroed %v", len(f.pinned), !slices.ContainsFunc(host, func(v byte) bool { return v != 0 }))
+	}
+	syncs := f.syncs
+	if err := b.DownloadAsync(host, x); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.UploadAsync(x, host); err != nil {
+		t.Fatal(err)
+	}
+	if f.syncs != syncs {
+		t.Errorf("async copies synchronised the stream %d times", f.syncs-syncs)
+	}
+	want := []fakeCopy{{"DtoH", unsafe.Pointer(&host[0]), ptrOf(x), 128, b.stream}, {"HtoD", unsafe.Pointer(&host[0]), ptrOf(x), 128, b.stream}}
+	if !slices.Equal(f.copies, want) {
+		t.Errorf("copies %+v, want %+v", f.copies, want)
+	}
+	pageable := make([]byte, 128)
+	for name, err := range map[string]error{
+		"download into pageable memory": b.DownloadAsync(pageable, x),
+		"upload from pageable memory":   b.UploadAsync(x, pageable),
+		"free of pageable memory":       b.FreePinned(pageable),
+	} {
+		if !errors.Is(err, kernels.ErrUnsupported) {
+			t.Errorf("%s: %v, want ErrUnsupported", name, err)
+		}
+	}
+	for name, err := range map[string]error{
+		"download of the wrong size": b.DownloadAsync(host[:64], x),
+		"upload of the wrong size":   b.UploadAsync(x, host[:64]),
+	} {
+		if !errors.Is(err, kernels.ErrShape) {
+			t.Errorf("%s: %v, want ErrShape", name, err)
+		}
+	}
+	if len(f.copies) != 2 {
+		t.Errorf("%d copies after the refused ones, want 2", len(f.copies))
+	}
+	// A sub-slice of a pinned buffer is pinned too.
+	half, err := b.Alloc(kernels.F32, 2, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DownloadAsync(host[64:], half); err != nil {
+		t.Errorf("download into the second half of a pinned buffer: %v", err)
+	}
+	if err := b.FreePinned(host); err != nil || len(f.pinned) != 0 {
+		t.Errorf("FreePinned: %v, %d pinned buffers left", err, len(f.pinned))
+	}
+	if _, err := b.AllocPinned(16); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.pinned) != 0 {
+		t.Errorf("%d pinned buffers left after Close", len(f.pinned))
 	}
 }
 

@@ -36,7 +36,11 @@ type ExpertsRequest struct {
 	// int32 LE [rows, top_k]: chosen expert ids; -1 marks a choice served by another group.
 	Ids []byte `protobuf:"bytes,7,opt,name=ids,proto3" json:"ids,omitempty"`
 	// f32 LE [rows, top_k]: routing weights (already normalised and scaled).
-	Weights       []byte `protobuf:"bytes,8,opt,name=weights,proto3" json:"weights,omitempty"`
+	Weights []byte `protobuf:"bytes,8,opt,name=weights,proto3" json:"weights,omitempty"`
+	// W3C traceparent of the caller's span, set only when the caller's trace is sampled (a stream
+	// has no per-request metadata): expertd parents its compute span to it, and starts none
+	// without it on ComputeStream.
+	Traceparent   string `protobuf:"bytes,9,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -125,6 +129,13 @@ func (x *ExpertsRequest) GetWeights() []byte {
 		return x.Weights
 	}
 	return nil
+}
+
+func (x *ExpertsRequest) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
 }
 
 type ExpertsResponse struct {
@@ -274,7 +285,7 @@ var File_dlmesh_v1_experts_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_experts_proto_rawDesc = "" +
 	"\n" +
-	"\x17dlmesh/v1/experts.proto\x12\tdlmesh.v1\x1a\x16dlmesh/v1/common.proto\"\xc9\x01\n" +
+	"\x17dlmesh/v1/experts.proto\x12\tdlmesh.v1\x1a\x16dlmesh/v1/common.proto\"\xeb\x01\n" +
 	"\x0eExpertsRequest\x12\x14\n" +
 	"\x05layer\x18\x01 \x01(\x05R\x05layer\x12\x12\n" +
 	"\x04rows\x18\x02 \x01(\x05R\x04rows\x12\x16\n" +
@@ -283,7 +294,8 @@ const file_dlmesh_v1_experts_proto_rawDesc = "" +
 	"\x05dtype\x18\x05 \x01(\x0e2\x10.dlmesh.v1.DTypeR\x05dtype\x12\f\n" +
 	"\x01x\x18\x06 \x01(\fR\x01x\x12\x10\n" +
 	"\x03ids\x18\a \x01(\fR\x03ids\x12\x18\n" +
-	"\aweights\x18\b \x01(\fR\aweights\"f\n" +
+	"\aweights\x18\b \x01(\fR\aweights\x12 \n" +
+	"\vtraceparent\x18\t \x01(\tR\vtraceparent\"f\n" +
 	"\x0fExpertsResponse\x12&\n" +
 	"\x05dtype\x18\x01 \x01(\x0e2\x10.dlmesh.v1.DTypeR\x05dtype\x12\f\n" +
 	"\x01y\x18\x02 \x01(\fR\x01y\x12\x1d\n" +
@@ -294,9 +306,10 @@ const file_dlmesh_v1_experts_proto_rawDesc = "" +
 	"\x06layers\x18\x02 \x03(\x05R\x06layers\x12 \n" +
 	"\vfingerprint\x18\x03 \x01(\tR\vfingerprint\x12&\n" +
 	"\x04gpus\x18\x04 \x03(\v2\x12.dlmesh.v1.GPUInfoR\x04gpus\x12(\n" +
-	"\x04load\x18\x05 \x01(\v2\x14.dlmesh.v1.LoadStatsR\x04load2\x85\x01\n" +
+	"\x04load\x18\x05 \x01(\v2\x14.dlmesh.v1.LoadStatsR\x04load2\xd1\x01\n" +
 	"\aExperts\x12@\n" +
-	"\aCompute\x12\x19.dlmesh.v1.ExpertsRequest\x1a\x1a.dlmesh.v1.ExpertsResponse\x128\n" +
+	"\aCompute\x12\x19.dlmesh.v1.ExpertsRequest\x1a\x1a.dlmesh.v1.ExpertsResponse\x12J\n" +
+	"\rComputeStream\x12\x19.dlmesh.v1.ExpertsRequest\x1a\x1a.dlmesh.v1.ExpertsResponse(\x010\x01\x128\n" +
 	"\x04Info\x12\x16.dlmesh.v1.InfoRequest\x1a\x18.dlmesh.v1.ExpertSetInfoB2Z0github.com/dlmesh/dlmesh/proto/dlmeshv1;dlmeshv1b\x06proto3"
 
 var (
@@ -327,11 +340,13 @@ var file_dlmesh_v1_experts_proto_depIdxs = []int32{
 	4, // 2: dlmesh.v1.ExpertSetInfo.gpus:type_name -> dlmesh.v1.GPUInfo
 	5, // 3: dlmesh.v1.ExpertSetInfo.load:type_name -> dlmesh.v1.LoadStats
 	0, // 4: dlmesh.v1.Experts.Compute:input_type -> dlmesh.v1.ExpertsRequest
-	6, // 5: dlmesh.v1.Experts.Info:input_type -> dlmesh.v1.InfoRequest
-	1, // 6: dlmesh.v1.Experts.Compute:output_type -> dlmesh.v1.ExpertsResponse
-	2, // 7: dlmesh.v1.Experts.Info:output_type -> dlmesh.v1.ExpertSetInfo
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
+	0, // 5: dlmesh.v1.Experts.ComputeStream:input_type -> dlmesh.v1.ExpertsRequest
+	6, // 6: dlmesh.v1.Experts.Info:input_type -> dlmesh.v1.InfoRequest
+	1, // 7: dlmesh.v1.Experts.Compute:output_type -> dlmesh.v1.ExpertsResponse
+	1, // 8: dlmesh.v1.Experts.ComputeStream:output_type -> dlmesh.v1.ExpertsResponse
+	2, // 9: dlmesh.v1.Experts.Info:output_type -> dlmesh.v1.ExpertSetInfo
+	7, // [7:10] is the sub-list for method output_type
+	4, // [4:7] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
 	4, // [4:4] is the sub-list for extension extendee
 	0, // [0:4] is the sub-list for field type_name

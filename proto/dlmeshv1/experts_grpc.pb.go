@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Experts_Compute_FullMethodName = "/dlmesh.v1.Experts/Compute"
-	Experts_Info_FullMethodName    = "/dlmesh.v1.Experts/Info"
+	Experts_Compute_FullMethodName       = "/dlmesh.v1.Experts/Compute"
+	Experts_ComputeStream_FullMethodName = "/dlmesh.v1.Experts/ComputeStream"
+	Experts_Info_FullMethodName          = "/dlmesh.v1.Experts/Info"
 )
 
 // ExpertsClient is the client API for Experts service.
@@ -32,6 +33,10 @@ const (
 type ExpertsClient interface {
 	// Compute returns y[r] = sum over k with ids[r,k] in this group of weights[r,k] * expert_ids[r,k](x[r]).
 	Compute(ctx context.Context, in *ExpertsRequest, opts ...grpc.CallOption) (*ExpertsResponse, error)
+	// ComputeStream is Compute over one long-lived stream: attnd keeps one open per (micro-batch
+	// lane, replica) and sends one request per MoE layer; responses come back in request order. A
+	// request Compute would refuse ends the stream with the status Compute would return.
+	ComputeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExpertsRequest, ExpertsResponse], error)
 	// Info describes the expert set this replica holds.
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*ExpertSetInfo, error)
 }
@@ -54,6 +59,19 @@ func (c *expertsClient) Compute(ctx context.Context, in *ExpertsRequest, opts ..
 	return out, nil
 }
 
+func (c *expertsClient) ComputeStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExpertsRequest, ExpertsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Experts_ServiceDesc.Streams[0], Experts_ComputeStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExpertsRequest, ExpertsResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Experts_ComputeStreamClient = grpc.BidiStreamingClient[ExpertsRequest, ExpertsResponse]
+
 func (c *expertsClient) Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*ExpertSetInfo, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ExpertSetInfo)
@@ -73,6 +91,10 @@ func (c *expertsClient) Info(ctx context.Context, in *InfoRequest, opts ...grpc.
 type ExpertsServer interface {
 	// Compute returns y[r] = sum over k with ids[r,k] in this group of weights[r,k] * expert_ids[r,k](x[r]).
 	Compute(context.Context, *ExpertsRequest) (*ExpertsResponse, error)
+	// ComputeStream is Compute over one long-lived stream: attnd keeps one open per (micro-batch
+	// lane, replica) and sends one request per MoE layer; responses come back in request order. A
+	// request Compute would refuse ends the stream with the status Compute would return.
+	ComputeStream(grpc.BidiStreamingServer[ExpertsRequest, ExpertsResponse]) error
 	// Info describes the expert set this replica holds.
 	Info(context.Context, *InfoRequest) (*ExpertSetInfo, error)
 	mustEmbedUnimplementedExpertsServer()
@@ -87,6 +109,9 @@ type UnimplementedExpertsServer struct{}
 
 func (UnimplementedExpertsServer) Compute(context.Context, *ExpertsRequest) (*ExpertsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Compute not implemented")
+}
+func (UnimplementedExpertsServer) ComputeStream(grpc.BidiStreamingServer[ExpertsRequest, ExpertsResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method ComputeStream not implemented")
 }
 func (UnimplementedExpertsServer) Info(context.Context, *InfoRequest) (*ExpertSetInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Info not implemented")
@@ -130,6 +155,13 @@ func _Experts_Compute_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Experts_ComputeStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ExpertsServer).ComputeStream(&grpc.GenericServerStream[ExpertsRequest, ExpertsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Experts_ComputeStreamServer = grpc.BidiStreamingServer[ExpertsRequest, ExpertsResponse]
+
 func _Experts_Info_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(InfoRequest)
 	if err := dec(in); err != nil {
@@ -164,6 +196,13 @@ var Experts_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Experts_Info_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "ComputeStream",
+			Handler:       _Experts_ComputeStream_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "dlmesh/v1/experts.proto",
 }
