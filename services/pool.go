@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -89,6 +90,8 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 		toClose []*grpc.ClientConn
 		errs    []error
 		seen    = map[string]bool{}
+		joined  []Instance
+		left    []Instance
 	)
 	for _, in := range instances {
 		if seen[in.ID] {
@@ -101,6 +104,7 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 			delete(old, in.ID)
 			continue
 		}
+		joined = append(joined, in)
 		r := &Replica{inst: in.clone(), breaker: NewBreaker(p.name+"/"+in.ID, p.cfg)}
 		if p.dial != nil {
 			cc, err := p.dial(in)
@@ -113,6 +117,7 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 		next = append(next, r)
 	}
 	for _, r := range old {
+		left = append(left, r.inst)
 		r.removed = true
 		if r.outstanding == 0 && r.conn != nil {
 			toClose = append(toClose, r.conn)
@@ -125,6 +130,14 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 
 	for _, cc := range toClose {
 		_ = cc.Close() // a removed replica: nothing to report if its connection fails to close
+	}
+	if !closing {
+		for _, in := range left {
+			slog.Warn("replica left the pool", "pool", p.name, "instance", in.ID, "addr", in.Addr)
+		}
+		for _, in := range joined {
+			slog.Info("replica joined the pool", "pool", p.name, "instance", in.ID, "addr", in.Addr)
+		}
 	}
 	return errors.Join(errs...)
 }
