@@ -64,6 +64,8 @@ type Config struct {
 	Vocab         int   // ids must be below this
 	// TracerProvider traces the batched steps (engine.step spans); nil means the global one.
 	TracerProvider trace.TracerProvider
+	// Observer, when set, is told of every step and every request's end (metrics, logs).
+	Observer Observer
 }
 
 // Request is one generation.
@@ -117,6 +119,7 @@ type Result struct {
 	Degraded     bool
 	Elapsed      time.Duration
 	StepTime     time.Duration // summed wall time of the request's steps
+	Steps        int           // denoising steps applied
 	Trace        []diffusion.StepResult
 	Warning      string
 }
@@ -253,6 +256,7 @@ func (e *Engine) validate(req Request) (*diffusion.State, string, error) {
 func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event)) (*Result, error) {
 	st, warn, err := e.validate(req)
 	if err != nil {
+		e.refused(&req, err)
 		return nil, err
 	}
 	j := &job{ctx: ctx, req: req, state: st, sampler: diffusion.NewSampler(req.Params), start: time.Now(),
@@ -262,11 +266,14 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 	e.mu.Lock()
 	if e.stopped {
 		e.mu.Unlock()
+		e.refused(&req, ErrStopped)
 		return nil, ErrStopped
 	}
 	if len(e.queue) >= e.cfg.MaxActive+e.cfg.MaxQueue {
 		e.mu.Unlock()
-		return nil, fmt.Errorf("engine: queue full: %d requests waiting or running (max_active %d + max_queue %d): %w", len(e.queue), e.cfg.MaxActive, e.cfg.MaxQueue, errdefs.ErrOverloaded)
+		err := fmt.Errorf("engine: queue full: %d requests waiting or running (max_active %d + max_queue %d): %w", len(e.queue), e.cfg.MaxActive, e.cfg.MaxQueue, errdefs.ErrOverloaded)
+		e.refused(&req, err)
+		return nil, err
 	}
 	e.nextID++
 	j.session = fmt.Sprintf("%s#%d", req.ID, e.nextID)
@@ -445,6 +452,9 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	for _, p := range res.Edited {
 		ev.Changes = append(ev.Changes, Change{Pos: p - n, ID: res.Tokens[p-lo], Edit: true})
 	}
+	if o := e.cfg.Observer; o != nil {
+		o.Stepped(&j.req, ev, time.Since(j.start))
+	}
 	j.push(Event{Step: ev})
 	if res.BlockDone {
 		j.res.Blocks++
@@ -468,6 +478,7 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 		r.IDs = j.state.Output()
 		r.FinishReason = j.state.FinishReason()
 		r.Forwards = j.state.Forwards()
+		r.Steps = j.steps
 		if e.tok != nil {
 			r.Text = e.tok.Decode(r.IDs)
 			if cut, ok := findStop(r.Text, j.req.Params.StopStrings); ok {
@@ -510,7 +521,26 @@ func (e *Engine) end(ctx context.Context, j *job, r *Result, err error) {
 		}
 	}
 	e.mu.Unlock()
+	e.finished(j, r, err)
 	e.closeAndFinish(ctx, j, r, err)
+}
+
+// refused tells the observer of a request refused before it was queued.
+func (e *Engine) refused(req *Request, err error) {
+	if o := e.cfg.Observer; o != nil {
+		o.Finished(req, "", nil, err, 0)
+	}
+}
+
+// finished tells the observer that j ended.
+func (e *Engine) finished(j *job, r *Result, err error) {
+	if o := e.cfg.Observer; o != nil {
+		session := ""
+		if j.opened {
+			session = j.session
+		}
+		o.Finished(&j.req, session, r, err, time.Since(j.start))
+	}
 }
 
 // closeAndFinish closes j's session, then completes j (so a request's session is freed when
@@ -537,6 +567,7 @@ func (e *Engine) failAll(err error) {
 	e.queue = nil
 	e.mu.Unlock()
 	for _, j := range q {
+		e.finished(j, nil, err)
 		e.closeAndFinish(context.Background(), j, nil, err)
 	}
 }
