@@ -49,6 +49,7 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 	if err != nil {
 		return nil, err
 	}
+	f.s.stats.routed(layer, hid, f.r, parts)
 	rows := 0
 	for _, p := range parts {
 		rows += len(p.rows)
@@ -93,7 +94,10 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 	f.expertsNs += time.Since(t0).Nanoseconds()
 	return func(dst *kernels.Tensor) error {
 		t1 := time.Now()
-		defer func() { f.expertsNs += time.Since(t1).Nanoseconds() }()
+		defer func() {
+			f.expertsNs += time.Since(t1).Nanoseconds()
+			f.s.stats.fannedOut(layer, time.Since(t0))
+		}()
 		wg.Wait()
 		defer span.End()
 		if err := errors.Join(errs...); err != nil {

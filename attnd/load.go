@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/services"
 )
 
 // usage is what the open sessions hold, kept in atomics so Info never waits for a step.
@@ -41,12 +42,17 @@ func (s *Server) written(steps []*pb.SessionStep) {
 	}
 }
 
-// Load returns the load of Step and the sessions' use of the KV cache.
+// Meter is the meter of Step calls (for the latency histogram).
+func (s *Server) Meter() *services.LoadMeter { return s.meter }
+
+// Load returns the load of Step, the sessions' use of the KV cache and the routed token counts.
 func (s *Server) Load() *pb.LoadStats {
 	l := s.meter.Snapshot().Proto()
 	l.Sessions = int32(s.usage.sessions.Load())
 	l.KvTokens = s.usage.kvTokens.Load()
 	l.KvCapacityTokens = s.usage.kvCapacity.Load()
+	l.ExpertTokens = s.stats.expertTotals()
+	l.GroupTokens = s.stats.groupTotals()
 	return l
 }
 

@@ -256,7 +256,7 @@ func (e *Engine) validate(req Request) (*diffusion.State, string, error) {
 func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event)) (*Result, error) {
 	st, warn, err := e.validate(req)
 	if err != nil {
-		e.refused(&req, err)
+		e.refused(ctx, &req, err)
 		return nil, err
 	}
 	j := &job{ctx: ctx, req: req, state: st, sampler: diffusion.NewSampler(req.Params), start: time.Now(),
@@ -266,13 +266,13 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 	e.mu.Lock()
 	if e.stopped {
 		e.mu.Unlock()
-		e.refused(&req, ErrStopped)
+		e.refused(ctx, &req, ErrStopped)
 		return nil, ErrStopped
 	}
 	if len(e.queue) >= e.cfg.MaxActive+e.cfg.MaxQueue {
 		e.mu.Unlock()
 		err := fmt.Errorf("engine: queue full: %d requests waiting or running (max_active %d + max_queue %d): %w", len(e.queue), e.cfg.MaxActive, e.cfg.MaxQueue, errdefs.ErrOverloaded)
-		e.refused(&req, err)
+		e.refused(ctx, &req, err)
 		return nil, err
 	}
 	e.nextID++
@@ -453,7 +453,7 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 		ev.Changes = append(ev.Changes, Change{Pos: p - n, ID: res.Tokens[p-lo], Edit: true})
 	}
 	if o := e.cfg.Observer; o != nil {
-		o.Stepped(&j.req, ev, time.Since(j.start))
+		o.Stepped(j.ctx, &j.req, ev, time.Since(j.start))
 	}
 	j.push(Event{Step: ev})
 	if res.BlockDone {
@@ -526,9 +526,9 @@ func (e *Engine) end(ctx context.Context, j *job, r *Result, err error) {
 }
 
 // refused tells the observer of a request refused before it was queued.
-func (e *Engine) refused(req *Request, err error) {
+func (e *Engine) refused(ctx context.Context, req *Request, err error) {
 	if o := e.cfg.Observer; o != nil {
-		o.Finished(req, "", nil, err, 0)
+		o.Finished(ctx, req, "", nil, err, 0)
 	}
 }
 
@@ -539,7 +539,7 @@ func (e *Engine) finished(j *job, r *Result, err error) {
 		if j.opened {
 			session = j.session
 		}
-		o.Finished(&j.req, session, r, err, time.Since(j.start))
+		o.Finished(j.ctx, &j.req, session, r, err, time.Since(j.start))
 	}
 }
 

@@ -20,13 +20,13 @@ type recorder struct {
 	sessions map[string]string
 }
 
-func (r *recorder) Stepped(req *engine.Request, ev *engine.StepEvent, since time.Duration) {
+func (r *recorder) Stepped(_ context.Context, req *engine.Request, ev *engine.StepEvent, since time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.steps[req.ID]++
 }
 
-func (r *recorder) Finished(req *engine.Request, session string, res *engine.Result, err error, elapsed time.Duration) {
+func (r *recorder) Finished(_ context.Context, req *engine.Request, session string, res *engine.Result, err error, elapsed time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.finished[req.ID], r.results[req.ID], r.sessions[req.ID] = err, res, session

@@ -45,6 +45,7 @@ type Server struct {
 	closeOnce sync.Once
 	calls     atomic.Int64 // Compute calls answered without error
 	meter     *services.LoadMeter
+	stats     computeStats // compute time and rows (metrics.go)
 	closeErr  error
 }
 
@@ -67,7 +68,8 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return nil, err
 	}
 	tp := services.TracerProvider(cfg.TracerProvider)
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, meter: services.NewLoadMeter(services.DefaultLoadWindow),
+		stats: newComputeStats()}
 	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "expertd", Listen: cfg.Listen, Server: cfg.Server,
 		Codes: Codes, TracerProvider: tp, Registry: reg},
 		func(r grpc.ServiceRegistrar) { pb.RegisterExpertsServer(r, s) }, s.load)
@@ -197,11 +199,13 @@ func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (_ *pb.Exp
 		span.SetStatus(codes.Error, err.Error())
 		return nil, err
 	}
+	tc := time.Now()
 	y, err := s.compute(ctx, b)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 		return nil, err
 	}
+	s.stats.computed(b.rows, time.Since(tc))
 	bf16 := req.GetDtype() == pb.DType_DTYPE_BF16
 	s.calls.Add(1)
 	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: wire.AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),

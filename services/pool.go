@@ -28,6 +28,7 @@ type Pool struct {
 
 	mu       sync.Mutex
 	replicas []*Replica // sorted by instance ID
+	filled   bool       // an Update has given the pool members before
 	next     int        // rotation start for ties
 	closed   bool
 }
@@ -126,6 +127,11 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 	slices.SortFunc(next, func(a, b *Replica) int { return strings.Compare(a.inst.ID, b.inst.ID) })
 	p.replicas = next
 	p.next = 0
+	joinLevel := slog.LevelInfo
+	if !p.filled { // the first members are the pool's start, not news
+		joinLevel = slog.LevelDebug
+	}
+	p.filled = p.filled || len(next) > 0
 	p.mu.Unlock()
 
 	for _, cc := range toClose {
@@ -136,7 +142,7 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 			slog.Warn("replica left the pool", "pool", p.name, "instance", in.ID, "addr", in.Addr)
 		}
 		for _, in := range joined {
-			slog.Info("replica joined the pool", "pool", p.name, "instance", in.ID, "addr", in.Addr)
+			slog.Log(context.Background(), joinLevel, "replica joined the pool", "pool", p.name, "instance", in.ID, "addr", in.Addr)
 		}
 	}
 	return errors.Join(errs...)

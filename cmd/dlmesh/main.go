@@ -7,9 +7,12 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/dlmesh/dlmesh/services"
 )
 
 // defaultModelDir is the bundled tiny model, relative to the repository root; modelDir also
@@ -17,12 +20,18 @@ import (
 const defaultModelDir = "models/llada2-tiny-go"
 
 func main() {
+	var logFormat, logLevel string
 	root := &cobra.Command{
 		Use:           "dlmesh",
 		Short:         "Serve LLaDA2.x block-diffusion MoE models as a gRPC mesh",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRunE: func(*cobra.Command, []string) error {
+			return setupLog(logFormat, logLevel)
+		},
 	}
+	root.PersistentFlags().StringVar(&logFormat, "log-format", services.LogText, "log format on stderr: text or json")
+	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "least severe log level shown: debug, info, warn or error")
 	root.AddCommand(inspectCmd(), tokenizeCmd())
 	for _, add := range extraCommands {
 		root.AddCommand(add())
@@ -35,3 +44,18 @@ func main() {
 
 // extraCommands is filled by the files of the other subcommands (init functions).
 var extraCommands []func() *cobra.Command
+
+// setupLog makes the --log-format and --log-level logger on stderr the default slog logger, with
+// trace ids on the lines logged inside a traced span.
+func setupLog(format, level string) error {
+	lvl, err := services.ParseLogLevel(level)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	h, err := services.NewLogHandler(os.Stderr, format, lvl)
+	if err != nil {
+		return fmt.Errorf("--log-format: %w", err)
+	}
+	slog.SetDefault(slog.New(h))
+	return nil
+}
