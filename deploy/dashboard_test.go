@@ -28,6 +28,7 @@ var issueMetrics = map[string]string{
 	"dlmesh_num_requests_running":        "gauge",
 	"dlmesh_num_requests_waiting":        "gauge",
 	"dlmesh_expert_tokens_total":         "counter",
+	"dlmesh_call_latency_seconds":        "histogram",
 }
 
 // existingMetrics are the dlmesh_ names the main module's metrics sources define now.
