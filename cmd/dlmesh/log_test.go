@@ -102,3 +102,20 @@ func TestRequestLog(t *testing.T) {
 		t.Errorf("refused request lines: %v, want one WARN request failed, code InvalidArgument, naming temperature", bad)
 	}
 }
+
+// TestHeldWriter: writes between Hold and release come out at release, in order, after what the
+// live view wrote meanwhile.
+func TestHeldWriter(t *testing.T) {
+	var out syncBuffer
+	h := &heldWriter{w: &out}
+	_, _ = h.Write([]byte("a\n"))
+	release := h.Hold()
+	_, _ = h.Write([]byte("b\n"))
+	_, _ = h.Write([]byte("c\n"))
+	_, _ = out.Write([]byte("view\n"))
+	release()
+	_, _ = h.Write([]byte("d\n"))
+	if got := out.String(); got != "a\nview\nb\nc\nd\n" {
+		t.Errorf("got %q", got)
+	}
+}

@@ -7,8 +7,10 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -52,10 +54,48 @@ func setupLog(format, level string) error {
 	if err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	h, err := services.NewLogHandler(os.Stderr, format, lvl)
+	h, err := services.NewLogHandler(logOut, format, lvl)
 	if err != nil {
 		return fmt.Errorf("--log-format: %w", err)
 	}
 	slog.SetDefault(slog.New(h))
 	return nil
+}
+
+// logOut is where the log goes: stderr, held back while a live view owns the terminal.
+var logOut = &heldWriter{w: os.Stderr}
+
+// heldWriter passes writes to w, except between hold and release, when it keeps them and writes
+// them out at release (each slog record is one write, so lines stay whole).
+type heldWriter struct {
+	mu   sync.Mutex
+	w    io.Writer
+	held [][]byte
+	hold bool
+}
+
+func (h *heldWriter) Write(p []byte) (int, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.hold {
+		h.held = append(h.held, append([]byte(nil), p...))
+		return len(p), nil
+	}
+	return h.w.Write(p)
+}
+
+// Hold keeps the writes until the returned release is called.
+func (h *heldWriter) Hold() (release func()) {
+	h.mu.Lock()
+	h.hold = true
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.hold = false
+		for _, p := range h.held {
+			_, _ = h.w.Write(p)
+		}
+		h.held = nil
+	}
 }

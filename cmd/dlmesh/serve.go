@@ -208,7 +208,10 @@ cancels it and stops the mesh.`,
 			}
 			defer stopMetrics()
 			if len(args) == 1 {
-				if err := generateTo(ctx, cmd, a.Gateway, args[0], &df); err != nil {
+				release := logOut.Hold() // the live view owns the terminal until the generation ends
+				err := generateTo(ctx, cmd, a.Gateway, args[0], &df)
+				release()
+				if err != nil {
 					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
 						fmt.Fprintln(os.Stderr, "\ninterrupted")
 						return nil
