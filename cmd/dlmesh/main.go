@@ -22,10 +22,18 @@ import (
 const defaultModelDir = "models/llada2-tiny-go"
 
 func main() {
+	if err := rootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "dlmesh:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
 	var logFormat, logLevel string
 	root := &cobra.Command{
 		Use:           "dlmesh",
 		Short:         "Serve LLaDA2.x block-diffusion MoE models as a gRPC mesh",
+		Version:       buildVersion(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(*cobra.Command, []string) error {
@@ -34,14 +42,12 @@ func main() {
 	}
 	root.PersistentFlags().StringVar(&logFormat, "log-format", services.LogText, "log format on stderr: text or json")
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "info", "least severe log level shown: debug, info, warn or error")
+	root.SetVersionTemplate("dlmesh {{.Version}}\n")
 	root.AddCommand(inspectCmd(), tokenizeCmd())
 	for _, add := range extraCommands {
 		root.AddCommand(add())
 	}
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "dlmesh:", err)
-		os.Exit(1)
-	}
+	return root
 }
 
 // extraCommands is filled by the files of the other subcommands (init functions).
