@@ -1,7 +1,7 @@
 package main
 
 import (
-	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -17,9 +17,9 @@ func deviceMeta(backend string) map[string]string {
 	var gpus []services.GPU
 	if strings.HasPrefix(backend, "cuda") {
 		if err := nvml.Init(); err != nil {
-			fmt.Fprintf(os.Stderr, "warning: registration meta without GPU identity: %v\n", err)
+			slog.Warn("registration meta without GPU identity", "err", err)
 		} else if devs, err := nvml.Devices(); err != nil {
-			fmt.Fprintf(os.Stderr, "warning: registration meta without GPU identity: %v\n", err)
+			slog.Warn("registration meta without GPU identity", "err", err)
 		} else {
 			gpus = make([]services.GPU, 0, len(devs))
 			for _, d := range devs {
@@ -30,7 +30,7 @@ func deviceMeta(backend string) map[string]string {
 	}
 	meta, err := services.DeviceMeta(backend, gpus, os.Getenv("CUDA_VISIBLE_DEVICES"))
 	if err != nil && gpus != nil {
-		fmt.Fprintf(os.Stderr, "warning: %v\n", err)
+		slog.Warn("registration meta", "err", err)
 	}
 	return meta
 }
