@@ -7,8 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/errdefs"
+	"github.com/dlmesh/dlmesh/model"
 )
 
 // recorder is an engine.Observer that keeps what it was told.
@@ -62,5 +64,52 @@ func TestObserver(t *testing.T) {
 	}
 	if e.Running() != 0 || e.Waiting() != 0 {
 		t.Errorf("idle engine: %d running, %d waiting", e.Running(), e.Waiting())
+	}
+}
+
+// blockingStepper blocks every Open until release is closed, then fails it.
+type blockingStepper struct{ release chan struct{} }
+
+func (b blockingStepper) Open(context.Context, string, int, int) error {
+	<-b.release
+	return errors.New("test: no sessions")
+}
+func (blockingStepper) Step(context.Context, []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
+	return nil, engine.StepInfo{}, errors.New("test: no steps")
+}
+func (blockingStepper) Close(context.Context, string) error { return nil }
+
+// TestRunningWaiting: with max_active 1 and two requests, one runs and one waits; both fail when
+// the stepper does, and the engine is idle again.
+func TestRunningWaiting(t *testing.T) {
+	st := blockingStepper{release: make(chan struct{})}
+	e := engine.New(engine.Config{MaxActive: 1, MaskID: 9, EOSID: 8}, st, nil)
+	t.Cleanup(e.Stop)
+	p, err := diffusion.Preset("q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2)
+	for _, id := range []string{"a", "b"} {
+		go func() {
+			_, err := e.Generate(context.Background(), engine.Request{ID: id, Prompt: []int32{1, 2}, Params: p}, nil)
+			errs <- err
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for e.Running() != 1 || e.Waiting() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("running %d, waiting %d; want 1 and 1", e.Running(), e.Waiting())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(st.release)
+	for range 2 {
+		if err := <-errs; err == nil {
+			t.Error("a request succeeded on a stepper that opens no session")
+		}
+	}
+	if e.Running() != 0 || e.Waiting() != 0 {
+		t.Errorf("after both failed: running %d, waiting %d", e.Running(), e.Waiting())
 	}
 }
