@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -161,6 +162,10 @@ func (s *Server) callGroup(ctx context.Context, g *group, req *pb.ExpertsRequest
 			return nil, err // the replica answered: retrying elsewhere gives the same answer
 		}
 		lastErr = fmt.Errorf("replica %s: %w", r.Instance().ID, err)
+		if attempt == 0 {
+			slog.WarnContext(ctx, "expertd replica failed; retrying the call on another", "group", g.key, "layer", req.GetLayer(),
+				"instance", r.Instance().ID, "err", err)
+		}
 		failed = r
 	}
 	return nil, lastErr
