@@ -15,6 +15,7 @@ import (
 	"github.com/dlmesh/dlmesh/attnd"
 	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/gateway/httpapi"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/mesh"
 	"github.com/dlmesh/dlmesh/model"
@@ -152,8 +153,9 @@ func upCmd() *cobra.Command {
 	var exit bool
 	var df decodeFlags
 	var pf precisionFlags
+	var apiKey string
 	cmd := &cobra.Command{
-		Use:   "up [--groups 2] [--listen 127.0.0.1:7070] [PROMPT]",
+		Use:   "up [--groups 2] [--listen 127.0.0.1:7070] [--http-listen 127.0.0.1:8000] [PROMPT]",
 		Short: "Run the whole mesh in one process: gateway, attnd and one expertd per group on loopback",
 		Long: `Runs the gateway, one attnd and one expertd per expert group (each a real gRPC server on its
 own loopback port), wired through an in-process registry, on the bundled model and the CPU
@@ -177,6 +179,7 @@ cancels it and stops the mesh.`,
 				return err
 			}
 			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
+			cfg.APIKey = apiKey
 			cfg.Reflection = c.reflection
 			slog.Info("starting the mesh", "model", c.dir, "groups", max(cfg.Groups, 1), "replicas", max(cfg.Replicas, 1), "backend", c.backend)
 			m, err := mesh.Up(ctx, cfg)
@@ -191,6 +194,9 @@ cancels it and stops the mesh.`,
 			}()
 			a := m.Addrs()
 			fmt.Fprintf(os.Stderr, "gateway  %s\n", a.Gateway)
+			if a.HTTP != "" {
+				fmt.Fprintf(os.Stderr, "openai   http://%s/v1\n", a.HTTP)
+			}
 			for _, at := range a.Attnds {
 				fmt.Fprintf(os.Stderr, "attnd    %s\n", at)
 			}
@@ -209,7 +215,7 @@ cancels it and stops the mesh.`,
 			defer stopMetrics()
 			if len(args) == 1 {
 				release := logOut.Hold() // the live view owns the terminal until the generation ends
-				err := generateTo(ctx, cmd, a.Gateway, args[0], &df)
+				err := generateTo(ctx, cmd, a.Gateway, apiKey, args[0], &df)
 				release()
 				if err != nil {
 					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
@@ -236,6 +242,8 @@ cancels it and stops the mesh.`,
 	f.StringVar(&cfg.Listen, "listen", mesh.DefaultListen, "gateway listen address")
 	f.StringVar(&cfg.AttndListen, "attnd-listen", mesh.DefaultServiceListen, "attnd listen address; with a non-zero port P, attnd i listens on P+i")
 	f.StringVar(&cfg.ExpertdListen, "expertd-listen", mesh.DefaultServiceListen, "expertd listen address; with a non-zero port P, replica i (group-major) listens on P+i")
+	f.StringVar(&cfg.HTTPListen, "http-listen", httpapi.DefaultListen, "OpenAI-compatible HTTP API listen address (empty: none)")
+	f.StringVar(&apiKey, "api-key", os.Getenv("DLMESH_API_KEY"), "require this key (Authorization: Bearer KEY) on the HTTP API and gRPC Generate (default $DLMESH_API_KEY)")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
 	f.BoolVar(&cfg.WireBF16, "wire-bf16", false, "send hidden rows to the experts as bf16")
@@ -247,9 +255,9 @@ cancels it and stops the mesh.`,
 func gatewayCmd() *cobra.Command {
 	var c common
 	var cfg gateway.Config
-	var attndAddrs string
+	var attndAddrs, httpListen string
 	cmd := &cobra.Command{
-		Use:   "gateway (--attnd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7070]",
+		Use:   "gateway (--attnd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7070] [--http-listen 127.0.0.1:8000]",
 		Short: "Run the gateway: tokenise, validate, batch requests and stream Generate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -271,13 +279,25 @@ func gatewayCmd() *cobra.Command {
 			}
 			slog.Info("gateway listening; waiting for a serving attnd", "addr", s.Addr())
 			go reportGatewayReady(ctx, s)
-			return c.serve(ctx, s.Shutdown, gatewayMetrics(s)...)
+			shutdown := s.Shutdown
+			if httpListen != "" {
+				api, err := httpapi.New(httpapi.Config{Listen: httpListen, Model: mesh.ModelName(c.dir), APIKey: cfg.APIKey,
+					StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second}, s)
+				if err != nil {
+					return errors.Join(err, s.Shutdown(context.Background()))
+				}
+				slog.Info("OpenAI-compatible API", "url", "http://"+api.Addr()+"/v1")
+				shutdown = func(ctx context.Context) error { return errors.Join(api.Shutdown(ctx), s.Shutdown(ctx)) }
+			}
+			return c.serve(ctx, shutdown, gatewayMetrics(s)...)
 		},
 	}
 	c.register(cmd, "gateway")
 	f := cmd.Flags()
 	f.StringVar(&attndAddrs, "attnd", "", "attnd addresses, comma-separated")
 	f.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "listen address")
+	f.StringVar(&httpListen, "http-listen", httpapi.DefaultListen, "OpenAI-compatible HTTP API listen address (empty: none)")
+	f.StringVar(&cfg.APIKey, "api-key", os.Getenv("DLMESH_API_KEY"), "require this key (Authorization: Bearer KEY) on the HTTP API and gRPC Generate (default $DLMESH_API_KEY)")
 	f.StringVar(&cfg.ID, "id", "", "instance id (default: from the listen address)")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
