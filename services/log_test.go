@@ -7,9 +7,13 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 func TestLogHandler(t *testing.T) {
@@ -79,4 +83,55 @@ func TestLogHandler(t *testing.T) {
 			t.Errorf("level loud: %v", err)
 		}
 	})
+}
+
+// TestBreakerLogs: a breaker opening logs a WARN line naming the instance, its half-open probe
+// and closing INFO lines.
+func TestBreakerLogs(t *testing.T) {
+	var buf syncWriter
+	h, err := NewLogHandler(&buf, LogJSON, slog.LevelInfo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := slog.Default()
+	slog.SetDefault(slog.New(h))
+	t.Cleanup(func() { slog.SetDefault(prev) })
+	b := NewBreaker("expertd/0-7/e0", BreakerConfig{Failures: 1, OpenTimeout: 20 * time.Millisecond, HalfOpenCalls: 1})
+	_ = b.Do(context.Background(), func(context.Context) error { return status.Error(codes.Unavailable, "down") })
+	time.Sleep(40 * time.Millisecond)
+	if err := b.Do(context.Background(), func(context.Context) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range strings.Split(strings.TrimSpace(buf.String()), "\n") {
+		var r map[string]any
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r["instance"] != "expertd/0-7/e0" {
+			t.Errorf("breaker line without the instance: %s", l)
+		}
+		got = append(got, r["level"].(string)+" "+r["msg"].(string))
+	}
+	want := []string{"WARN breaker open", "INFO breaker half-open", "INFO breaker closed"}
+	if strings.Join(got, "; ") != strings.Join(want, "; ") {
+		t.Errorf("breaker logged %q, want %q", got, want)
+	}
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
 }
