@@ -96,6 +96,10 @@
 // stops in the house order on Shutdown (NOT_SERVING, deregistration, graceful stop); health.go
 // decides when it is SERVING and registered. Errors map to status codes through Codes.
 //
+// Metrics (metrics.go): Collector exports the tokens the router sent to each (MoE layer, expert),
+// the rows sent to each expert group and each layer's fan-out time; Load reports the per-expert
+// and per-group totals in Info (for `dlmesh status`).
+//
 // Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels (kernels/cpu for the default
 // backend), tokenizer, services, wire, errdefs, proto; never another service package.
 package attnd

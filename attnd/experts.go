@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 	"unsafe"
@@ -202,6 +203,7 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 		return nil, err
 	}
 	parts := b.parts
+	f.s.stats.routed(layer, hid, f.r, parts)
 	rows := 0
 	for _, p := range parts {
 		rows += len(p.rows)
@@ -259,7 +261,10 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 	dispatched := time.Now()
 	return func(dst *kernels.Tensor) error {
 		t1 := time.Now()
-		defer func() { f.expertsNs += time.Since(t1).Nanoseconds() }()
+		defer func() {
+			f.expertsNs += time.Since(t1).Nanoseconds()
+			f.s.stats.fannedOut(layer, time.Since(t0))
+		}()
 		defer span.End()
 		clear(out)
 		if f.lock != nil { // let another micro-batch (or Open, Close) use the backend meanwhile
@@ -389,6 +394,10 @@ func (s *Server) callGroupAvoiding(ctx context.Context, g *group, req *pb.Expert
 			return nil, err // the replica answered: retrying elsewhere gives the same answer
 		}
 		lastErr = fmt.Errorf("replica %s: %w", r.Instance().ID, err)
+		if attempt == 0 {
+			slog.WarnContext(ctx, "expertd replica failed; retrying the call on another", "group", g.key, "layer", req.GetLayer(),
+				"instance", r.Instance().ID, "err", err)
+		}
 		failed = r
 	}
 	return nil, lastErr

@@ -43,12 +43,17 @@ func (s *Server) written(steps []*pb.SessionStep) {
 	}
 }
 
-// Load returns the load of Step and the sessions' use of the KV cache.
+// Meter is the meter of Step calls (for the latency histogram).
+func (s *Server) Meter() *services.LoadMeter { return s.meter }
+
+// Load returns the load of Step, the sessions' use of the KV cache and the routed token counts.
 func (s *Server) Load() *pb.LoadStats {
 	l := s.meter.Snapshot().Proto()
 	l.Sessions = int32(s.usage.sessions.Load())
 	l.KvTokens = s.usage.kvTokens.Load()
 	l.KvCapacityTokens = s.usage.kvCapacity.Load()
+	l.ExpertTokens = s.stats.expertTotals()
+	l.GroupTokens = s.stats.groupTotals()
 	return l
 }
 

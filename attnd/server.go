@@ -63,6 +63,7 @@ type Server struct {
 	info  atomic.Pointer[pb.ModelInfo] // set once loaded (load.go)
 	meter *services.LoadMeter          // Step calls
 	usage usage
+	stats routeStats // routed tokens and fan-out times (metrics.go)
 
 	poolMu sync.Mutex
 	pools  map[string]*services.Pool // by expert set
@@ -153,6 +154,7 @@ func (s *Server) load(ctx context.Context) error {
 	} else {
 		slog.Warn("attnd: no tokenizer: Info reports mask_id and eos_id -1", "err", err)
 	}
+	s.stats.init(m.Cfg.Layers, m.Cfg.FirstKDense, m.Cfg.Experts)
 	s.mu.Lock()
 	s.m = m
 	s.setInfo()

@@ -28,6 +28,10 @@ var issueMetrics = map[string]string{
 	"dlmesh_num_requests_running":        "gauge",
 	"dlmesh_num_requests_waiting":        "gauge",
 	"dlmesh_expert_tokens_total":         "counter",
+	"dlmesh_call_latency_seconds":        "histogram",
+	"dlmesh_expert_fanout_seconds":       "histogram",
+	"dlmesh_expert_compute_seconds":      "histogram",
+	"dlmesh_group_tokens_total":          "counter",
 }
 
 // existingMetrics are the dlmesh_ names the main module's metrics sources define now.
@@ -35,7 +39,7 @@ func existingMetrics(tb testing.TB) map[string]bool {
 	tb.Helper()
 	out := map[string]bool{}
 	re := regexp.MustCompile(`"(dlmesh_[a-z0-9_]+)"`)
-	for _, f := range []string{"services/metrics.go", "cmd/dlmesh/metrics.go"} {
+	for _, f := range []string{"services/metrics.go", "cmd/dlmesh/metrics.go", "gateway/metrics.go", "attnd/metrics.go", "expertd/metrics.go"} {
 		b, err := os.ReadFile(filepath.Join(repoRoot, f))
 		if err != nil {
 			tb.Fatal(err)

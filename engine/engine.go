@@ -63,6 +63,8 @@ type Config struct {
 	Vocab         int   // ids must be below this
 	// TracerProvider traces the batched steps (engine.step spans); nil means the global one.
 	TracerProvider trace.TracerProvider
+	// Observer, when set, is told of every step and every request's end (metrics, logs).
+	Observer Observer
 }
 
 // Request is one generation.
@@ -132,6 +134,7 @@ type Result struct {
 	Degraded     bool
 	Elapsed      time.Duration
 	StepTime     time.Duration // summed wall time of the request's steps
+	Steps        int           // denoising steps applied
 	Trace        []diffusion.StepResult
 	Warning      string
 }
@@ -208,6 +211,7 @@ type job struct {
 	opened     bool
 	cached     int // positions before this have final K/V in the session's cache
 	blockSteps int // steps of the block being denoised
+	steps      int // steps of the request
 	start      time.Time
 	res        Result
 	out        outText
@@ -269,6 +273,7 @@ func (e *Engine) validate(req Request) (*diffusion.State, string, error) {
 func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event)) (*Result, error) {
 	st, warn, err := e.validate(req)
 	if err != nil {
+		e.refused(ctx, &req, err)
 		return nil, err
 	}
 	j := &job{ctx: ctx, req: req, state: st, sampler: diffusion.NewSampler(req.Params), start: time.Now(),
@@ -279,11 +284,14 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 	e.mu.Lock()
 	if e.stopped {
 		e.mu.Unlock()
+		e.refused(ctx, &req, ErrStopped)
 		return nil, ErrStopped
 	}
 	if len(e.queue) >= e.cfg.MaxActive+e.cfg.MaxQueue {
 		e.mu.Unlock()
-		return nil, fmt.Errorf("engine: queue full: %d requests waiting or running (max_active %d + max_queue %d): %w", len(e.queue), e.cfg.MaxActive, e.cfg.MaxQueue, errdefs.ErrOverloaded)
+		err := fmt.Errorf("engine: queue full: %d requests waiting or running (max_active %d + max_queue %d): %w", len(e.queue), e.cfg.MaxActive, e.cfg.MaxQueue, errdefs.ErrOverloaded)
+		e.refused(ctx, &req, err)
+		return nil, err
 	}
 	e.nextID++
 	j.session = fmt.Sprintf("%s#%d", req.ID, e.nextID)
@@ -444,6 +452,7 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	}
 	j.cached = lo
 	j.blockSteps++
+	j.steps++
 	j.res.StepTime += dt
 	j.res.Degraded = j.res.Degraded || degraded
 	if j.req.Trace {
@@ -458,6 +467,9 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	}
 	for _, p := range res.Edited {
 		ev.Changes = append(ev.Changes, Change{Pos: p - n, ID: res.Tokens[p-lo], Edit: true})
+	}
+	if o := e.cfg.Observer; o != nil {
+		o.Stepped(j.ctx, &j.req, ev, time.Since(j.start))
 	}
 	j.push(Event{Step: ev})
 	if res.BlockDone {
@@ -482,6 +494,7 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 			r.FinishReason = diffusion.FinishStop
 		}
 		r.Forwards = j.state.Forwards()
+		r.Steps = j.steps
 		r.Elapsed = time.Since(j.start)
 		e.end(ctx, j, &r, nil)
 	}
@@ -497,7 +510,26 @@ func (e *Engine) end(ctx context.Context, j *job, r *Result, err error) {
 		}
 	}
 	e.mu.Unlock()
+	e.finished(j, r, err)
 	e.closeAndFinish(ctx, j, r, err)
+}
+
+// refused tells the observer of a request refused before it was queued.
+func (e *Engine) refused(ctx context.Context, req *Request, err error) {
+	if o := e.cfg.Observer; o != nil {
+		o.Finished(ctx, req, "", nil, err, 0)
+	}
+}
+
+// finished tells the observer that j ended.
+func (e *Engine) finished(j *job, r *Result, err error) {
+	if o := e.cfg.Observer; o != nil {
+		session := ""
+		if j.opened {
+			session = j.session
+		}
+		o.Finished(j.ctx, &j.req, session, r, err, time.Since(j.start))
+	}
 }
 
 // closeAndFinish closes j's session, then completes j (so a request's session is freed when
@@ -524,6 +556,7 @@ func (e *Engine) failAll(err error) {
 	e.queue = nil
 	e.mu.Unlock()
 	for _, j := range q {
+		e.finished(j, nil, err)
 		e.closeAndFinish(context.Background(), j, nil, err)
 	}
 }

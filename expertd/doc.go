@@ -12,6 +12,8 @@
 // Tensors are decoded and encoded with package wire; the checkpoint identity it reports in Info
 // is model.Fingerprint.
 //
+// Metrics (metrics.go): Collector exports the expert FFN time and the rows of each Compute call.
+//
 // Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels (kernels/cpu for the default
 // backend), services, wire, errdefs, proto; never another service package.
 package expertd

@@ -47,6 +47,7 @@ type Server struct {
 
 	closeOnce sync.Once
 	meter     *services.LoadMeter
+	stats     computeStats // compute time and rows (metrics.go)
 	closeErr  error
 }
 
@@ -69,7 +70,8 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return nil, err
 	}
 	tp := services.TracerProvider(cfg.TracerProvider)
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, meter: services.NewLoadMeter(services.DefaultLoadWindow),
+		stats: newComputeStats()}
 	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "expertd", Listen: cfg.Listen, Server: cfg.Server,
 		Codes: Codes, TracerProvider: tp, Registry: reg},
 		func(r grpc.ServiceRegistrar) { pb.RegisterExpertsServer(r, s) }, s.load)
@@ -212,9 +214,11 @@ func (s *Server) serve(ctx context.Context, req *pb.ExpertsRequest, resp *pb.Exp
 		return err
 	}
 	y := grow(&sc.y, b.rows*s.m.Cfg.Hidden)
+	tc := time.Now()
 	if err := s.compute(ctx, b, y, sc); err != nil {
 		return err
 	}
+	s.stats.computed(b.rows, time.Since(tc))
 	bf16 := req.GetDtype() == pb.DType_DTYPE_BF16
 	resp.Dtype = req.GetDtype()
 	resp.Y = wire.AppendF32(resp.Y[:0], y, bf16)

@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -29,6 +30,8 @@ type Config struct {
 	// ModelDir holds the tokenizer files (tokenizer.json, tokenizer_config.json) and config.json;
 	// no weights are read.
 	ModelDir string
+	// ModelName labels the gateway's metrics (model_name); default the base name of ModelDir.
+	ModelName string
 	// ID is this instance's discovery ID (default "gateway-" + the listen address).
 	ID string
 	// Listen is the gRPC listen address (DefaultListen).
@@ -59,6 +62,9 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
+	}
+	if c.ModelName == "" && c.ModelDir != "" {
+		c.ModelName = filepath.Base(filepath.Clean(c.ModelDir))
 	}
 	if c.MaxActive == 0 {
 		c.MaxActive = DefaultMaxActive

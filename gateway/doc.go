@@ -31,6 +31,13 @@
 // while at least one attnd is known. Its life (listen, health, registration, graceful stop) is a
 // services.Node; errors map to status codes through Codes.
 //
+// Operations (metrics.go, ready.go): the engine's Observer feeds the request metrics
+// (Collectors: time to first token, end-to-end latency, step time, tokens per forward, unmasks
+// and edits per step, token and request counters, running and waiting, labelled model_name) and
+// logs one slog line per request and one per failure with its code and cause. WaitAttnd
+// reports when an attnd first answers its health check SERVING (`dlmesh gateway` says "waiting"
+// or "degraded" until then).
+//
 // Client is a small helper that streams one Generate (used by `dlmesh generate`).
 //
 // Who may import: cmd/dlmesh, mesh, tests. It imports engine, diffusion, tokenizer, chat, model

@@ -44,6 +44,7 @@ type Server struct {
 	pool    *services.Pool
 	stepper *RemoteStepper
 	eng     *engine.Engine
+	obs     *observer      // metrics and request log
 	node    *services.Node // listener, gRPC server, health, registration
 	reg     services.Registry
 	seq     atomic.Uint64
@@ -87,8 +88,10 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return services.Dial(in.Addr, ccfg)
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
+	s.obs = newObserver(s, cfg.ModelName)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, ModelBlockLen: cfg.ModelBlockLen,
-		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
+		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp,
+		Observer: s.obs}, s.stepper, tok)
 	scfg := cfg.Server
 	if cfg.APIKey != "" {
 		scfg.StreamInterceptors = append(scfg.StreamInterceptors, services.APIKeyStreamInterceptor(cfg.APIKey, pb.Gateway_Generate_FullMethodName))
@@ -173,7 +176,13 @@ func (s *Server) Generate(req *pb.GenerateRequest, stream grpc.ServerStreamingSe
 	return err
 }
 
-func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateRequest, stream grpc.ServerStreamingServer[pb.GenerateEvent]) error {
+func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateRequest, stream grpc.ServerStreamingServer[pb.GenerateEvent]) (err error) {
+	t0, engineSaw := time.Now(), false
+	defer func() { // the engine counts and logs the requests it saw; these are refused before it
+		if err != nil && !engineSaw {
+			s.obs.failed(ctx, id, 0, time.Since(t0), "", err)
+		}
+	}()
 	var text string
 	switch in := req.GetInput().(type) {
 	case *pb.GenerateRequest_Prompt:
@@ -205,6 +214,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 		attribute.Int("gen_length", p.GenLen), attribute.Int("block_length", p.BlockLen))
 
 	ev := &events{s: s, ctx: ctx, stream: stream}
+	engineSaw = true
 	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p, KeepSpecial: req.GetKeepSpecialTokens()}, ev.on)
 	ev.endBlock()
 	if err != nil {

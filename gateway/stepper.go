@@ -57,6 +57,16 @@ func (st *RemoteStepper) Sessions() int {
 	return len(st.sessions)
 }
 
+// Attnd is the instance ID of the attnd holding session ("" when the session is not open).
+func (st *RemoteStepper) Attnd(session string) string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if s, ok := st.sessions[session]; ok {
+		return s.r.Instance().ID
+	}
+	return ""
+}
+
 func (st *RemoteStepper) call(ctx context.Context, r *services.Replica, d time.Duration, fn func(context.Context, pb.AttentionClient) error) error {
 	return r.Breaker().Do(ctx, func(ctx context.Context) error {
 		cctx, cancel := services.WithTimeout(ctx, d)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc/codes"
@@ -61,6 +62,13 @@ func NewBreaker(name string, cfg BreakerConfig) *Breaker {
 			IsSuccessful: func(err error) bool { return !IsInstanceFailure(err) },
 			IsExcluded: func(err error) bool {
 				return CodeOf(err) == codes.Canceled
+			},
+			OnStateChange: func(name string, from, to gobreaker.State) {
+				lvl := slog.LevelInfo
+				if to == gobreaker.StateOpen {
+					lvl = slog.LevelWarn
+				}
+				slog.Log(context.Background(), lvl, "breaker "+to.String(), "instance", name, "from", from.String(), "to", to.String())
 			},
 		}),
 	}

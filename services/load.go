@@ -26,6 +26,11 @@ const (
 type LoadMeter struct {
 	inFlight, calls, errors atomic.Int64
 
+	// Cumulative histogram of every call answered without error since start (for Prometheus):
+	// hist[i] counts latencies <= LatencyBuckets[i] (not cumulated across buckets here).
+	hist  [len(LatencyBuckets) + 1]atomic.Uint64
+	sumNs atomic.Int64
+
 	now  func() time.Time
 	slot time.Duration // window / loadSlots
 
@@ -37,6 +42,31 @@ type loadSlot struct {
 	start int64 // slot number (unix ns / slot); the slot is stale when it is not current
 	n     int64
 	bins  [loadBins]uint32
+}
+
+// LatencyBuckets are the upper bounds, in seconds, of the call latency histogram
+// (dlmesh_call_latency_seconds): 0.5 ms to 30 s.
+var LatencyBuckets = [...]float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
+
+// LatencyHistogram is the histogram of the calls a LoadMeter saw answered without error since
+// start: Buckets[i] is the number of calls of at most LatencyBuckets[i] seconds (cumulative, as
+// Prometheus wants it).
+type LatencyHistogram struct {
+	Count      uint64
+	SumSeconds float64
+	Buckets    map[float64]uint64
+}
+
+// Histogram returns the latency histogram of the calls answered without error since start.
+func (m *LoadMeter) Histogram() LatencyHistogram {
+	h := LatencyHistogram{SumSeconds: time.Duration(m.sumNs.Load()).Seconds(), Buckets: make(map[float64]uint64, len(LatencyBuckets))}
+	var cum uint64
+	for i, ub := range LatencyBuckets {
+		cum += m.hist[i].Load()
+		h.Buckets[ub] = cum
+	}
+	h.Count = cum + m.hist[len(LatencyBuckets)].Load()
+	return h
 }
 
 // LoadSnapshot is a LoadMeter's readings at one time.
@@ -95,6 +125,13 @@ func binValue(i int) time.Duration {
 }
 
 func (m *LoadMeter) observe(at time.Time, d time.Duration) {
+	sec := d.Seconds()
+	i := 0
+	for i < len(LatencyBuckets) && sec > LatencyBuckets[i] {
+		i++
+	}
+	m.hist[i].Add(1)
+	m.sumNs.Add(int64(d))
 	n := at.UnixNano() / int64(m.slot)
 	m.mu.Lock()
 	defer m.mu.Unlock()

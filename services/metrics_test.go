@@ -30,7 +30,7 @@ func TestLoadCollector(t *testing.T) {
 		l := m.Snapshot().Proto()
 		l.Sessions, l.KvTokens, l.KvCapacityTokens = sessions, 96, 256
 		return l
-	})
+	}).WithMeter(m)
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(c); err != nil {
 		t.Fatal(err)
@@ -64,7 +64,23 @@ dlmesh_sessions{instance="attnd-0",service="attnd"} 3
 	}
 	got := map[string]float64{}
 	for _, mf := range mfs {
-		if mf.GetName() != "dlmesh_call_latency_seconds" {
+		if mf.GetName() == "dlmesh_call_latency_seconds" {
+			h := mf.GetMetric()[0].GetHistogram()
+			if h.GetSampleCount() != 3 || h.GetSampleSum() < 0.0599 || h.GetSampleSum() > 0.0601 {
+				t.Errorf("latency histogram: %d calls summing to %v s, want 3 summing to 0.06 s", h.GetSampleCount(), h.GetSampleSum())
+			}
+			cum := map[float64]uint64{}
+			for _, b := range h.GetBucket() {
+				cum[b.GetUpperBound()] = b.GetCumulativeCount()
+			}
+			// 10 ms falls in le=0.01, 20 and 30 ms in le=0.025 and le=0.05.
+			for ub, want := range map[float64]uint64{0.005: 0, 0.01: 1, 0.025: 2, 0.05: 3, 30: 3} {
+				if cum[ub] != want {
+					t.Errorf("latency histogram bucket le=%v: %d, want %d", ub, cum[ub], want)
+				}
+			}
+		}
+		if mf.GetName() != "dlmesh_call_latency_window_seconds" {
 			continue
 		}
 		for _, mt := range mf.GetMetric() {

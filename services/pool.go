@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -27,6 +28,7 @@ type Pool struct {
 
 	mu       sync.Mutex
 	replicas []*Replica // sorted by instance ID
+	filled   bool       // an Update has given the pool members before
 	next     int        // rotation start for ties
 	closed   bool
 }
@@ -89,6 +91,8 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 		toClose []*grpc.ClientConn
 		errs    []error
 		seen    = map[string]bool{}
+		joined  []Instance
+		left    []Instance
 	)
 	for _, in := range instances {
 		if seen[in.ID] {
@@ -101,6 +105,7 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 			delete(old, in.ID)
 			continue
 		}
+		joined = append(joined, in)
 		r := &Replica{inst: in.clone(), breaker: NewBreaker(p.name+"/"+in.ID, p.cfg)}
 		if p.dial != nil {
 			cc, err := p.dial(in)
@@ -113,6 +118,7 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 		next = append(next, r)
 	}
 	for _, r := range old {
+		left = append(left, r.inst)
 		r.removed = true
 		if r.outstanding == 0 && r.conn != nil {
 			toClose = append(toClose, r.conn)
@@ -121,10 +127,23 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 	slices.SortFunc(next, func(a, b *Replica) int { return strings.Compare(a.inst.ID, b.inst.ID) })
 	p.replicas = next
 	p.next = 0
+	joinLevel := slog.LevelInfo
+	if !p.filled { // the first members are the pool's start, not news
+		joinLevel = slog.LevelDebug
+	}
+	p.filled = p.filled || len(next) > 0
 	p.mu.Unlock()
 
 	for _, cc := range toClose {
 		_ = cc.Close() // a removed replica: nothing to report if its connection fails to close
+	}
+	if !closing {
+		for _, in := range left {
+			slog.Warn("replica left the pool", "pool", p.name, "instance", in.ID, "addr", in.Addr)
+		}
+		for _, in := range joined {
+			slog.Log(context.Background(), joinLevel, "replica joined the pool", "pool", p.name, "instance", in.ID, "addr", in.Addr)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -21,9 +21,9 @@ func deviceMeta(backend string) map[string]string {
 	var gpus []services.GPU
 	if strings.HasPrefix(backend, "cuda") {
 		if err := nvml.Init(); err != nil {
-			fmt.Fprintf(os.Stderr, "warning: registration meta without GPU identity: %v\n", err)
+			slog.Warn("registration meta without GPU identity", "err", err)
 		} else if devs, err := nvml.Devices(); err != nil {
-			fmt.Fprintf(os.Stderr, "warning: registration meta without GPU identity: %v\n", err)
+			slog.Warn("registration meta without GPU identity", "err", err)
 		} else {
 			gpus = make([]services.GPU, 0, len(devs))
 			for _, d := range devs {
@@ -36,17 +36,17 @@ func deviceMeta(backend string) map[string]string {
 	if gpus != nil {
 		if n, ok := cudaOrdinal(backend); ok {
 			if uuid, err := cuda.DeviceUUID(n); err != nil {
-				fmt.Fprintf(os.Stderr, "warning: GPU identity by CUDA_VISIBLE_DEVICES order: %v\n", err)
+				slog.Warn("GPU identity by CUDA_VISIBLE_DEVICES order", "err", err)
 			} else if pinned, ok := pinByUUID(gpus, n, uuid); ok {
 				gpus, visible = pinned, ""
 			} else {
-				fmt.Fprintf(os.Stderr, "warning: CUDA device %d (%s) is none of NVML's %d devices\n", n, uuid, len(gpus))
+				slog.Warn("CUDA device is none of NVML's devices", "device", n, "uuid", uuid, "nvml_devices", len(gpus))
 			}
 		}
 	}
 	meta, err := services.DeviceMeta(backend, gpus, visible)
 	if err != nil && gpus != nil {
-		fmt.Fprintf(os.Stderr, "warning: %v\n", err)
+		slog.Warn("registration meta", "err", err)
 	}
 	return meta
 }

@@ -4,9 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -50,10 +50,10 @@ func listenMetrics(addr string, cs ...prometheus.Collector) (bound string, stop 
 	go func() {
 		defer close(done)
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			fmt.Fprintln(os.Stderr, "metrics:", err)
+			slog.Error("metrics endpoint", "err", err)
 		}
 	}()
-	fmt.Fprintf(os.Stderr, "metrics on http://%s/metrics\n", lis.Addr())
+	slog.Info("metrics", "url", "http://"+lis.Addr().String()+"/metrics")
 	return lis.Addr().String(), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -63,20 +63,26 @@ func listenMetrics(addr string, cs ...prometheus.Collector) (bound string, stop 
 }
 
 // attndMetrics, expertdMetrics and gatewayMetrics are the collectors of one service instance.
-func attndMetrics(s *attnd.Server) prometheus.Collector {
-	return services.NewLoadCollector("attnd", s.Instance().ID, true, s.Load)
+func attndMetrics(s *attnd.Server) []prometheus.Collector {
+	return []prometheus.Collector{services.NewLoadCollector("attnd", s.Instance().ID, true, s.Load).WithMeter(s.Meter()), s.Collector()}
 }
 
-func expertdMetrics(s *expertd.Server, id string) prometheus.Collector {
-	return services.NewLoadCollector("expertd", id, false, func() *pb.LoadStats { return s.Load().Proto() })
+func expertdMetrics(s *expertd.Server, id string) []prometheus.Collector {
+	return []prometheus.Collector{
+		services.NewLoadCollector("expertd", id, false, func() *pb.LoadStats { return s.Load().Proto() }).WithMeter(s.Meter()),
+		s.Collector(),
+	}
 }
 
+// gatewayMetrics: the request metrics (model_name), and two gauges kept from before them:
+// dlmesh_requests_queued (running + waiting, now split into dlmesh_num_requests_running and
+// dlmesh_num_requests_waiting) and dlmesh_sessions.
 func gatewayMetrics(s *gateway.Server) []prometheus.Collector {
 	l := prometheus.Labels{"service": "gateway", "instance": s.Instance().ID}
-	return []prometheus.Collector{
+	return append(s.Collectors(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dlmesh_requests_queued", ConstLabels: l,
 			Help: "Requests waiting or running in the gateway's engine."}, func() float64 { return float64(s.Queued()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dlmesh_sessions", ConstLabels: l,
 			Help: "Open sessions."}, func() float64 { return float64(s.Stepper().Sessions()) }),
-	}
+	)
 }

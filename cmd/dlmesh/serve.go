@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -127,6 +128,25 @@ func staticRegistry(ctx context.Context, kind string, addrs []string) (*services
 	return reg, nil
 }
 
+// reportGatewayReady logs "gateway serving" once an attnd answers SERVING; until then it warns,
+// every 30 s after the first 5 s, that requests fail.
+func reportGatewayReady(ctx context.Context, s *gateway.Server) {
+	wait := 5 * time.Second
+	for ctx.Err() == nil {
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		id, err := s.WaitAttnd(wctx, 0)
+		cancel()
+		if err == nil {
+			slog.Info("gateway serving", "addr", s.Addr(), "attnd", id)
+			return
+		}
+		if ctx.Err() == nil {
+			slog.Warn("gateway degraded: no attnd serves; requests fail with Unavailable", "addr", s.Addr(), "err", err)
+		}
+		wait = 30 * time.Second
+	}
+}
+
 func upCmd() *cobra.Command {
 	var c common
 	var cfg mesh.Config
@@ -161,15 +181,15 @@ cancels it and stops the mesh.`,
 			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
 			cfg.APIKey = apiKey
 			cfg.Reflection = c.reflection
-			fmt.Fprintf(os.Stderr, "starting the mesh on %s (%d expert groups × %d replicas, %s backend)...\n", c.dir, max(cfg.Groups, 1), max(cfg.Replicas, 1), c.backend)
+			slog.Info("starting the mesh", "model", c.dir, "groups", max(cfg.Groups, 1), "replicas", max(cfg.Replicas, 1), "backend", c.backend)
 			m, err := mesh.Up(ctx, cfg)
 			if err != nil {
 				return err
 			}
 			defer func() {
-				fmt.Fprintln(os.Stderr, "stopping the mesh...")
+				slog.Info("stopping the mesh")
 				if err := m.Close(); err != nil {
-					fmt.Fprintln(os.Stderr, "stop:", err)
+					slog.Error("stopping the mesh", "err", err)
 				}
 			}()
 			a := m.Addrs()
@@ -182,11 +202,11 @@ cancels it and stops the mesh.`,
 			}
 			cs := gatewayMetrics(m.Gateway)
 			for _, at := range m.Attnds {
-				cs = append(cs, attndMetrics(at))
+				cs = append(cs, attndMetrics(at)...)
 			}
 			for i, e := range a.Expertd {
 				fmt.Fprintf(os.Stderr, "expertd  %s  (experts %s)\n", e, model.FormatExperts(m.Experts[i].Experts()))
-				cs = append(cs, expertdMetrics(m.Experts[i], m.Experts[i].ID()))
+				cs = append(cs, expertdMetrics(m.Experts[i], m.Experts[i].ID())...)
 			}
 			stopMetrics, err := serveMetrics(c.metrics, cs...)
 			if err != nil {
@@ -194,7 +214,10 @@ cancels it and stops the mesh.`,
 			}
 			defer stopMetrics()
 			if len(args) == 1 {
-				if err := generateTo(ctx, cmd, a.Gateway, apiKey, args[0], &df); err != nil {
+				release := logOut.Hold() // the live view owns the terminal until the generation ends
+				err := generateTo(ctx, cmd, a.Gateway, apiKey, args[0], &df)
+				release()
+				if err != nil {
 					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
 						fmt.Fprintln(os.Stderr, "\ninterrupted")
 						return nil
@@ -254,7 +277,8 @@ func gatewayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "gateway serving on %s\n", s.Addr())
+			slog.Info("gateway listening; waiting for a serving attnd", "addr", s.Addr())
+			go reportGatewayReady(ctx, s)
 			shutdown := s.Shutdown
 			if httpListen != "" {
 				api, err := httpapi.New(httpapi.Config{Listen: httpListen, Model: mesh.ModelName(c.dir), APIKey: cfg.APIKey,
@@ -262,7 +286,7 @@ func gatewayCmd() *cobra.Command {
 				if err != nil {
 					return errors.Join(err, s.Shutdown(context.Background()))
 				}
-				fmt.Fprintf(os.Stderr, "OpenAI-compatible API on http://%s/v1\n", api.Addr())
+				slog.Info("OpenAI-compatible API", "url", "http://"+api.Addr()+"/v1")
 				shutdown = func(ctx context.Context) error { return errors.Join(api.Shutdown(ctx), s.Shutdown(ctx)) }
 			}
 			return c.serve(ctx, shutdown, gatewayMetrics(s)...)
@@ -311,13 +335,13 @@ func attndCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(os.Stderr, "attnd on %s: NOT_SERVING until every expert is reachable\n", s.Addr())
+			slog.Info("attnd listening; NOT_SERVING until every expert is reachable", "addr", s.Addr())
 			go func() {
 				if s.WaitServing(ctx) == nil {
-					fmt.Fprintf(os.Stderr, "attnd serving (expert groups %s)\n", s.Groups())
+					slog.Info("attnd serving", "addr", s.Addr(), "groups", fmt.Sprint(s.Groups()))
 				}
 			}()
-			return c.serve(ctx, s.Shutdown, attndMetrics(s))
+			return c.serve(ctx, s.Shutdown, attndMetrics(s)...)
 		},
 	}
 	c.register(cmd, "attnd")
@@ -370,10 +394,10 @@ func expertdCmd() *cobra.Command {
 				return err
 			}
 			if reg != nil {
-				fmt.Fprintf(os.Stderr, "registered in Consul at %s as %s\n", c.consul, s.ID())
+				slog.Info("registered in Consul", "consul", c.consul, "id", s.ID())
 			}
-			fmt.Fprintf(os.Stderr, "expertd serving experts %s on %s\n", model.FormatExperts(s.Experts()), s.Addr())
-			return c.serve(ctx, s.Shutdown, expertdMetrics(s, s.ID()))
+			slog.Info("expertd serving", "experts", model.FormatExperts(s.Experts()), "addr", s.Addr())
+			return c.serve(ctx, s.Shutdown, expertdMetrics(s, s.ID())...)
 		},
 	}
 	c.register(cmd, "expertd")

@@ -46,7 +46,9 @@ then the load each attnd and expertd reports through its Info call: calls in fli
 answered and failed since start, p50/p99 latency over the last minute (Attention.Step for attnd,
 Experts.Compute for expertd), and for attnd the open sessions and the KV cache positions they
 hold (and reserve). An instance that does not answer within --timeout shows as unreachable.
-Last, the expert coverage of the passing expertd instances.`,
+Then the hottest experts (tokens the attnd instances routed to each since they started, summed
+over the MoE layers) and the rows sent to each expert group: which group to scale. Last, the
+expert coverage of the passing expertd instances.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if addr == "" {
@@ -185,6 +187,73 @@ func writeStatus(out io.Writer, entries []*statusEntry) error {
 			continue
 		}
 		fmt.Fprintln(tw, e.svc.ID+"\t"+strings.Join(loadCells(e), "\t"))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return writeHot(out, entries, hottestShown)
+}
+
+// hottestShown is how many experts `dlmesh status` lists as the hottest.
+const hottestShown = 5
+
+// writeHot prints the n experts the attnd instances routed most tokens to (summed over the
+// answering attnd and the MoE layers, since each started) and every expert group's rows: the
+// numbers behind dlmesh_expert_tokens_total and dlmesh_group_tokens_total, to decide which group
+// to scale.
+func writeHot(out io.Writer, entries []*statusEntry, n int) error {
+	experts, groups := map[int32]int64{}, map[string]int64{}
+	var total, rows int64
+	for _, e := range entries {
+		if e.kind != services.KindAttnd || e.err != nil {
+			continue
+		}
+		for id, c := range e.load.GetExpertTokens() {
+			experts[id] += c
+			total += c
+		}
+		for g, c := range e.load.GetGroupTokens() {
+			groups[g] += c
+			rows += c
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	ids := make([]int32, 0, len(experts))
+	for id := range experts {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool {
+		if experts[ids[i]] != experts[ids[j]] {
+			return experts[ids[i]] > experts[ids[j]]
+		}
+		return ids[i] < ids[j]
+	})
+	pct := func(c, of int64) string { return fmt.Sprintf("%.1f%%", 100*float64(c)/float64(of)) }
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(out, "\nhottest experts (tokens routed since start, over the attnd and MoE layers; %d in all):\n", total)
+	fmt.Fprintln(tw, "expert\ttokens\tshare\t")
+	for _, id := range ids[:min(n, len(ids))] {
+		fmt.Fprintf(tw, "%d\t%d\t%s\t\n", id, experts[id], pct(experts[id], total))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	keys := make([]string, 0, len(groups))
+	for g := range groups {
+		keys = append(keys, g)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if groups[keys[i]] != groups[keys[j]] {
+			return groups[keys[i]] > groups[keys[j]]
+		}
+		return keys[i] < keys[j]
+	})
+	fmt.Fprintf(out, "\nexpert groups (rows sent since start; %d in all):\n", rows)
+	fmt.Fprintln(tw, "group\trows\tshare\t")
+	for _, g := range keys {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t\n", g, groups[g], pct(groups[g], rows))
 	}
 	return tw.Flush()
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"net"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -197,6 +198,14 @@ func TestStatusShowsLoad(t *testing.T) {
 	}
 	if f := loadRow(t, s, "attnd-hung"); len(f) < 1 || f[0] != "unreachable" || !strings.Contains(strings.Join(f, " "), "DeadlineExceeded") {
 		t.Errorf("hung instance: %v, want unreachable (DeadlineExceeded)", f)
+	}
+	// One step of 4 tokens through 7 MoE layers at top_k 4: 112 expert tokens, 28 rows to the one
+	// group.
+	if !strings.Contains(s, "hottest experts (tokens routed since start, over the attnd and MoE layers; 112 in all)") {
+		t.Errorf("status lacks the hottest experts of 112 routed tokens:\n%s", s)
+	}
+	if !regexp.MustCompile(`(?m)^0-15 +28 +100\.0%`).MatchString(s) {
+		t.Errorf("status lacks group 0-15 with 28 rows:\n%s", s)
 	}
 	for _, line := range strings.Split(s, "\n") {
 		if f := strings.Fields(line); len(f) > 5 && (f[1] == "expertd-all" || f[1] == "attnd-0") && f[5] != "cpu" {

@@ -226,8 +226,13 @@ type LoadStats struct {
 	Sessions         int32 `protobuf:"varint,8,opt,name=sessions,proto3" json:"sessions,omitempty"`
 	KvTokens         int64 `protobuf:"varint,9,opt,name=kv_tokens,json=kvTokens,proto3" json:"kv_tokens,omitempty"`
 	KvCapacityTokens int64 `protobuf:"varint,10,opt,name=kv_capacity_tokens,json=kvCapacityTokens,proto3" json:"kv_capacity_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// attnd only: tokens routed to each expert (by expert id, summed over the MoE layers) and rows
+	// sent to each expert group (by its expert set, e.g. "0-7") since the process started; the
+	// counters behind dlmesh_expert_tokens_total and dlmesh_group_tokens_total.
+	ExpertTokens  map[int32]int64  `protobuf:"bytes,11,rep,name=expert_tokens,json=expertTokens,proto3" json:"expert_tokens,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	GroupTokens   map[string]int64 `protobuf:"bytes,12,rep,name=group_tokens,json=groupTokens,proto3" json:"group_tokens,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LoadStats) Reset() {
@@ -330,6 +335,20 @@ func (x *LoadStats) GetKvCapacityTokens() int64 {
 	return 0
 }
 
+func (x *LoadStats) GetExpertTokens() map[int32]int64 {
+	if x != nil {
+		return x.ExpertTokens
+	}
+	return nil
+}
+
+func (x *LoadStats) GetGroupTokens() map[string]int64 {
+	if x != nil {
+		return x.GroupTokens
+	}
+	return nil
+}
+
 var File_dlmesh_v1_common_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_common_proto_rawDesc = "" +
@@ -342,7 +361,7 @@ const file_dlmesh_v1_common_proto_rawDesc = "" +
 	"\x04uuid\x18\x03 \x01(\tR\x04uuid\x12(\n" +
 	"\x10memory_total_mib\x18\x04 \x01(\x03R\x0ememoryTotalMib\x12&\n" +
 	"\x0fmemory_free_mib\x18\x05 \x01(\x03R\rmemoryFreeMib\x12\x18\n" +
-	"\abackend\x18\x06 \x01(\tR\abackend\"\xa9\x02\n" +
+	"\abackend\x18\x06 \x01(\tR\abackend\"\xc1\x04\n" +
 	"\tLoadStats\x12\x1b\n" +
 	"\tin_flight\x18\x01 \x01(\x03R\binFlight\x12\x14\n" +
 	"\x05calls\x18\x02 \x01(\x03R\x05calls\x12\x16\n" +
@@ -354,7 +373,15 @@ const file_dlmesh_v1_common_proto_rawDesc = "" +
 	"\bsessions\x18\b \x01(\x05R\bsessions\x12\x1b\n" +
 	"\tkv_tokens\x18\t \x01(\x03R\bkvTokens\x12,\n" +
 	"\x12kv_capacity_tokens\x18\n" +
-	" \x01(\x03R\x10kvCapacityTokens*=\n" +
+	" \x01(\x03R\x10kvCapacityTokens\x12K\n" +
+	"\rexpert_tokens\x18\v \x03(\v2&.dlmesh.v1.LoadStats.ExpertTokensEntryR\fexpertTokens\x12H\n" +
+	"\fgroup_tokens\x18\f \x03(\v2%.dlmesh.v1.LoadStats.GroupTokensEntryR\vgroupTokens\x1a?\n" +
+	"\x11ExpertTokensEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1a>\n" +
+	"\x10GroupTokensEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01*=\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tDTYPE_F32\x10\x01\x12\x0e\n" +
@@ -374,19 +401,23 @@ func file_dlmesh_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_dlmesh_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_dlmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_dlmesh_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_dlmesh_v1_common_proto_goTypes = []any{
 	(DType)(0),          // 0: dlmesh.v1.DType
 	(*InfoRequest)(nil), // 1: dlmesh.v1.InfoRequest
 	(*GPUInfo)(nil),     // 2: dlmesh.v1.GPUInfo
 	(*LoadStats)(nil),   // 3: dlmesh.v1.LoadStats
+	nil,                 // 4: dlmesh.v1.LoadStats.ExpertTokensEntry
+	nil,                 // 5: dlmesh.v1.LoadStats.GroupTokensEntry
 }
 var file_dlmesh_v1_common_proto_depIdxs = []int32{
-	0, // [0:0] is the sub-list for method output_type
-	0, // [0:0] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	4, // 0: dlmesh.v1.LoadStats.expert_tokens:type_name -> dlmesh.v1.LoadStats.ExpertTokensEntry
+	5, // 1: dlmesh.v1.LoadStats.group_tokens:type_name -> dlmesh.v1.LoadStats.GroupTokensEntry
+	2, // [2:2] is the sub-list for method output_type
+	2, // [2:2] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_dlmesh_v1_common_proto_init() }
@@ -400,7 +431,7 @@ func file_dlmesh_v1_common_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dlmesh_v1_common_proto_rawDesc), len(file_dlmesh_v1_common_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
