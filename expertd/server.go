@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"slices"
 	"sync"
@@ -56,6 +57,11 @@ var _ pb.ExpertsServer = (*Server)(nil)
 // experts of every MoE layer (ctx cancels the load), and reports SERVING. The caller must
 // Shutdown the server.
 func New(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.Server.MaxRecvMsgBytes == 0 && cfg.ModelDir != "" {
+		if mc, err := model.LoadConfig(cfg.ModelDir); err == nil { // else load reports it
+			cfg.Server.MaxRecvMsgBytes = RequestBytes(mc, cfg.WithDefaults().MaxRows)
+		}
+	}
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -234,20 +240,35 @@ func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 	default:
 		return nil, bad("dtype %v: want DTYPE_F32 or DTYPE_BF16", req.GetDtype())
 	}
-	b := &batch{layer: layer, rows: rows, topK: topK,
-		x: make([]float32, rows*hidden), ids: make([]int32, rows*topK), weights: make([]float32, rows*topK)}
 	size := 4
 	if bf16 {
 		size = 2
 	}
-	if err := DecodeF32(b.x, req.GetX(), bf16); err != nil {
+	// Sizes first: the claimed row count allocates nothing until the payload backs it.
+	if len(req.GetX()) != rows*hidden*size {
 		return nil, bad("x has %d bytes: want rows·hidden·%d = %d", len(req.GetX()), size, rows*hidden*size)
 	}
-	if err := DecodeI32(b.ids, req.GetIds()); err != nil {
+	if len(req.GetIds()) != rows*topK*4 {
 		return nil, bad("ids has %d bytes: want rows·top_k·4 = %d", len(req.GetIds()), rows*topK*4)
 	}
-	if err := DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+	if len(req.GetWeights()) != rows*topK*4 {
 		return nil, bad("weights has %d bytes: want rows·top_k·4 = %d", len(req.GetWeights()), rows*topK*4)
+	}
+	b := &batch{layer: layer, rows: rows, topK: topK,
+		x: make([]float32, rows*hidden), ids: make([]int32, rows*topK), weights: make([]float32, rows*topK)}
+	if err := DecodeF32(b.x, req.GetX(), bf16); err != nil {
+		return nil, bad("x: %v", err)
+	}
+	if err := DecodeI32(b.ids, req.GetIds()); err != nil {
+		return nil, bad("ids: %v", err)
+	}
+	if err := DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+		return nil, bad("weights: %v", err)
+	}
+	for i, w := range b.weights {
+		if math.IsNaN(float64(w)) || math.IsInf(float64(w), 0) {
+			return nil, bad("weights[%d,%d] = %v: want a finite routing weight", i/topK, i%topK, w)
+		}
 	}
 	for i, e := range b.ids {
 		if e == -1 || (e >= 0 && int(e) < len(s.isHeld) && s.isHeld[e]) {
