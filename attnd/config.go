@@ -15,6 +15,8 @@ import (
 const (
 	DefaultListen        = "127.0.0.1:0"
 	DefaultMaxSessions   = 1024
+	DefaultMaxKVTokens   = 1 << 18 // KV positions reserved by all sessions' windows together
+	MaxSessionIDBytes    = 256
 	DefaultMicroBatches  = 2
 	DefaultExpertTimeout = 10 * time.Second // deadline of one Experts.Compute call
 	DefaultInfoTimeout   = 5 * time.Second  // deadline of one Experts.Info call during discovery
@@ -34,6 +36,10 @@ type Config struct {
 	// MaxSessions bounds the open sessions; Open beyond it fails with ResourceExhausted
 	// (DefaultMaxSessions).
 	MaxSessions int
+	// MaxKVTokens bounds the KV cache positions the open sessions reserve together (the sum of
+	// their capacities: what their caches allocate); Open beyond it fails with
+	// ResourceExhausted naming the limit (DefaultMaxKVTokens).
+	MaxKVTokens int64
 	// MicroBatches splits a step's sessions into up to this many micro-batches run
 	// concurrently, so one's attention overlaps another's expert calls (DefaultMicroBatches; 1
 	// turns it off).
@@ -79,6 +85,9 @@ func (c Config) WithDefaults() Config {
 	if c.MaxSessions == 0 {
 		c.MaxSessions = DefaultMaxSessions
 	}
+	if c.MaxKVTokens == 0 {
+		c.MaxKVTokens = DefaultMaxKVTokens
+	}
 	if c.ExpertTimeout == 0 {
 		c.ExpertTimeout = DefaultExpertTimeout
 	}
@@ -99,6 +108,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: model_dir is empty", ErrBadConfig)
 	case c.MaxSessions < 1:
 		return fmt.Errorf("%w: max_sessions %d: want at least 1", ErrBadConfig, c.MaxSessions)
+	case c.MaxKVTokens < 1:
+		return fmt.Errorf("%w: max_kv_tokens %d: want at least 1", ErrBadConfig, c.MaxKVTokens)
 	case c.ExpertTimeout < 0:
 		return fmt.Errorf("%w: expert_timeout %v: want a positive duration", ErrBadConfig, c.ExpertTimeout)
 	case c.InfoTimeout < 0:

@@ -47,6 +47,8 @@ func (s *Server) Load() *pb.LoadStats {
 	l.Sessions = int32(s.usage.sessions.Load())
 	l.KvTokens = s.usage.kvTokens.Load()
 	l.KvCapacityTokens = s.usage.kvCapacity.Load()
+	l.MaxSessions = int32(s.cfg.MaxSessions)
+	l.MaxKvTokens = s.cfg.MaxKVTokens
 	return l
 }
 

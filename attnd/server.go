@@ -248,14 +248,11 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 		return nil, ErrNotReady
 	}
 	id := req.GetSessionId()
-	if id == "" {
-		return nil, invalid("session_id is empty")
+	if id == "" || len(id) > MaxSessionIDBytes {
+		return nil, invalid("session_id has %d bytes: want 1 to %d", len(id), MaxSessionIDBytes)
 	}
 	if _, ok := s.sessions[id]; ok {
 		return nil, fmt.Errorf("%w: %q", ErrSessionExists, id)
-	}
-	if len(s.sessions) >= s.cfg.MaxSessions {
-		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, services.ErrOverloaded)
 	}
 	capLen, maxPos := int(req.GetCapacity()), s.m.Cfg.MaxPositions
 	if capLen < 1 || (maxPos > 0 && capLen > maxPos) {
@@ -267,6 +264,13 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 	}
 	if bl < 1 || bl > capLen {
 		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, DefaultBlockLen)
+	}
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, services.ErrOverloaded)
+	}
+	if held := s.usage.kvCapacity.Load(); held+int64(capLen) > s.cfg.MaxKVTokens {
+		return nil, fmt.Errorf("attnd: capacity %d with %d KV positions reserved by %d sessions is over max_kv_tokens %d: %w",
+			capLen, held, len(s.sessions), s.cfg.MaxKVTokens, services.ErrOverloaded)
 	}
 	c, err := s.m.NewCache(capLen)
 	if err != nil {
@@ -317,24 +321,17 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	seqs := make([]model.StepSeq, len(ss))
 	lens := make([]int, len(ss))
+	fails := make([]error, len(ss)) // a session refused alone; the others run
 	seen := make(map[string]bool, len(ss))
+	valid := 0
 	for i, st := range ss {
-		id := st.GetSessionId()
-		sess, ok := s.sessions[id]
-		if !ok {
-			return nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, services.ErrUnknownSession)
+		fails[i] = s.checkSession(i, st, seen, &seqs[i], &lens[i])
+		if fails[i] == nil {
+			valid++
 		}
-		if seen[id] {
-			return nil, invalid("sessions[%d]: session %q appears twice", i, id)
-		}
-		seen[id] = true
-		inv := st.GetInvTemperature()
-		if inv < 0 {
-			return nil, invalid("sessions[%d].inv_temperature %v: want >= 0 (0 = 1)", i, inv)
-		}
-		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
-			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
-		lens[i] = sess.blockLen
+	}
+	if valid == 0 {
+		return nil, fails[0]
 	}
 	defer s.written(ss) // what the step wrote to the caches, even if it failed later
 	// the request is valid: now the expert groups must be there
@@ -360,6 +357,9 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	outs := make([]model.StepOut, len(ss))
 	done := make([]bool, len(ss))
+	for i := range ss {
+		done[i] = fails[i] != nil
+	}
 	var expertsNs int64
 	for i := range ss {
 		if done[i] {
@@ -380,6 +380,10 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
+		if fails[i] != nil {
+			resp.Results[i] = &pb.SessionResult{SessionId: ss[i].GetSessionId(), ErrorCode: int32(services.Code(fails[i])), Error: fails[i].Error()}
+			continue
+		}
 		inv := seqs[i].InvTemp
 		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: expertd.AppendI32(nil, o.IDs),
 			Logits: expertd.AppendF32(nil, o.Logits, false), Lse: expertd.AppendF32(nil, o.LSE, false),
@@ -395,6 +399,30 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 		MsAttention: ms(max(total.Nanoseconds()-expertsNs, 0)), Degraded: r.degraded()}
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("degraded", r.degraded()))
 	return resp, nil
+}
+
+// checkSession checks sessions[i] of a step and fills its model sequence and block length; an
+// error concerns that session only. s.mu is held.
+func (s *Server) checkSession(i int, st *pb.SessionStep, seen map[string]bool, seq *model.StepSeq, blockLen *int) error {
+	id := st.GetSessionId()
+	if len(id) > MaxSessionIDBytes {
+		return invalid("sessions[%d].session_id has %d bytes: want at most %d", i, len(id), MaxSessionIDBytes)
+	}
+	sess, ok := s.sessions[id]
+	if !ok {
+		return fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, services.ErrUnknownSession)
+	}
+	if seen[id] {
+		return invalid("sessions[%d]: session %q appears twice", i, id)
+	}
+	seen[id] = true
+	*seq = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
+		OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: st.GetInvTemperature()}
+	if err := s.m.CheckSeq(*seq); err != nil {
+		return fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, err)
+	}
+	*blockLen = sess.blockLen
+	return nil
 }
 
 // stepRows is the number of token rows a batch feeds.

@@ -8,6 +8,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/model"
@@ -111,12 +114,19 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 	}
 	var calls []*call
 	byReplica := map[*services.Replica]*call{}
+	var failed *engine.StepError
+	fail := func(session string, err error) {
+		if failed == nil {
+			failed = &engine.StepError{Sessions: map[string]error{}}
+		}
+		failed.Sessions[session] = err
+	}
 	st.mu.Lock()
 	for i, sp := range steps {
 		s, ok := st.sessions[sp.Session]
 		if !ok {
-			st.mu.Unlock()
-			return nil, engine.StepInfo{}, fmt.Errorf("gateway: step: session %q: %w", sp.Session, services.ErrUnknownSession)
+			fail(sp.Session, fmt.Errorf("gateway: step: session %q: %w", sp.Session, services.ErrUnknownSession))
+			continue
 		}
 		c, ok := byReplica[s.r]
 		if !ok {
@@ -133,6 +143,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 	outs := make([]model.StepOut, len(steps))
 	errs := make([]error, len(calls))
 	degraded := make([]bool, len(calls))
+	refused := make([]map[int]error, len(calls)) // sessions attnd refused alone, by step index
 	var wg sync.WaitGroup
 	for ci, c := range calls {
 		wg.Add(1)
@@ -145,7 +156,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 				return err
 			})
 			if err == nil {
-				err = st.convert(resp, c.idx, steps, outs)
+				refused[ci], err = st.convert(resp, c.idx, steps, outs)
 			}
 			if err != nil {
 				errs[ci] = fmt.Errorf("gateway: step on %s: %w", c.s.r.Instance().ID, err)
@@ -156,8 +167,10 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 	}
 	wg.Wait()
 	info := engine.StepInfo{}
-	var failed *engine.StepError
 	for ci, c := range calls {
+		for i, err := range refused[ci] {
+			fail(steps[i].Session, fmt.Errorf("gateway: step on %s: %w", c.s.r.Instance().ID, err))
+		}
 		if errs[ci] == nil {
 			if degraded[ci] {
 				if info.Degraded == nil {
@@ -169,11 +182,8 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 			}
 			continue
 		}
-		if failed == nil {
-			failed = &engine.StepError{Sessions: map[string]error{}}
-		}
 		for _, i := range c.idx {
-			failed.Sessions[steps[i].Session] = errs[ci]
+			fail(steps[i].Session, errs[ci])
 		}
 	}
 	if failed != nil {
@@ -182,29 +192,38 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 	return outs, info, nil
 }
 
-// convert decodes an attnd StepResponse into the StepOuts of the steps idx.
-func (st *RemoteStepper) convert(resp *pb.StepResponse, idx []int, steps []engine.SeqStep, outs []model.StepOut) error {
+// convert decodes an attnd StepResponse into the StepOuts of the steps idx. A session attnd
+// refused alone (error_code set) comes back in refused, by step index, as a status error with
+// attnd's code; the others' outputs are valid.
+func (st *RemoteStepper) convert(resp *pb.StepResponse, idx []int, steps []engine.SeqStep, outs []model.StepOut) (refused map[int]error, err error) {
 	res := resp.GetResults()
 	if len(res) != len(idx) {
-		return fmt.Errorf("gateway: attnd returned %d results for %d sessions", len(res), len(idx))
+		return nil, fmt.Errorf("gateway: attnd returned %d results for %d sessions", len(res), len(idx))
 	}
 	for k, i := range idx {
 		r, sp := res[k], steps[i]
+		if want := st.remoteID(sp.Session); r.GetSessionId() != want {
+			return nil, fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), want)
+		}
+		if code := codes.Code(r.GetErrorCode()); code != codes.OK {
+			if refused == nil {
+				refused = map[int]error{}
+			}
+			refused[i] = status.Error(code, r.GetError())
+			continue
+		}
 		rows, topK := sp.OutRows, max(sp.TopK, 1)
 		o := model.StepOut{TopK: topK, IDs: make([]int32, rows*topK), Logits: make([]float32, rows*topK), LSE: make([]float32, rows)}
-		if want := st.remoteID(sp.Session); r.GetSessionId() != want {
-			return fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), want)
-		}
 		if err := expertd.DecodeI32(o.IDs, r.GetIds()); err != nil {
-			return fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
+			return nil, fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
 		}
 		if err := expertd.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
-			return fmt.Errorf("gateway: session %q logits: %w", sp.Session, err)
+			return nil, fmt.Errorf("gateway: session %q logits: %w", sp.Session, err)
 		}
 		if err := expertd.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
-			return fmt.Errorf("gateway: session %q lse: %w", sp.Session, err)
+			return nil, fmt.Errorf("gateway: session %q lse: %w", sp.Session, err)
 		}
 		outs[i] = o
 	}
-	return nil
+	return refused, nil
 }

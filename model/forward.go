@@ -106,6 +106,9 @@ type StepStats struct {
 // ErrBadStep wraps invalid Step arguments.
 var ErrBadStep = errors.New("model: invalid step")
 
+// MaxTopK bounds StepSeq.TopK: the LM-head candidates one row may ask for.
+const MaxTopK = 1024
+
 func (m *Model) attnParams(blockLen int) kernels.AttnParams {
 	c := m.Cfg
 	return kernels.AttnParams{
@@ -178,6 +181,34 @@ type headGroup struct {
 	olse      *kernels.Tensor
 }
 
+// CheckSeq checks one sequence of a step against its cache and the vocabulary: what Step would
+// refuse it for. A caller batching independent sequences checks each first, so that one bad
+// sequence fails alone rather than the whole step. The error wraps ErrBadStep and names the field.
+func (m *Model) CheckSeq(s StepSeq) error {
+	switch {
+	case s.Cache == nil || s.Cache.T == nil:
+		return fmt.Errorf("%w: no cache", ErrBadStep)
+	case len(s.Tokens) == 0:
+		return fmt.Errorf("%w: no tokens", ErrBadStep)
+	case s.Pos < 0 || s.Pos > s.Cache.Len:
+		return fmt.Errorf("%w: start_pos %d not in [0, %d] (the positions its cache holds)", ErrBadStep, s.Pos, s.Cache.Len)
+	case s.Pos+len(s.Tokens) > s.Cache.Cap:
+		return fmt.Errorf("%w: tokens end at %d past the cache capacity %d", ErrBadStep, s.Pos+len(s.Tokens), s.Cache.Cap)
+	case s.OutRows < 0 || s.OutRows > len(s.Tokens):
+		return fmt.Errorf("%w: out_rows %d not in [0, %d]", ErrBadStep, s.OutRows, len(s.Tokens))
+	case s.TopK < 0 || s.TopK > MaxTopK:
+		return fmt.Errorf("%w: top_k %d not in [0, %d]", ErrBadStep, s.TopK, MaxTopK)
+	case math.IsNaN(float64(s.InvTemp)) || math.IsInf(float64(s.InvTemp), 0) || s.InvTemp < 0:
+		return fmt.Errorf("%w: inv_temperature %v: want a finite value >= 0 (0 = 1)", ErrBadStep, s.InvTemp)
+	}
+	for j, t := range s.Tokens {
+		if t < 0 || int(t) >= m.Cfg.Vocab {
+			return fmt.Errorf("%w: tokens[%d] = %d not in [0, %d)", ErrBadStep, j, t, m.Cfg.Vocab)
+		}
+	}
+	return nil
+}
+
 func (m *Model) plan(seqs []StepSeq, blockLen int) (*stepPlan, error) {
 	if m.W == nil {
 		return nil, ErrNoAttention
@@ -192,24 +223,8 @@ func (m *Model) plan(seqs []StepSeq, blockLen int) (*stepPlan, error) {
 	ks := make([]kernels.Seq, len(seqs))
 	var ids []int32
 	for i, s := range seqs {
-		switch {
-		case s.Cache == nil || s.Cache.T == nil:
-			return nil, fmt.Errorf("%w: sequence %d has no cache", ErrBadStep, i)
-		case len(s.Tokens) == 0:
-			return nil, fmt.Errorf("%w: sequence %d has no tokens", ErrBadStep, i)
-		case s.Pos < 0 || s.Pos > s.Cache.Len:
-			return nil, fmt.Errorf("%w: sequence %d starts at %d but its cache holds %d positions", ErrBadStep, i, s.Pos, s.Cache.Len)
-		case s.Pos+len(s.Tokens) > s.Cache.Cap:
-			return nil, fmt.Errorf("%w: sequence %d ends at %d past its cache capacity %d", ErrBadStep, i, s.Pos+len(s.Tokens), s.Cache.Cap)
-		case s.OutRows < 0 || s.OutRows > len(s.Tokens):
-			return nil, fmt.Errorf("%w: sequence %d out_rows %d not in [0, %d]", ErrBadStep, i, s.OutRows, len(s.Tokens))
-		case s.TopK < 0 || s.TopK > 1024:
-			return nil, fmt.Errorf("%w: sequence %d top_k %d not in [0, 1024]", ErrBadStep, i, s.TopK)
-		}
-		for j, t := range s.Tokens {
-			if t < 0 || int(t) >= c.Vocab {
-				return nil, fmt.Errorf("%w: sequence %d token %d = %d not in [0, %d)", ErrBadStep, i, j, t, c.Vocab)
-			}
+		if err := m.CheckSeq(s); err != nil {
+			return nil, fmt.Errorf("sequence %d: %w", i, err)
 		}
 		ks[i] = kernels.Seq{Row: len(ids), Len: len(s.Tokens), Pos: s.Pos, Cache: s.Cache.T}
 		ids = append(ids, s.Tokens...)

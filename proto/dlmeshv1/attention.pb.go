@@ -314,7 +314,13 @@ type SessionResult struct {
 	// f32 LE [out_rows]: log-sum-exp of each row over the vocabulary, so p = exp(logit - lse).
 	Lse []byte `protobuf:"bytes,4,opt,name=lse,proto3" json:"lse,omitempty"`
 	// Argmax probability per row (a convenience copy of exp(logits[r,0] - lse[r])).
-	Probs         []float32 `protobuf:"fixed32,5,rep,packed,name=probs,proto3" json:"probs,omitempty"`
+	Probs []float32 `protobuf:"fixed32,5,rep,packed,name=probs,proto3" json:"probs,omitempty"`
+	// Non-zero when this session's part of the step was refused (a google.rpc.Code: 3
+	// INVALID_ARGUMENT, 5 NOT_FOUND, …) while the other sessions of the step ran; error says why
+	// and ids, logits, lse and probs are empty. A step fails as a whole only when no session of it
+	// could run, or for what concerns them all (missing experts).
+	ErrorCode     int32  `protobuf:"varint,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -382,6 +388,20 @@ func (x *SessionResult) GetProbs() []float32 {
 		return x.Probs
 	}
 	return nil
+}
+
+func (x *SessionResult) GetErrorCode() int32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *SessionResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
 }
 
 type StepStats struct {
@@ -711,14 +731,17 @@ const file_dlmesh_v1_attention_proto_rawDesc = "" +
 	"\x0finv_temperature\x18\x06 \x01(\x02R\x0einvTemperature\"n\n" +
 	"\fStepResponse\x122\n" +
 	"\aresults\x18\x01 \x03(\v2\x18.dlmesh.v1.SessionResultR\aresults\x12*\n" +
-	"\x05stats\x18\x02 \x01(\v2\x14.dlmesh.v1.StepStatsR\x05stats\"\x80\x01\n" +
+	"\x05stats\x18\x02 \x01(\v2\x14.dlmesh.v1.StepStatsR\x05stats\"\xb5\x01\n" +
 	"\rSessionResult\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
 	"\x03ids\x18\x02 \x01(\fR\x03ids\x12\x16\n" +
 	"\x06logits\x18\x03 \x01(\fR\x06logits\x12\x10\n" +
 	"\x03lse\x18\x04 \x01(\fR\x03lse\x12\x14\n" +
-	"\x05probs\x18\x05 \x03(\x02R\x05probs\"\xa2\x01\n" +
+	"\x05probs\x18\x05 \x03(\x02R\x05probs\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x06 \x01(\x05R\terrorCode\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05error\"\xa2\x01\n" +
 	"\tStepStats\x12\x19\n" +
 	"\bms_total\x18\x01 \x01(\x01R\amsTotal\x12!\n" +
 	"\fms_attention\x18\x02 \x01(\x01R\vmsAttention\x12\x1d\n" +

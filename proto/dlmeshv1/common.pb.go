@@ -226,8 +226,11 @@ type LoadStats struct {
 	Sessions         int32 `protobuf:"varint,8,opt,name=sessions,proto3" json:"sessions,omitempty"`
 	KvTokens         int64 `protobuf:"varint,9,opt,name=kv_tokens,json=kvTokens,proto3" json:"kv_tokens,omitempty"`
 	KvCapacityTokens int64 `protobuf:"varint,10,opt,name=kv_capacity_tokens,json=kvCapacityTokens,proto3" json:"kv_capacity_tokens,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// attnd only: the admission limits: Open beyond either answers RESOURCE_EXHAUSTED.
+	MaxSessions   int32 `protobuf:"varint,11,opt,name=max_sessions,json=maxSessions,proto3" json:"max_sessions,omitempty"`
+	MaxKvTokens   int64 `protobuf:"varint,12,opt,name=max_kv_tokens,json=maxKvTokens,proto3" json:"max_kv_tokens,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LoadStats) Reset() {
@@ -330,6 +333,20 @@ func (x *LoadStats) GetKvCapacityTokens() int64 {
 	return 0
 }
 
+func (x *LoadStats) GetMaxSessions() int32 {
+	if x != nil {
+		return x.MaxSessions
+	}
+	return 0
+}
+
+func (x *LoadStats) GetMaxKvTokens() int64 {
+	if x != nil {
+		return x.MaxKvTokens
+	}
+	return 0
+}
+
 var File_dlmesh_v1_common_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_common_proto_rawDesc = "" +
@@ -342,7 +359,7 @@ const file_dlmesh_v1_common_proto_rawDesc = "" +
 	"\x04uuid\x18\x03 \x01(\tR\x04uuid\x12(\n" +
 	"\x10memory_total_mib\x18\x04 \x01(\x03R\x0ememoryTotalMib\x12&\n" +
 	"\x0fmemory_free_mib\x18\x05 \x01(\x03R\rmemoryFreeMib\x12\x18\n" +
-	"\abackend\x18\x06 \x01(\tR\abackend\"\xa9\x02\n" +
+	"\abackend\x18\x06 \x01(\tR\abackend\"\xf0\x02\n" +
 	"\tLoadStats\x12\x1b\n" +
 	"\tin_flight\x18\x01 \x01(\x03R\binFlight\x12\x14\n" +
 	"\x05calls\x18\x02 \x01(\x03R\x05calls\x12\x16\n" +
@@ -354,7 +371,9 @@ const file_dlmesh_v1_common_proto_rawDesc = "" +
 	"\bsessions\x18\b \x01(\x05R\bsessions\x12\x1b\n" +
 	"\tkv_tokens\x18\t \x01(\x03R\bkvTokens\x12,\n" +
 	"\x12kv_capacity_tokens\x18\n" +
-	" \x01(\x03R\x10kvCapacityTokens*=\n" +
+	" \x01(\x03R\x10kvCapacityTokens\x12!\n" +
+	"\fmax_sessions\x18\v \x01(\x05R\vmaxSessions\x12\"\n" +
+	"\rmax_kv_tokens\x18\f \x01(\x03R\vmaxKvTokens*=\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tDTYPE_F32\x10\x01\x12\x0e\n" +
