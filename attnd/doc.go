@@ -26,6 +26,6 @@
 // Step returns, per session, only the LM-head candidates of the rows asked for (top_k ids, their
 // logits and the log-sum-exp), never full logits.
 //
-// Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels, services, proto, expertd
-// (for its wire helpers).
+// Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels, tokenizer, services, wire,
+// proto; never another service package.
 package attnd

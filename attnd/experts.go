@@ -11,11 +11,11 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // fanout is the remote model.ExpertRunner of one step: it sends each MoE layer's routed rows to
@@ -65,14 +65,14 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 	var wg sync.WaitGroup
 	for i, p := range parts {
 		req := &pb.ExpertsRequest{Layer: int32(layer), Rows: int32(len(p.rows)), Hidden: int32(H), TopK: int32(k), Dtype: dtype,
-			Ids: expertd.AppendI32(nil, p.ids), Weights: expertd.AppendF32(nil, p.weights, false)}
+			Ids: wire.AppendI32(nil, p.ids), Weights: wire.AppendF32(nil, p.weights, false)}
 		size := 4
 		if bf16 {
 			size = 2
 		}
 		req.X = make([]byte, 0, len(p.rows)*H*size)
 		for _, r := range p.rows {
-			req.X = expertd.AppendF32(req.X, hx[int(r)*H:(int(r)+1)*H], bf16)
+			req.X = wire.AppendF32(req.X, hx[int(r)*H:(int(r)+1)*H], bf16)
 		}
 		g := f.r.groups[p.group]
 		wg.Add(1)
@@ -81,7 +81,7 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 			resp, err := f.s.callGroup(ctx, g, req)
 			if err == nil {
 				y := make([]float32, len(p.rows)*H)
-				if err = expertd.DecodeF32(y, resp.GetY(), resp.GetDtype() == pb.DType_DTYPE_BF16); err == nil {
+				if err = wire.DecodeF32(y, resp.GetY(), resp.GetDtype() == pb.DType_DTYPE_BF16); err == nil {
 					ys[i] = y
 				}
 			}

@@ -16,13 +16,14 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 
-	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/tokenizer"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // TracerName is the instrumentation name of attnd's spans.
@@ -31,17 +32,14 @@ const TracerName = "github.com/dlmesh/dlmesh/attnd"
 // DefaultBlockLen is the block length of a session opened without one (LLaDA2.x's).
 const DefaultBlockLen = 32
 
-// Errors of the Attention service, mapped to status codes in init.
-var (
-	ErrSessionExists = errors.New("attnd: session already open")
-	ErrNotReady      = errors.New("attnd: weights not loaded")
-)
+// ErrNotReady: a call arrived before the weights were loaded.
+var ErrNotReady = errors.New("attnd: weights not loaded")
 
-func init() {
-	services.RegisterCode(ErrSessionExists, codes.AlreadyExists)
-	services.RegisterCode(ErrNotReady, codes.Unavailable)
-	services.RegisterCode(model.ErrBadStep, codes.InvalidArgument)
-	services.RegisterCode(ErrUncovered, codes.Unavailable)
+// Codes is attnd's error → status table (invalid arguments, a full session table, unknown and
+// duplicate sessions are errdefs' sentinels, in the shared entries).
+var Codes = services.CodeTable{
+	{Err: ErrNotReady, Code: codes.Unavailable},
+	{Err: ErrUncovered, Code: codes.Unavailable},
 }
 
 // Server is one attnd: the Attention gRPC service over the attention part of the model.
@@ -104,7 +102,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return nil, err
 	}
 	cfg = cfg.WithDefaults()
-	fp, err := expertd.Fingerprint(cfg.ModelDir)
+	fp, err := model.Fingerprint(cfg.ModelDir)
 	if err != nil {
 		return nil, fmt.Errorf("attnd: %w", err)
 	}
@@ -114,6 +112,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	}
 	scfg := cfg.Server
 	scfg.TracerProvider = tp
+	scfg.Codes = Codes
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp, served: make(chan error, 1),
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
 		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
@@ -237,7 +236,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func invalid(format string, args ...any) error {
-	return fmt.Errorf("attnd: %s: %w", fmt.Sprintf(format, args...), services.ErrInvalidArgument)
+	return fmt.Errorf("attnd: %s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
 }
 
 // Open implements pb.AttentionServer.
@@ -252,7 +251,7 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 		return nil, invalid("session_id has %d bytes: want 1 to %d", len(id), MaxSessionIDBytes)
 	}
 	if _, ok := s.sessions[id]; ok {
-		return nil, fmt.Errorf("%w: %q", ErrSessionExists, id)
+		return nil, fmt.Errorf("attnd: open %q: %w", id, errdefs.ErrSessionExists)
 	}
 	capLen, maxPos := int(req.GetCapacity()), s.m.Cfg.MaxPositions
 	if capLen < 1 || (maxPos > 0 && capLen > maxPos) {
@@ -266,11 +265,11 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, DefaultBlockLen)
 	}
 	if len(s.sessions) >= s.cfg.MaxSessions {
-		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, services.ErrOverloaded)
+		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, errdefs.ErrOverloaded)
 	}
 	if held := s.usage.kvCapacity.Load(); held+int64(capLen) > s.cfg.MaxKVTokens {
 		return nil, fmt.Errorf("attnd: capacity %d with %d KV positions reserved by %d sessions is over max_kv_tokens %d: %w",
-			capLen, held, len(s.sessions), s.cfg.MaxKVTokens, services.ErrOverloaded)
+			capLen, held, len(s.sessions), s.cfg.MaxKVTokens, errdefs.ErrOverloaded)
 	}
 	c, err := s.m.NewCache(capLen)
 	if err != nil {
@@ -381,12 +380,12 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
 		if fails[i] != nil {
-			resp.Results[i] = &pb.SessionResult{SessionId: ss[i].GetSessionId(), ErrorCode: int32(services.Code(fails[i])), Error: fails[i].Error()}
+			resp.Results[i] = &pb.SessionResult{SessionId: ss[i].GetSessionId(), ErrorCode: int32(Codes.Code(fails[i])), Error: fails[i].Error()}
 			continue
 		}
 		inv := seqs[i].InvTemp
-		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: expertd.AppendI32(nil, o.IDs),
-			Logits: expertd.AppendF32(nil, o.Logits, false), Lse: expertd.AppendF32(nil, o.LSE, false),
+		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: wire.AppendI32(nil, o.IDs),
+			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false),
 			Probs: make([]float32, len(o.LSE))}
 		for row := range res.Probs {
 			res.Probs[row] = o.Prob(row, 0, inv)
@@ -410,7 +409,7 @@ func (s *Server) checkSession(i int, st *pb.SessionStep, seen map[string]bool, s
 	}
 	sess, ok := s.sessions[id]
 	if !ok {
-		return fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, services.ErrUnknownSession)
+		return fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, errdefs.ErrUnknownSession)
 	}
 	if seen[id] {
 		return invalid("sessions[%d]: session %q appears twice", i, id)

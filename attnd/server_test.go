@@ -20,6 +20,7 @@ import (
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 const tinyDir = "../models/llada2-tiny-go"
@@ -215,13 +216,13 @@ func TestStepMatchesLocal(t *testing.T) {
 			ids := make([]int32, len(w.IDs))
 			logits := make([]float32, len(w.Logits))
 			lse := make([]float32, len(w.LSE))
-			if err := expertd.DecodeI32(ids, r.GetIds()); err != nil {
+			if err := wire.DecodeI32(ids, r.GetIds()); err != nil {
 				t.Fatal(err)
 			}
-			if err := expertd.DecodeF32(logits, r.GetLogits(), false); err != nil {
+			if err := wire.DecodeF32(logits, r.GetLogits(), false); err != nil {
 				t.Fatal(err)
 			}
-			if err := expertd.DecodeF32(lse, r.GetLse(), false); err != nil {
+			if err := wire.DecodeF32(lse, r.GetLse(), false); err != nil {
 				t.Fatal(err)
 			}
 			if !slices.Equal(ids, w.IDs) {

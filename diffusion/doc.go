@@ -24,6 +24,7 @@
 // The rule follows generate in shared/tools/reference/llada2_ref.py literally; that script is
 // the tie-breaker for every detail (see "The decoding rule" in ARCHITECTURE.md).
 //
-// The package imports only the standard library; anything may import it. A State is not safe
+// The package imports only the standard library and errdefs (a *ParamError wraps
+// errdefs.ErrInvalidArgument); anything may import it. A State is not safe
 // for concurrent use; a Sampler neither.
 package diffusion

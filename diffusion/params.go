@@ -1,10 +1,11 @@
 package diffusion
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/dlmesh/dlmesh/errdefs"
 )
 
 // Limits of Params fields.
@@ -18,9 +19,6 @@ const (
 	MaxStopStrings  = 16
 	MaxStopBytes    = 256
 )
-
-// ErrInvalidParams is wrapped by every *ParamError.
-var ErrInvalidParams = errors.New("diffusion: invalid parameters")
 
 // ParamError reports one invalid decoding parameter. Field is the snake_case wire name
 // (tau_mask, tau_edit, max_post_steps, block_length, gen_length, temperature, top_k, top_p,
@@ -38,8 +36,8 @@ func (e *ParamError) Error() string {
 	return fmt.Sprintf("diffusion: invalid %s %s: %s", e.Field, e.Value, e.Msg)
 }
 
-// Unwrap makes errors.Is(err, ErrInvalidParams) hold.
-func (e *ParamError) Unwrap() error { return ErrInvalidParams }
+// Unwrap makes errors.Is(err, errdefs.ErrInvalidArgument) hold.
+func (e *ParamError) Unwrap() error { return errdefs.ErrInvalidArgument }
 
 // Params are the decoding parameters of one request. Build them with Preset and override
 // fields; the zero value is not valid (TopP 0, TauMask 0).
@@ -80,7 +78,7 @@ func Preset(name string) (Params, error) {
 }
 
 // Validate checks every field against its range. The error is a *ParamError naming the first
-// invalid field by its wire name; it wraps ErrInvalidParams.
+// invalid field by its wire name; it wraps errdefs.ErrInvalidArgument.
 func (p Params) Validate() error {
 	bad := func(field, value, msg string) error {
 		return &ParamError{Field: field, Value: value, Msg: msg}

@@ -5,6 +5,8 @@ import (
 	"math"
 	"strings"
 	"testing"
+
+	"github.com/dlmesh/dlmesh/errdefs"
 )
 
 func TestPreset(t *testing.T) {
@@ -32,7 +34,7 @@ func TestPreset(t *testing.T) {
 	}
 	_, err := Preset("fast")
 	var pe *ParamError
-	if !errors.As(err, &pe) || !errors.Is(err, ErrInvalidParams) || !strings.Contains(err.Error(), "q, s, v20") {
+	if !errors.As(err, &pe) || !errors.Is(err, errdefs.ErrInvalidArgument) || !strings.Contains(err.Error(), "q, s, v20") {
 		t.Fatalf("unknown preset: %v", err)
 	}
 }
@@ -70,7 +72,7 @@ func TestValidate(t *testing.T) {
 		c.mod(&p)
 		err := p.Validate()
 		var pe *ParamError
-		if !errors.As(err, &pe) || pe.Field != c.field || !errors.Is(err, ErrInvalidParams) ||
+		if !errors.As(err, &pe) || pe.Field != c.field || !errors.Is(err, errdefs.ErrInvalidArgument) ||
 			!strings.Contains(err.Error(), " "+c.field+" ") {
 			t.Errorf("%s: got %v", c.field, err)
 		}

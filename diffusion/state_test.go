@@ -5,6 +5,8 @@ import (
 	"math"
 	"slices"
 	"testing"
+
+	"github.com/dlmesh/dlmesh/errdefs"
 )
 
 const (
@@ -296,7 +298,7 @@ func TestStepErrors(t *testing.T) {
 		}
 		bad := p
 		bad.TauMask = 0
-		if _, err := NewState([]int32{1}, bad, tMask, tEOS); !errors.Is(err, ErrInvalidParams) {
+		if _, err := NewState([]int32{1}, bad, tMask, tEOS); !errors.Is(err, errdefs.ErrInvalidArgument) {
 			t.Errorf("bad params: %v", err)
 		}
 	})

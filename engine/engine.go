@@ -17,7 +17,10 @@
 // tokens in the same forward as the next block's first step. The number of forwards thus equals
 // the reference's, which recomputes the whole window every step.
 //
-// Who may import: gateway, cmd/dlmesh, tests. It imports model, diffusion, tokenizer.
+// Errors: a bad request wraps errdefs.ErrInvalidArgument, a full queue errdefs.ErrOverloaded,
+// duplicate and unknown sessions errdefs.ErrSessionExists and ErrUnknownSession.
+//
+// Who may import: gateway, cmd/dlmesh, mesh, tests. It imports model, diffusion, tokenizer, errdefs.
 package engine
 
 import (
@@ -34,6 +37,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dlmesh/dlmesh/diffusion"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/tokenizer"
 )
@@ -47,15 +51,13 @@ const (
 
 // Errors returned to callers.
 var (
-	ErrOverloaded = errors.New("engine: queue full")
-	ErrStopped    = errors.New("engine: stopped")
-	ErrBadRequest = errors.New("engine: invalid request")
+	ErrStopped = errors.New("engine: stopped")
 )
 
 // Config configures an Engine.
 type Config struct {
 	MaxActive     int   // requests stepped together (DefaultMaxActive)
-	MaxQueue      int   // requests waiting for a slot; beyond it Generate fails with ErrOverloaded
+	MaxQueue      int   // requests waiting for a slot; beyond it Generate fails with errdefs.ErrOverloaded
 	ModelBlockLen int   // the model's trained block length (32): others are allowed with a warning
 	MaxContext    int   // window limit in tokens (prompt + generation rounded to blocks)
 	MaskID, EOSID int32 // from the tokenizer files
@@ -222,11 +224,11 @@ func (j *job) finish(r *Result, err error) {
 // Validate checks a request against the engine's limits and returns the diffusion state.
 func (e *Engine) validate(req Request) (*diffusion.State, string, error) {
 	if len(req.Prompt) == 0 {
-		return nil, "", fmt.Errorf("%w: prompt is empty", ErrBadRequest)
+		return nil, "", fmt.Errorf("engine: prompt is empty: %w", errdefs.ErrInvalidArgument)
 	}
 	for i, t := range req.Prompt {
 		if t < 0 || (e.cfg.Vocab > 0 && int(t) >= e.cfg.Vocab) {
-			return nil, "", fmt.Errorf("%w: prompt token %d = %d not in [0, %d)", ErrBadRequest, i, t, e.cfg.Vocab)
+			return nil, "", fmt.Errorf("engine: prompt token %d = %d not in [0, %d): %w", i, t, e.cfg.Vocab, errdefs.ErrInvalidArgument)
 		}
 	}
 	p := req.Params
@@ -235,8 +237,8 @@ func (e *Engine) validate(req Request) (*diffusion.State, string, error) {
 	}
 	window := (len(req.Prompt) + p.GenLen + p.BlockLen - 1) / p.BlockLen * p.BlockLen
 	if e.cfg.MaxContext > 0 && window > e.cfg.MaxContext {
-		return nil, "", fmt.Errorf("%w: prompt (%d tokens) + gen_length (%d) rounded to blocks of %d is %d tokens, over the model's %d",
-			ErrBadRequest, len(req.Prompt), p.GenLen, p.BlockLen, window, e.cfg.MaxContext)
+		return nil, "", fmt.Errorf("engine: prompt (%d tokens) + gen_length (%d) rounded to blocks of %d is %d tokens, over the model's %d: %w",
+			len(req.Prompt), p.GenLen, p.BlockLen, window, e.cfg.MaxContext, errdefs.ErrInvalidArgument)
 	}
 	st, err := diffusion.NewState(req.Prompt, p, e.cfg.MaskID, e.cfg.EOSID)
 	if err != nil {
@@ -264,7 +266,7 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 	}
 	if len(e.queue) >= e.cfg.MaxActive+e.cfg.MaxQueue {
 		e.mu.Unlock()
-		return nil, fmt.Errorf("%w: %d requests waiting or running (max_active %d + max_queue %d)", ErrOverloaded, len(e.queue), e.cfg.MaxActive, e.cfg.MaxQueue)
+		return nil, fmt.Errorf("engine: queue full: %d requests waiting or running (max_active %d + max_queue %d): %w", len(e.queue), e.cfg.MaxActive, e.cfg.MaxQueue, errdefs.ErrOverloaded)
 	}
 	e.nextID++
 	j.session = fmt.Sprintf("%s#%d", req.ID, e.nextID)

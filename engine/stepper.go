@@ -2,12 +2,12 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 )
 
@@ -78,12 +78,6 @@ func (e *StepError) Unwrap() []error {
 	return errs
 }
 
-// Errors of the local stepper.
-var (
-	ErrUnknownSession = errors.New("engine: unknown session")
-	ErrSessionExists  = errors.New("engine: session already open")
-)
-
 // LocalStepper runs steps on an in-process model (attention part and, unless Experts is set,
 // the routed experts too). It is safe for concurrent use; steps are serialised.
 type LocalStepper struct {
@@ -108,7 +102,7 @@ func (l *LocalStepper) Open(_ context.Context, session string, capacity, _ int) 
 		l.sessions = map[string]*model.Cache{}
 	}
 	if _, ok := l.sessions[session]; ok {
-		return fmt.Errorf("%w: %q", ErrSessionExists, session)
+		return fmt.Errorf("engine: open %q: %w", session, errdefs.ErrSessionExists)
 	}
 	c, err := l.M.NewCache(capacity)
 	if err != nil {
@@ -144,7 +138,7 @@ func (l *LocalStepper) Step(ctx context.Context, blockLen int, steps []SeqStep) 
 	for i, s := range steps {
 		c, ok := l.sessions[s.Session]
 		if !ok {
-			return nil, StepInfo{}, fmt.Errorf("%w: %q", ErrUnknownSession, s.Session)
+			return nil, StepInfo{}, fmt.Errorf("engine: step %q: %w", s.Session, errdefs.ErrUnknownSession)
 		}
 		seqs[i] = model.StepSeq{Cache: c, Pos: s.StartPos, Tokens: s.Tokens, OutRows: s.OutRows, TopK: s.TopK, InvTemp: s.InvTemp}
 	}

@@ -8,8 +8,8 @@
 // SERVING; Shutdown reports NOT_SERVING and stops gracefully. Registration in discovery is the
 // caller's (Server.Instance describes the replica).
 //
-// The wire helpers (AppendF32, DecodeF32, AppendI32, DecodeI32) and Fingerprint are shared with
-// attnd, the only client of the Experts service.
+// Tensors are decoded and encoded with package wire; the checkpoint identity it reports in Info
+// is model.Fingerprint.
 //
-// Who may import: cmd/dlmesh, attnd, mesh, tests. It imports model, kernels, services, proto.
+// Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels, services, wire, proto.
 package expertd

@@ -16,11 +16,13 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // TracerName is the instrumentation name of expertd's spans.
@@ -53,6 +55,10 @@ type Server struct {
 
 var _ pb.ExpertsServer = (*Server)(nil)
 
+// Codes is expertd's error → status table: its errors are all errdefs' sentinels (invalid
+// arguments, overload), in the shared entries.
+var Codes = services.CodeTable{}
+
 // New validates cfg, starts serving on cfg.Listen with health NOT_SERVING, loads the configured
 // experts of every MoE layer (ctx cancels the load), and reports SERVING. The caller must
 // Shutdown the server.
@@ -66,7 +72,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	fp, err := Fingerprint(cfg.ModelDir)
+	fp, err := model.Fingerprint(cfg.ModelDir)
 	if err != nil {
 		return nil, err
 	}
@@ -76,6 +82,7 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	scfg := cfg.Server
 	scfg.TracerProvider = tp
+	scfg.Codes = Codes
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, served: make(chan error, 1),
 		meter: services.NewLoadMeter(services.DefaultLoadWindow)}
 	s.grpc = services.NewServer(scfg)
@@ -207,16 +214,16 @@ func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (_ *pb.Exp
 	}
 	bf16 := req.GetDtype() == pb.DType_DTYPE_BF16
 	s.calls.Add(1)
-	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),
+	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: wire.AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),
 		ComputeMs: float64(time.Since(t0).Microseconds()) / 1000}, nil
 }
 
 // validate checks every field of req and decodes its tensors. Errors wrap
-// services.ErrInvalidArgument and name the field and the allowed values.
+// errdefs.ErrInvalidArgument and name the field and the allowed values.
 func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 	c := s.m.Cfg
 	bad := func(format string, args ...any) error {
-		return fmt.Errorf("expertd: %s: %w", fmt.Sprintf(format, args...), services.ErrInvalidArgument)
+		return fmt.Errorf("expertd: %s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
 	}
 	layer := int(req.GetLayer())
 	if !slices.Contains(s.moe, int32(layer)) {
@@ -256,13 +263,13 @@ func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 	}
 	b := &batch{layer: layer, rows: rows, topK: topK,
 		x: make([]float32, rows*hidden), ids: make([]int32, rows*topK), weights: make([]float32, rows*topK)}
-	if err := DecodeF32(b.x, req.GetX(), bf16); err != nil {
+	if err := wire.DecodeF32(b.x, req.GetX(), bf16); err != nil {
 		return nil, bad("x: %v", err)
 	}
-	if err := DecodeI32(b.ids, req.GetIds()); err != nil {
+	if err := wire.DecodeI32(b.ids, req.GetIds()); err != nil {
 		return nil, bad("ids: %v", err)
 	}
-	if err := DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+	if err := wire.DecodeF32(b.weights, req.GetWeights(), false); err != nil {
 		return nil, bad("weights: %v", err)
 	}
 	for i, w := range b.weights {

@@ -21,6 +21,7 @@ import (
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 const tinyDir = "../models/llada2-tiny-go"
@@ -73,7 +74,7 @@ func randomInput(rows, hidden, topK int, held []int32, seed uint64) input {
 
 func (in input) request(layer int32, dt pb.DType) *pb.ExpertsRequest {
 	return &pb.ExpertsRequest{Layer: layer, Rows: int32(in.rows), Hidden: int32(in.hidden), TopK: int32(in.topK), Dtype: dt,
-		X: expertd.AppendF32(nil, in.x, dt == pb.DType_DTYPE_BF16), Ids: expertd.AppendI32(nil, in.ids), Weights: expertd.AppendF32(nil, in.w, false)}
+		X: wire.AppendF32(nil, in.x, dt == pb.DType_DTYPE_BF16), Ids: wire.AppendI32(nil, in.ids), Weights: wire.AppendF32(nil, in.w, false)}
 }
 
 // localFFN computes the same rows with the in-process model's experts.
@@ -109,7 +110,7 @@ func TestComputeMatchesLocalExperts(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make([]float32, len(want))
-	if err := expertd.DecodeF32(got, resp.GetY(), false); err != nil {
+	if err := wire.DecodeF32(got, resp.GetY(), false); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(got, want) {
@@ -120,7 +121,7 @@ func TestComputeMatchesLocalExperts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := expertd.DecodeF32(got, resp.GetY(), true); err != nil {
+	if err := wire.DecodeF32(got, resp.GetY(), true); err != nil {
 		t.Fatal(err)
 	}
 	var maxErr, maxAbs float64
@@ -157,7 +158,7 @@ func TestInfoAndHealth(t *testing.T) {
 	if !slices.Equal(info.GetExperts(), []int32{8, 9, 10, 11, 12, 13, 14, 15}) || !slices.Equal(info.GetLayers(), []int32{1, 2, 3, 4, 5, 6, 7}) {
 		t.Errorf("info experts %v layers %v", info.GetExperts(), info.GetLayers())
 	}
-	fp, _ := expertd.Fingerprint(tinyDir)
+	fp, _ := model.Fingerprint(tinyDir)
 	if info.GetFingerprint() != fp || fp == "" {
 		t.Errorf("fingerprint %q, want %q", info.GetFingerprint(), fp)
 	}
@@ -214,16 +215,16 @@ func TestComputeRejectsMalformed(t *testing.T) {
 		{"weights long", func(r *pb.ExpertsRequest) { r.Weights = append(r.Weights, 0, 0, 0, 0) }, "weights has"},
 		{"rows mismatch", func(r *pb.ExpertsRequest) { r.Rows = 2 }, "x has"},
 		{"expert of another group", func(r *pb.ExpertsRequest) {
-			r.Ids = expertd.AppendI32(nil, []int32{0, 12, -1, 1, 2, 3, 4, 5, 6, 7, 0, 1})
+			r.Ids = wire.AppendI32(nil, []int32{0, 12, -1, 1, 2, 3, 4, 5, 6, 7, 0, 1})
 		}, "ids[0,1] = 12"},
 		{"negative id", func(r *pb.ExpertsRequest) {
-			r.Ids = expertd.AppendI32(nil, []int32{0, 1, -1, 1, 2, -2, 4, 5, 6, 7, 0, 1})
+			r.Ids = wire.AppendI32(nil, []int32{0, 1, -1, 1, 2, -2, 4, 5, 6, 7, 0, 1})
 		}, "ids[1,1] = -2"},
 		{"NaN weight", func(r *pb.ExpertsRequest) {
-			r.Weights = expertd.AppendF32(nil, []float32{0.5, 0.5, 0, 0, 0, float32(math.NaN()), 0, 0, 0, 0, 0, 0}, false)
+			r.Weights = wire.AppendF32(nil, []float32{0.5, 0.5, 0, 0, 0, float32(math.NaN()), 0, 0, 0, 0, 0, 0}, false)
 		}, "weights[1,1] = NaN"},
 		{"infinite weight", func(r *pb.ExpertsRequest) {
-			r.Weights = expertd.AppendF32(nil, []float32{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, float32(math.Inf(1))}, false)
+			r.Weights = wire.AppendF32(nil, []float32{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, float32(math.Inf(1))}, false)
 		}, "weights[2,3] = +Inf"},
 		{"rows claimed past the payload", func(r *pb.ExpertsRequest) { r.Rows = 65536 }, "x has"},
 	} {

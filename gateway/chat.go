@@ -3,6 +3,8 @@ package gateway
 import (
 	"fmt"
 	"strings"
+
+	"github.com/dlmesh/dlmesh/errdefs"
 )
 
 // Message is one chat turn.
@@ -17,15 +19,15 @@ type Message struct {
 // contain the template's markers; content must not contain `<|role_end|>`.
 func RenderChat(msgs []Message) (string, error) {
 	if len(msgs) == 0 {
-		return "", fmt.Errorf("%w: messages is empty", ErrBadRequest)
+		return "", fmt.Errorf("gateway: messages is empty: %w", errdefs.ErrInvalidArgument)
 	}
 	var b strings.Builder
 	for i, m := range msgs {
 		if m.Role == "" || strings.IndexFunc(m.Role, func(r rune) bool { return (r < 'a' || r > 'z') && r != '_' }) >= 0 {
-			return "", fmt.Errorf("%w: messages[%d].role %q must be a lowercase word ([a-z_]+)", ErrBadRequest, i, m.Role)
+			return "", fmt.Errorf("gateway: messages[%d].role %q must be a lowercase word ([a-z_]+): %w", i, m.Role, errdefs.ErrInvalidArgument)
 		}
 		if strings.Contains(m.Content, roleEnd) {
-			return "", fmt.Errorf("%w: messages[%d].content contains the turn marker %s", ErrBadRequest, i, roleEnd)
+			return "", fmt.Errorf("gateway: messages[%d].content contains the turn marker %s: %w", i, roleEnd, errdefs.ErrInvalidArgument)
 		}
 		b.WriteString("<role>")
 		b.WriteString(m.Role)

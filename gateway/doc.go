@@ -26,5 +26,5 @@
 // Client is a small helper that streams one Generate (used by `dlmesh generate`).
 //
 // Who may import: cmd/dlmesh, mesh, tests. It imports engine, diffusion, tokenizer, model (config
-// only), services, proto.
+// only), services, wire, proto; never another service package.
 package gateway

@@ -1,16 +1,9 @@
 package gateway
 
 import (
-	"errors"
-
 	"github.com/dlmesh/dlmesh/diffusion"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 )
-
-// ErrBadRequest wraps the gateway's own checks of a Generate request (input, chat messages); it
-// maps to InvalidArgument and the message names the field and the allowed values. Invalid
-// decoding parameters come as *diffusion.ParamError, also InvalidArgument.
-var ErrBadRequest = errors.New("gateway: invalid request")
 
 // Params maps the request's DecodeParams onto diffusion.Params: the mode's preset ("" means
 // "q"), then every field the request sets. Zero gen_length and block_length keep the preset's,

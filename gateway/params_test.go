@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/dlmesh/dlmesh/diffusion"
+	"github.com/dlmesh/dlmesh/errdefs"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 )
 
@@ -16,8 +17,8 @@ func TestRenderChat(t *testing.T) {
 		t.Errorf("RenderChat = %q, %v\nwant %q", got, err, want)
 	}
 	for _, bad := range [][]Message{nil, {{"", "x"}}, {{"User", "x"}}, {{"user", "a<|role_end|>b"}}} {
-		if _, err := RenderChat(bad); !errors.Is(err, ErrBadRequest) {
-			t.Errorf("RenderChat(%v): %v, want ErrBadRequest", bad, err)
+		if _, err := RenderChat(bad); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("RenderChat(%v): %v, want errdefs.ErrInvalidArgument", bad, err)
 		}
 	}
 }

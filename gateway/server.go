@@ -17,8 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
-	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -28,12 +28,10 @@ import (
 // TracerName is the instrumentation name of the gateway's spans.
 const TracerName = "github.com/dlmesh/dlmesh/gateway"
 
-func init() {
-	services.RegisterCode(ErrBadRequest, codes.InvalidArgument)
-	services.RegisterCode(diffusion.ErrInvalidParams, codes.InvalidArgument)
-	services.RegisterCode(engine.ErrBadRequest, codes.InvalidArgument)
-	services.RegisterCode(engine.ErrOverloaded, codes.ResourceExhausted)
-	services.RegisterCode(engine.ErrStopped, codes.Unavailable)
+// Codes is the gateway edge's error → status table (bad requests, a full queue and unknown
+// sessions are errdefs' sentinels, in the shared entries).
+var Codes = services.CodeTable{
+	{Err: engine.ErrStopped, Code: codes.Unavailable},
 }
 
 // Server is the gateway: the Gateway gRPC service over an engine stepping on attnd.
@@ -91,6 +89,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	ccfg.TracerProvider = tp
 	scfg := cfg.Server
 	scfg.TracerProvider = tp
+	scfg.Codes = Codes
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, served: make(chan error, 1),
 		watchDone: make(chan struct{})}
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
@@ -197,10 +196,10 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 			return err
 		}
 	default:
-		return fmt.Errorf("%w: input: want prompt or messages", ErrBadRequest)
+		return fmt.Errorf("gateway: input: want prompt or messages: %w", errdefs.ErrInvalidArgument)
 	}
 	if text == "" {
-		return fmt.Errorf("%w: prompt is empty", ErrBadRequest)
+		return fmt.Errorf("gateway: prompt is empty: %w", errdefs.ErrInvalidArgument)
 	}
 	p, err := Params(req.GetParams())
 	if err != nil {
@@ -208,7 +207,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 	}
 	ids := s.tok.Encode(text)
 	if len(ids) == 0 {
-		return fmt.Errorf("%w: prompt encodes to no tokens", ErrBadRequest)
+		return fmt.Errorf("gateway: prompt encodes to no tokens: %w", errdefs.ErrInvalidArgument)
 	}
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("prompt_tokens", len(ids)),
 		attribute.Int("gen_length", p.GenLen), attribute.Int("block_length", p.BlockLen))

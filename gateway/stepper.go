@@ -12,10 +12,11 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/engine"
-	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
+	"github.com/dlmesh/dlmesh/wire"
 )
 
 // RemoteStepper is the engine.Stepper of the gateway: sessions live on attnd instances. Open
@@ -125,7 +126,7 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 	for i, sp := range steps {
 		s, ok := st.sessions[sp.Session]
 		if !ok {
-			fail(sp.Session, fmt.Errorf("gateway: step: session %q: %w", sp.Session, services.ErrUnknownSession))
+			fail(sp.Session, fmt.Errorf("gateway: step: session %q: %w", sp.Session, errdefs.ErrUnknownSession))
 			continue
 		}
 		c, ok := byReplica[s.r]
@@ -214,13 +215,13 @@ func (st *RemoteStepper) convert(resp *pb.StepResponse, idx []int, steps []engin
 		}
 		rows, topK := sp.OutRows, max(sp.TopK, 1)
 		o := model.StepOut{TopK: topK, IDs: make([]int32, rows*topK), Logits: make([]float32, rows*topK), LSE: make([]float32, rows)}
-		if err := expertd.DecodeI32(o.IDs, r.GetIds()); err != nil {
+		if err := wire.DecodeI32(o.IDs, r.GetIds()); err != nil {
 			return nil, fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
 		}
-		if err := expertd.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
+		if err := wire.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
 			return nil, fmt.Errorf("gateway: session %q logits: %w", sp.Session, err)
 		}
-		if err := expertd.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
+		if err := wire.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
 			return nil, fmt.Errorf("gateway: session %q lse: %w", sp.Session, err)
 		}
 		outs[i] = o

@@ -1,8 +1,6 @@
 package model
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -261,19 +259,6 @@ func (c *Config) MoELayers() []int {
 		}
 	}
 	return ls
-}
-
-// Fingerprint is a short stable hash (16 hex characters) of the fields that fix the weights'
-// shapes and the forward math. Token ids, max_position_embeddings and Raw do not enter it, so two
-// services agree on it exactly when they can exchange activations.
-func (c *Config) Fingerprint() string {
-	s := fmt.Sprintf("%s|vocab=%d|hidden=%d|layers=%d|heads=%d|kv=%d|hd=%d|rot=%d|inter=%d|moe=%d|experts=%d|topk=%d|shared=%d|ngroup=%d|topkgroup=%d|dense=%d|scale=%08x|norm=%t|score=%s|bias=%t|eps=%08x|theta=%016x|tie=%t|qknorm=%t|qkvbias=%t|usebias=%t",
-		c.ModelType, c.Vocab, c.Hidden, c.Layers, c.Heads, c.KVHeads, c.HeadDim, c.RotaryDim,
-		c.Intermediate, c.MoEIntermediate, c.Experts, c.TopK, c.SharedExperts, c.NGroup, c.TopKGroup, c.FirstKDense,
-		math.Float32bits(c.RoutedScale), c.NormTopK, c.ScoreFunction, c.ExpertBias,
-		math.Float32bits(c.Eps), math.Float64bits(c.RopeTheta), c.TieEmbeddings, c.UseQKNorm, c.QKVBias, c.Bias)
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:8])
 }
 
 // MiniConfig is the LLaDA2.x-mini shape (16B total, 1.4B active), for benchmarks with random

@@ -241,38 +241,6 @@ func TestRealShapes(t *testing.T) {
 	}
 }
 
-func TestFingerprint(t *testing.T) {
-	c, err := LoadConfig(tinyModelDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fp := c.Fingerprint()
-	if len(fp) != 16 || strings.Trim(fp, "0123456789abcdef") != "" {
-		t.Fatalf("Fingerprint %q is not 16 hex characters", fp)
-	}
-	d, _ := LoadConfig(tinyModelDir)
-	d.EOSID, d.MaxPositions, d.Raw = 1, 77, nil
-	if d.Fingerprint() != fp {
-		t.Errorf("token ids, max positions or Raw changed the fingerprint")
-	}
-	for name, mut := range map[string]func(*Config){
-		"experts":   func(c *Config) { c.Experts = 32 },
-		"theta":     func(c *Config) { c.RopeTheta = 10000 },
-		"eps":       func(c *Config) { c.Eps = 1e-5 },
-		"norm topk": func(c *Config) { c.NormTopK = false },
-		"rotary":    func(c *Config) { c.RotaryDim = 64 },
-	} {
-		e, _ := LoadConfig(tinyModelDir)
-		mut(e)
-		if e.Fingerprint() == fp {
-			t.Errorf("changing %s left the fingerprint at %s", name, fp)
-		}
-	}
-	if MiniConfig().Fingerprint() == FlashConfig().Fingerprint() || MiniConfig().Fingerprint() != MiniConfig().Fingerprint() {
-		t.Errorf("mini and flash fingerprints: %s, %s", MiniConfig().Fingerprint(), FlashConfig().Fingerprint())
-	}
-}
-
 // expectedTensors lists every tensor the config implies, with its shape.
 func expectedTensors(c *Config) map[string][]int {
 	h := c.Hidden

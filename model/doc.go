@@ -17,5 +17,5 @@
 // tokens in the same forward.
 //
 // Who may import: the services (attnd, expertd), the in-process engine, cmd/dlmesh, tests.
-// It imports kernels only.
+// It imports kernels and errdefs (invalid Step arguments wrap errdefs.ErrInvalidArgument) only.
 package model

@@ -2,11 +2,11 @@ package model
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"time"
 
+	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/kernels"
 )
 
@@ -103,12 +103,6 @@ type StepStats struct {
 	AttentionNs, ExpertsNs, LMHeadNs int64
 }
 
-// ErrBadStep wraps invalid Step arguments.
-var ErrBadStep = errors.New("model: invalid step")
-
-// MaxTopK bounds StepSeq.TopK: the LM-head candidates one row may ask for.
-const MaxTopK = 1024
-
 func (m *Model) attnParams(blockLen int) kernels.AttnParams {
 	c := m.Cfg
 	return kernels.AttnParams{
@@ -181,29 +175,36 @@ type headGroup struct {
 	olse      *kernels.Tensor
 }
 
+// MaxTopK bounds StepSeq.TopK: the LM-head candidates one row may ask for.
+const MaxTopK = 1024
+
 // CheckSeq checks one sequence of a step against its cache and the vocabulary: what Step would
 // refuse it for. A caller batching independent sequences checks each first, so that one bad
-// sequence fails alone rather than the whole step. The error wraps ErrBadStep and names the field.
+// sequence fails alone rather than the whole step. The error wraps errdefs.ErrInvalidArgument and
+// names the field.
 func (m *Model) CheckSeq(s StepSeq) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
+	}
 	switch {
 	case s.Cache == nil || s.Cache.T == nil:
-		return fmt.Errorf("%w: no cache", ErrBadStep)
+		return bad("no cache")
 	case len(s.Tokens) == 0:
-		return fmt.Errorf("%w: no tokens", ErrBadStep)
+		return bad("no tokens")
 	case s.Pos < 0 || s.Pos > s.Cache.Len:
-		return fmt.Errorf("%w: start_pos %d not in [0, %d] (the positions its cache holds)", ErrBadStep, s.Pos, s.Cache.Len)
+		return bad("start_pos %d not in [0, %d] (the positions its cache holds)", s.Pos, s.Cache.Len)
 	case s.Pos+len(s.Tokens) > s.Cache.Cap:
-		return fmt.Errorf("%w: tokens end at %d past the cache capacity %d", ErrBadStep, s.Pos+len(s.Tokens), s.Cache.Cap)
+		return bad("tokens end at %d past the cache capacity %d", s.Pos+len(s.Tokens), s.Cache.Cap)
 	case s.OutRows < 0 || s.OutRows > len(s.Tokens):
-		return fmt.Errorf("%w: out_rows %d not in [0, %d]", ErrBadStep, s.OutRows, len(s.Tokens))
+		return bad("out_rows %d not in [0, %d]", s.OutRows, len(s.Tokens))
 	case s.TopK < 0 || s.TopK > MaxTopK:
-		return fmt.Errorf("%w: top_k %d not in [0, %d]", ErrBadStep, s.TopK, MaxTopK)
+		return bad("top_k %d not in [0, %d]", s.TopK, MaxTopK)
 	case math.IsNaN(float64(s.InvTemp)) || math.IsInf(float64(s.InvTemp), 0) || s.InvTemp < 0:
-		return fmt.Errorf("%w: inv_temperature %v: want a finite value >= 0 (0 = 1)", ErrBadStep, s.InvTemp)
+		return bad("inv_temperature %v: want a finite value >= 0 (0 = 1)", s.InvTemp)
 	}
 	for j, t := range s.Tokens {
 		if t < 0 || int(t) >= m.Cfg.Vocab {
-			return fmt.Errorf("%w: tokens[%d] = %d not in [0, %d)", ErrBadStep, j, t, m.Cfg.Vocab)
+			return bad("tokens[%d] = %d not in [0, %d)", j, t, m.Cfg.Vocab)
 		}
 	}
 	return nil
@@ -214,17 +215,17 @@ func (m *Model) plan(seqs []StepSeq, blockLen int) (*stepPlan, error) {
 		return nil, ErrNoAttention
 	}
 	if len(seqs) == 0 {
-		return nil, fmt.Errorf("%w: no sequences", ErrBadStep)
+		return nil, fmt.Errorf("model: step: no sequences: %w", errdefs.ErrInvalidArgument)
 	}
 	if blockLen <= 0 {
-		return nil, fmt.Errorf("%w: block length %d", ErrBadStep, blockLen)
+		return nil, fmt.Errorf("model: step: block length %d: %w", blockLen, errdefs.ErrInvalidArgument)
 	}
 	c, be := m.Cfg, m.Be
 	ks := make([]kernels.Seq, len(seqs))
 	var ids []int32
 	for i, s := range seqs {
 		if err := m.CheckSeq(s); err != nil {
-			return nil, fmt.Errorf("sequence %d: %w", i, err)
+			return nil, fmt.Errorf("model: step: sequence %d: %w", i, err)
 		}
 		ks[i] = kernels.Seq{Row: len(ids), Len: len(s.Tokens), Pos: s.Pos, Cache: s.Cache.T}
 		ids = append(ids, s.Tokens...)

@@ -60,7 +60,7 @@ func NewBreaker(name string, cfg BreakerConfig) *Breaker {
 			},
 			IsSuccessful: func(err error) bool { return !IsInstanceFailure(err) },
 			IsExcluded: func(err error) bool {
-				return Code(err) == codes.Canceled
+				return CodeOf(err) == codes.Canceled
 			},
 		}),
 	}
@@ -99,7 +99,7 @@ func (b *Breaker) Do(ctx context.Context, fn func(context.Context) error) error 
 // IsInstanceFailure reports whether err says the instance that returned it is unwell (and a
 // breaker should count it), as opposed to success, cancellation or a bad request.
 func IsInstanceFailure(err error) bool {
-	switch Code(err) {
+	switch CodeOf(err) {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Internal,
 		codes.Unknown, codes.Aborted, codes.DataLoss, codes.Unimplemented:
 		return true

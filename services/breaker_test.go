@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/dlmesh/dlmesh/errdefs"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 )
 
@@ -24,11 +25,11 @@ func TestBreakerCounts(t *testing.T) {
 		{"deadline status", status.Error(codes.DeadlineExceeded, "slow"), true},
 		{"deadline context", fmt.Errorf("compute: %w", context.DeadlineExceeded), true},
 		{"resource exhausted", status.Error(codes.ResourceExhausted, "queue full"), true},
-		{"overloaded sentinel", ErrOverloaded, true},
+		{"overloaded sentinel", errdefs.ErrOverloaded, true},
 		{"internal", status.Error(codes.Internal, "cuda"), true},
 		{"plain error", errors.New("boom"), true},
 		{"invalid argument", status.Error(codes.InvalidArgument, "rows"), false},
-		{"invalid sentinel", fmt.Errorf("x: %w", ErrInvalidArgument), false},
+		{"invalid sentinel", fmt.Errorf("x: %w", errdefs.ErrInvalidArgument), false},
 		{"not found", status.Error(codes.NotFound, "session"), false},
 		{"canceled status", status.Error(codes.Canceled, "client went away"), false},
 		{"canceled context", context.Canceled, false},
@@ -49,8 +50,8 @@ func TestBreakerCounts(t *testing.T) {
 					if !strings.Contains(err.Error(), "expertd-g0-r0") {
 						t.Errorf("error %q does not name the instance", err)
 					}
-					if Code(err) != codes.Unavailable {
-						t.Errorf("open breaker maps to %v, want Unavailable", Code(err))
+					if CodeOf(err) != codes.Unavailable {
+						t.Errorf("open breaker maps to %v, want Unavailable", CodeOf(err))
 					}
 					return
 				}
@@ -112,7 +113,7 @@ func TestBreakerOverGRPC(t *testing.T) {
 		trips bool
 	}{
 		{"unavailable", fmt.Errorf("expertd: %w", ErrNoReplica), true},
-		{"invalid", fmt.Errorf("expertd: hidden 3 != 256: %w", ErrInvalidArgument), false},
+		{"invalid", fmt.Errorf("expertd: hidden 3 != 256: %w", errdefs.ErrInvalidArgument), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

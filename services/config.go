@@ -61,8 +61,10 @@ type ServerConfig struct {
 	MinPingInterval time.Duration
 	// StopTimeout bounds the graceful stop in ServeSignals (DefaultStopTimeout).
 	StopTimeout time.Duration
-	// Reflection registers the gRPC reflection service (for grpcurl).
+	// Reflection registers the gRPC reflection service (for grpcurl); off by default.
 	Reflection bool
+	// Codes is the service's error → status table (the shared entries follow it).
+	Codes CodeTable
 	// TracerProvider traces the server's calls; nil means the global provider. It is set in code
 	// (several services in one process each have their own), never from flags.
 	TracerProvider trace.TracerProvider

@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/dlmesh/dlmesh/errdefs"
 )
 
 // Instance kinds.
@@ -86,7 +88,7 @@ func (r *MemRegistry) Register(ctx context.Context, in Instance) error {
 	}
 	if in.ID == "" || in.Kind == "" || in.Addr == "" {
 		return fmt.Errorf("services: register %q: id, kind and addr must be set (kind %q, addr %q): %w",
-			in.ID, in.Kind, in.Addr, ErrInvalidArgument)
+			in.ID, in.Kind, in.Addr, errdefs.ErrInvalidArgument)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

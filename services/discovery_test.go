@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dlmesh/dlmesh/errdefs"
 )
 
 func ids(list []Instance) []string {
@@ -146,8 +148,8 @@ func TestMemRegistryValidates(t *testing.T) {
 		{ID: "a", Addr: "x:1"},
 		{ID: "a", Kind: KindAttnd},
 	} {
-		if err := r.Register(t.Context(), in); !errors.Is(err, ErrInvalidArgument) {
-			t.Errorf("Register(%+v) = %v, want ErrInvalidArgument", in, err)
+		if err := r.Register(t.Context(), in); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("Register(%+v) = %v, want errdefs.ErrInvalidArgument", in, err)
 		}
 	}
 	ctx, cancel := context.WithCancel(t.Context())

@@ -3,70 +3,52 @@ package services
 import (
 	"context"
 	"errors"
-	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/dlmesh/dlmesh/errdefs"
 )
 
-// Sentinels of the mesh plumbing; wrap them with the operation (fmt.Errorf("…: %w", err)).
+// Sentinels of the mesh plumbing; wrap them with the operation (fmt.Errorf("…: %w", err)). The
+// sentinels every layer shares (invalid argument, overloaded, unknown session, session exists)
+// are errdefs'.
 var (
 	// ErrNoReplica: every replica of a pool (an expert group, the attnd instances) is gone or
 	// behind an open breaker.
 	ErrNoReplica = errors.New("services: no healthy replica")
-	// ErrOverloaded: a bounded queue or admission limit is full; the client may retry later.
-	ErrOverloaded = errors.New("services: overloaded")
-	// ErrUnknownSession: a call names a session that was never opened or is already closed.
-	ErrUnknownSession = errors.New("services: unknown session")
-	// ErrInvalidArgument: a request field is out of range; the wrapping message names the field
-	// and the allowed range.
-	ErrInvalidArgument = errors.New("services: invalid argument")
 	// ErrBreakerOpen: the instance's circuit breaker rejects calls for now.
 	ErrBreakerOpen = errors.New("services: circuit breaker open")
 )
 
-// codeTable is the one table from errors to gRPC status codes. Other packages add their
-// sentinels with RegisterCode (from an init function or before serving); entries are matched
-// with errors.Is in registration order, so a more specific error registered first wins.
-var codeTable = struct {
-	sync.RWMutex
-	entries []codeEntry
-}{entries: []codeEntry{
-	{ErrInvalidArgument, codes.InvalidArgument},
-	{ErrBadConfig, codes.InvalidArgument},
-	{ErrUnknownSession, codes.NotFound},
-	{ErrOverloaded, codes.ResourceExhausted},
-	{ErrNoReplica, codes.Unavailable},
-	{ErrBreakerOpen, codes.Unavailable},
-}}
-
-type codeEntry struct {
-	err  error
-	code codes.Code
+// Code maps Err, and every error wrapping it, to a gRPC status code.
+type Code struct {
+	Err  error
+	Code codes.Code
 }
 
-// RegisterCode maps err (and every error wrapping it) to code. Registering the same error again
-// replaces its code. Registering codes.OK is refused: an error is never a success.
-func RegisterCode(err error, code codes.Code) {
-	if err == nil || code == codes.OK {
-		panic("services: RegisterCode needs a non-nil error and a non-OK code")
-	}
-	codeTable.Lock()
-	defer codeTable.Unlock()
-	for i, e := range codeTable.entries {
-		if e.err == err {
-			codeTable.entries[i].code = code
-			return
-		}
-	}
-	codeTable.entries = append(codeTable.entries, codeEntry{err, code})
+// CodeTable is the error → status table of one service edge: a static list each service
+// declares beside its handlers and hands to its Server (ServerConfig.Codes). Entries are matched
+// with errors.Is in order, so a more specific error listed first wins; after them come the shared
+// entries (errdefs' sentinels, ErrNoReplica, ErrBreakerOpen, ErrBadConfig), the same on every edge.
+type CodeTable []Code
+
+// sharedCodes ends every CodeTable.
+var sharedCodes = CodeTable{
+	{errdefs.ErrInvalidArgument, codes.InvalidArgument},
+	{errdefs.ErrOverloaded, codes.ResourceExhausted},
+	{errdefs.ErrUnknownSession, codes.NotFound},
+	{errdefs.ErrSessionExists, codes.AlreadyExists},
+	{ErrNoReplica, codes.Unavailable},
+	{ErrBreakerOpen, codes.Unavailable},
+	{ErrBadConfig, codes.InvalidArgument},
 }
 
 // Code is the gRPC status code of err: OK for nil; the code of a status error (also wrapped);
-// Canceled and DeadlineExceeded for the context errors; the registered code of the first
-// registered error that errors.Is matches; Unknown otherwise.
-func Code(err error) codes.Code {
+// Canceled and DeadlineExceeded for the context errors, whatever else err wraps; the code of the
+// first entry of t, then of the shared entries, that errors.Is matches; Unknown otherwise.
+func (t CodeTable) Code(err error) codes.Code {
 	if err == nil {
 		return codes.OK
 	}
@@ -79,19 +61,19 @@ func Code(err error) codes.Code {
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded
 	}
-	codeTable.RLock()
-	defer codeTable.RUnlock()
-	for _, e := range codeTable.entries {
-		if errors.Is(err, e.err) {
-			return e.code
+	for _, tab := range []CodeTable{t, sharedCodes} {
+		for _, e := range tab {
+			if errors.Is(err, e.Err) {
+				return e.Code
+			}
 		}
 	}
 	return codes.Unknown
 }
 
-// ToStatus converts err into a gRPC status error with Code(err) and err's message. nil stays
+// Status converts err into a gRPC status error with t.Code(err) and err's message. nil stays
 // nil, and an error that already carries a status keeps its code.
-func ToStatus(err error) error {
+func (t CodeTable) Status(err error) error {
 	if err == nil {
 		return nil
 	}
@@ -102,20 +84,24 @@ func ToStatus(err error) error {
 		// A wrapped status error: keep its code, with the wrapping message.
 		return s.Err()
 	}
-	return status.Error(Code(err), err.Error())
+	return status.Error(t.Code(err), err.Error())
 }
 
-// UnaryServerInterceptor applies ToStatus to the errors of unary handlers.
-func UnaryServerInterceptor() grpc.UnaryServerInterceptor {
+// UnaryServerInterceptor applies t.Status to the errors of unary handlers.
+func (t CodeTable) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
-		return resp, ToStatus(err)
+		return resp, t.Status(err)
 	}
 }
 
-// StreamServerInterceptor applies ToStatus to the errors of streaming handlers.
-func StreamServerInterceptor() grpc.StreamServerInterceptor {
+// StreamServerInterceptor applies t.Status to the errors of streaming handlers.
+func (t CodeTable) StreamServerInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-		return ToStatus(handler(srv, ss))
+		return t.Status(handler(srv, ss))
 	}
 }
+
+// CodeOf is the status code of err under the shared entries only: what a client (a breaker, a
+// retry) makes of an error it received or produced itself.
+func CodeOf(err error) codes.Code { return CodeTable(nil).Code(err) }

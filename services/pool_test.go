@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/dlmesh/dlmesh/errdefs"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 )
 
@@ -138,7 +139,7 @@ func TestPoolSkipsOpenBreakers(t *testing.T) {
 	// All open: ErrNoReplica, which maps to Unavailable.
 	_ = p.Do(t.Context(), func(context.Context, *Replica) error { return down })
 	err = p.Do(t.Context(), func(context.Context, *Replica) error { return nil })
-	if !errors.Is(err, ErrNoReplica) || Code(err) != codes.Unavailable {
+	if !errors.Is(err, ErrNoReplica) || CodeOf(err) != codes.Unavailable {
 		t.Errorf("all breakers open: %v, want ErrNoReplica", err)
 	}
 	// Update keeps breaker state of kept members.
@@ -194,7 +195,7 @@ func TestPoolOverGRPC(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	servers := map[string]*testServer{
-		"bad":  startServer(t, ServerConfig{}, func(s *Server) { pb.RegisterExpertsServer(s, &fakeExperts{err: ErrOverloaded}) }),
+		"bad":  startServer(t, ServerConfig{}, func(s *Server) { pb.RegisterExpertsServer(s, &fakeExperts{err: errdefs.ErrOverloaded}) }),
 		"good": startServer(t, ServerConfig{}, func(s *Server) { pb.RegisterExpertsServer(s, &fakeExperts{}) }),
 	}
 	dial := func(in Instance) (*grpc.ClientConn, error) {

@@ -59,8 +59,8 @@ func NewServer(cfg ServerConfig, opts ...grpc.ServerOption) *Server {
 			PermitWithoutStream: true,
 		}),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
-		grpc.ChainUnaryInterceptor(UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(cfg.Codes.UnaryServerInterceptor()),
+		grpc.ChainStreamInterceptor(cfg.Codes.StreamServerInterceptor()),
 	}
 	if cfg.MaxConcurrentStreams > 0 {
 		base = append(base, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams))

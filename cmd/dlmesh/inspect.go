@@ -44,7 +44,11 @@ func inspect(w io.Writer, dir string) error {
 	p := cfg.Params()
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "model\t%s (%s)\n", dir, cfg.ModelType)
-	fmt.Fprintf(tw, "fingerprint\t%s\n", cfg.Fingerprint())
+	fp, err := model.Fingerprint(dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(tw, "fingerprint\t%s\n", fp)
 	fmt.Fprintf(tw, "hidden / layers\t%d / %d (dense: first %d)\n", cfg.Hidden, cfg.Layers, cfg.FirstKDense)
 	fmt.Fprintf(tw, "heads / kv heads / head dim\t%d / %d / %d (rotary dim %d, theta %g, qk-norm %v)\n",
 		cfg.Heads, cfg.KVHeads, cfg.HeadDim, cfg.RotaryDim, cfg.RopeTheta, cfg.UseQKNorm)

@@ -16,6 +16,7 @@ import (
 	"github.com/dlmesh/dlmesh/gateway"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/mesh"
+	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/tracing"
 )
@@ -55,7 +56,7 @@ func (c *common) register(cmd *cobra.Command, service string) {
 // the given peer addresses of kind.
 func (c *common) registry(ctx context.Context, kind, flag, peers string) (services.Registry, error) {
 	if c.consul != "" {
-		fp, err := expertd.Fingerprint(c.dir)
+		fp, err := model.Fingerprint(c.dir)
 		if err != nil {
 			return nil, err
 		}

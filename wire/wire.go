@@ -1,4 +1,10 @@
-package expertd
+// Package wire is the tensor codec of the mesh's protos: activations travel as raw little-endian
+// f32 (exact, the default) or bf16 (half the bytes, rounded to nearest even) bytes fields, ids as
+// i32, never as repeated floats. attnd, expertd and the gateway all encode and decode with it.
+//
+// Who may import: attnd, expertd, gateway, cmd/dlmesh, mesh, tests. It imports kernels (for the
+// bf16 conversions) only.
+package wire
 
 import (
 	"encoding/binary"
@@ -7,10 +13,6 @@ import (
 
 	"github.com/dlmesh/dlmesh/kernels"
 )
-
-// Tensors cross the wire as raw little-endian bytes: activations as f32 (exact, the default) or
-// bf16 (half the bytes, rounded to nearest even), ids as i32. These helpers are shared with attnd,
-// the only client of the Experts service.
 
 // AppendF32 appends v as little-endian f32 (bf16 false) or bf16 (bf16 true) bytes.
 func AppendF32(dst []byte, v []float32, bf16 bool) []byte {
@@ -34,7 +36,7 @@ func DecodeF32(dst []float32, b []byte, bf16 bool) error {
 		size = 2
 	}
 	if len(b) != size*len(dst) {
-		return fmt.Errorf("expertd: %d bytes for %d elements of %d bytes", len(b), len(dst), size)
+		return fmt.Errorf("wire: %d bytes for %d elements of %d bytes", len(b), len(dst), size)
 	}
 	if bf16 {
 		for i := range dst {
@@ -59,7 +61,7 @@ func AppendI32(dst []byte, v []int32) []byte {
 // DecodeI32 fills dst from little-endian i32 bytes; len(b) must be exactly 4·len(dst).
 func DecodeI32(dst []int32, b []byte) error {
 	if len(b) != 4*len(dst) {
-		return fmt.Errorf("expertd: %d bytes for %d int32 elements", len(b), len(dst))
+		return fmt.Errorf("wire: %d bytes for %d int32 elements", len(b), len(dst))
 	}
 	for i := range dst {
 		dst[i] = int32(binary.LittleEndian.Uint32(b[4*i:]))
