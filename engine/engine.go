@@ -56,8 +56,12 @@ var (
 
 // Config configures an Engine.
 type Config struct {
-	MaxActive     int   // requests stepped together (DefaultMaxActive)
-	MaxQueue      int   // requests waiting for a slot; beyond it Generate fails with errdefs.ErrOverloaded
+	MaxActive int // requests stepped together (DefaultMaxActive)
+	MaxQueue  int // requests waiting for a slot; beyond it Generate fails with ErrOverloaded
+	// QueueTimeout bounds a request's wait for a slot: past it Generate fails with
+	// ErrOverloaded, even while a step hangs (0: no bound). A waiting request whose context
+	// ends leaves the queue at once.
+	QueueTimeout  time.Duration
 	ModelBlockLen int   // the model's trained block length (32): others are allowed with a warning
 	MaxContext    int   // window limit in tokens (prompt + generation rounded to blocks)
 	MaskID, EOSID int32 // from the tokenizer files
@@ -190,6 +194,7 @@ type job struct {
 	state   *diffusion.State
 	sampler *diffusion.Sampler
 	session string
+	active  bool // taken by the scheduler (guarded by Engine.mu): it no longer waits for a slot
 	opened  bool
 	cached  int // positions before this have final K/V in the session's cache
 	steps   int
@@ -230,10 +235,19 @@ func (e *Engine) validate(req Request) (*diffusion.State, string, error) {
 		if t < 0 || (e.cfg.Vocab > 0 && int(t) >= e.cfg.Vocab) {
 			return nil, "", fmt.Errorf("engine: prompt token %d = %d not in [0, %d): %w", i, t, e.cfg.Vocab, errdefs.ErrInvalidArgument)
 		}
+		if t == e.cfg.MaskID {
+			return nil, "", fmt.Errorf("engine: prompt token %d is the mask token (id %d), which only generated positions may hold: %w", i, t, errdefs.ErrInvalidArgument)
+		}
 	}
 	p := req.Params
 	if err := p.Validate(); err != nil {
 		return nil, "", err
+	}
+	// The stepper asks for one candidate more than the policy looks at (see step): a top_k the
+	// LM head cannot give is refused here, before the request shares a batch with others.
+	if p.TopK+1 > model.MaxTopK || wantCandidates(p)+1 > model.MaxTopK {
+		return nil, "", &diffusion.ParamError{Field: "top_k", Value: fmt.Sprint(p.TopK),
+			Msg: fmt.Sprintf("want 0 (off) or a count in [1, %d]", model.MaxTopK-1)}
 	}
 	window := (len(req.Prompt) + p.GenLen + p.BlockLen - 1) / p.BlockLen * p.BlockLen
 	if e.cfg.MaxContext > 0 && window > e.cfg.MaxContext {
@@ -276,6 +290,13 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 	case e.wake <- struct{}{}:
 	default:
 	}
+	var queueTimeout <-chan time.Time
+	if e.cfg.QueueTimeout > 0 {
+		t := time.NewTimer(e.cfg.QueueTimeout)
+		defer t.Stop()
+		queueTimeout = t.C
+	}
+	done := ctx.Done()
 	for {
 		select {
 		case <-j.notify:
@@ -283,6 +304,17 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 		case <-j.fin:
 			j.drain(onEvent)
 			return j.final, j.err
+		case <-queueTimeout:
+			queueTimeout = nil
+			if e.leaveQueue(j) {
+				return nil, fmt.Errorf("engine: waited %v for a slot (queue_timeout; %d requests running or waiting): %w",
+					e.cfg.QueueTimeout, e.Queued(), errdefs.ErrOverloaded)
+			}
+		case <-done:
+			done = nil // a running request leaves at the next step boundary and finishes
+			if e.leaveQueue(j) {
+				return nil, ctx.Err()
+			}
 		}
 	}
 }
@@ -306,6 +338,9 @@ func (e *Engine) loop(ctx context.Context) {
 		e.mu.Lock()
 		n := min(len(e.queue), e.cfg.MaxActive)
 		active := append([]*job(nil), e.queue[:n]...)
+		for _, j := range active {
+			j.active = true
+		}
 		e.mu.Unlock()
 		if ctx.Err() != nil {
 			e.failAll(ErrStopped)
@@ -353,6 +388,23 @@ func (e *Engine) loop(ctx context.Context) {
 			e.step(ctx, bl, byLen[bl])
 		}
 	}
+}
+
+// leaveQueue removes j from the queue if it is still waiting for a slot (never stepped, no
+// session) and reports whether it did.
+func (e *Engine) leaveQueue(j *job) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if j.active {
+		return false
+	}
+	for i, q := range e.queue {
+		if q == j {
+			e.queue = append(e.queue[:i], e.queue[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {

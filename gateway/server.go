@@ -96,7 +96,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return services.Dial(in.Addr, ccfg)
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
-	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, ModelBlockLen: cfg.ModelBlockLen,
+	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, QueueTimeout: max(cfg.QueueTimeout, 0), ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
 	s.grpc = services.NewServer(scfg)
 	pb.RegisterGatewayServer(s.grpc, s)
@@ -169,6 +169,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Generate(req *pb.GenerateRequest, stream grpc.ServerStreamingServer[pb.GenerateEvent]) error {
 	ctx := stream.Context()
 	id := req.GetRequestId()
+	if len(id) > s.cfg.MaxRequestIDBytes { // refused by generate; never traced or logged whole
+		id = id[:s.cfg.MaxRequestIDBytes]
+	}
 	if id == "" {
 		id = fmt.Sprintf("gw-%d", s.seq.Add(1))
 	}
@@ -182,24 +185,9 @@ func (s *Server) Generate(req *pb.GenerateRequest, stream grpc.ServerStreamingSe
 }
 
 func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateRequest, stream grpc.ServerStreamingServer[pb.GenerateEvent]) error {
-	var text string
-	switch in := req.GetInput().(type) {
-	case *pb.GenerateRequest_Prompt:
-		text = in.Prompt
-	case *pb.GenerateRequest_Messages:
-		msgs := make([]Message, len(in.Messages.GetMessages()))
-		for i, m := range in.Messages.GetMessages() {
-			msgs[i] = Message{Role: m.GetRole(), Content: m.GetContent()}
-		}
-		var err error
-		if text, err = RenderChat(msgs); err != nil {
-			return err
-		}
-	default:
-		return fmt.Errorf("gateway: input: want prompt or messages: %w", errdefs.ErrInvalidArgument)
-	}
-	if text == "" {
-		return fmt.Errorf("gateway: prompt is empty: %w", errdefs.ErrInvalidArgument)
+	text, err := s.cfg.input(req)
+	if err != nil {
+		return err
 	}
 	p, err := Params(req.GetParams())
 	if err != nil {
