@@ -115,66 +115,13 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 	}, nil
 }
 
-// callGroup calls Compute on a replica of g, and on failure of that replica once more on another
-// replica of g (Compute is idempotent). Every call has the ExpertTimeout deadline and goes
-// through the replica's breaker.
+// callGroup calls Compute on a replica of g through services.Hedge: on failure of that replica,
+// or when it has not answered within the pool's hedge delay (a multiple of the group's observed
+// p99), once more on another replica of g (Compute is idempotent); a replica left with a call
+// stuck past the delay is passed over until that call ends. Every call has the ExpertTimeout
+// deadline and goes through the replica's breaker.
 func (s *Server) callGroup(ctx context.Context, g *group, req *pb.ExpertsRequest) (*pb.ExpertsResponse, error) {
-	var (
-		failed  *services.Replica
-		lastErr error
-	)
-	for attempt := 0; attempt < 2; attempt++ {
-		r, done, err := pickOther(g.pool, failed)
-		if err != nil {
-			if lastErr != nil {
-				return nil, fmt.Errorf("%w (no other replica to retry on: %v)", lastErr, err)
-			}
-			return nil, err
-		}
-		var resp *pb.ExpertsResponse
-		err = r.Breaker().Do(ctx, func(ctx context.Context) error {
-			cctx, cancel := context.WithTimeout(ctx, s.cfg.ExpertTimeout)
-			defer cancel()
-			var err error
-			resp, err = pb.NewExpertsClient(r.Conn()).Compute(cctx, req)
-			return err
-		})
-		done()
-		if err == nil {
-			return resp, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if !services.IsInstanceFailure(err) && !errors.Is(err, services.ErrBreakerOpen) {
-			return nil, err // the replica answered: retrying elsewhere gives the same answer
-		}
-		lastErr = fmt.Errorf("replica %s: %w", r.Instance().ID, err)
-		failed = r
-	}
-	return nil, lastErr
-}
-
-// pickOther picks a replica of p other than avoid (nil: any). The replicas picked and passed over
-// stay reserved until the choice is made, so least-outstanding moves on to the next one; under
-// concurrent calls the others may hold more reservations than avoid, so avoid can be picked
-// several times before another replica has the fewest.
-func pickOther(p *services.Pool, avoid *services.Replica) (*services.Replica, func(), error) {
-	var held []func()
-	defer func() {
-		for _, d := range held {
-			d()
-		}
-	}()
-	for range 8*max(p.Len(), 1) + 64 {
-		r, done, err := p.Pick()
-		if err != nil {
-			return nil, nil, err
-		}
-		if r != avoid {
-			return r, done, nil
-		}
-		held = append(held, done)
-	}
-	return nil, nil, fmt.Errorf("attnd: pool has no replica but the failed one: %w", services.ErrNoReplica)
+	return services.Hedge(ctx, g.pool, s.cfg.ExpertTimeout, func(ctx context.Context, r *services.Replica) (*pb.ExpertsResponse, error) {
+		return pb.NewExpertsClient(r.Conn()).Compute(ctx, req)
+	})
 }
