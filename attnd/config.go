@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dlmesh/dlmesh/kernels"
+	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/services"
 )
 
@@ -78,6 +79,9 @@ type Config struct {
 func (c Config) WithDefaults() Config {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
+	}
+	if c.NewBackend == nil {
+		c.NewBackend = cpu.NewBackend
 	}
 	if c.MicroBatches == 0 {
 		c.MicroBatches = DefaultMicroBatches

@@ -26,6 +26,10 @@
 // Step returns, per session, only the LM-head candidates of the rows asked for (top_k ids, their
 // logits and the log-sum-exp), never full logits.
 //
-// Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels, tokenizer, services, wire,
-// proto; never another service package.
+// Lifecycle: a services.Node listens, serves NOT_SERVING while New loads the attention part, and
+// stops in the house order on Shutdown (NOT_SERVING, deregistration, graceful stop); health.go
+// decides when it is SERVING and registered. Errors map to status codes through Codes.
+//
+// Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels (kernels/cpu for the default
+// backend), tokenizer, services, wire, errdefs, proto; never another service package.
 package attnd

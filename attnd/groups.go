@@ -11,14 +11,14 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 )
 
 // group is one expert group: the expertd replicas that report the same expert set.
 type group struct {
-	key     string // expertd.FormatExperts of the set
+	key     string // model.FormatExperts of the set
 	experts []int
 	pool    *services.Pool
 }
@@ -159,7 +159,7 @@ func (s *Server) expertInfo(ctx context.Context, in services.Instance) (instInfo
 	if len(k.experts) == 0 {
 		return k, nil
 	}
-	k.key = expertd.FormatExperts(k.experts)
+	k.key = model.FormatExperts(k.experts)
 	return k, nil
 }
 
@@ -239,5 +239,5 @@ func (r *routes) uncovered() string {
 			ids = append(ids, e)
 		}
 	}
-	return strings.TrimSpace(expertd.FormatExperts(ids))
+	return strings.TrimSpace(model.FormatExperts(ids))
 }

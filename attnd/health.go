@@ -30,17 +30,15 @@ func (s *Server) followRoutes(r *routes) {
 		return
 	}
 	s.healthy = ok
-	s.grpc.SetServing(ok)
+	s.node.SetServing(ok)
 	first := false
 	if ok {
 		s.servingOnce.Do(func() {
 			first = true
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.InfoTimeout)
 			defer cancel()
-			if err := s.reg.Register(ctx, s.Instance()); err != nil {
+			if err := s.node.Register(ctx, s.Instance()); err != nil {
 				slog.Error("attnd: register", "err", err)
-			} else {
-				s.registered.Store(true)
 			}
 			close(s.serving)
 		})
@@ -62,5 +60,5 @@ func (s *Server) stopHealth() {
 	defer s.healthMu.Unlock()
 	s.stopping = true
 	s.healthy = false
-	s.grpc.SetServing(false)
+	s.node.SetServing(false)
 }

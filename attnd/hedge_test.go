@@ -39,7 +39,7 @@ func (h *hangingReplica) Compute(ctx context.Context, req *pb.ExpertsRequest) (*
 
 func startHangingReplica(tb testing.TB, reg services.Registry, id string, ids []int) *hangingReplica {
 	tb.Helper()
-	e, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: ids})
+	e, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: ids}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

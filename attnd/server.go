@@ -5,20 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	otcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
 	"github.com/dlmesh/dlmesh/errdefs"
-	"github.com/dlmesh/dlmesh/kernels"
-	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -49,9 +46,7 @@ type Server struct {
 	cfg         Config
 	clientCfg   services.ClientConfig
 	tracer      trace.Tracer
-	grpc        *services.Server
-	lis         net.Listener
-	served      chan error
+	node        *services.Node // listener, gRPC server, health, registration (health.go)
 	reg         services.Registry
 	fingerprint string
 	backend     string // the kernels backend's name, once loaded
@@ -76,7 +71,6 @@ type Server struct {
 	stopping    bool       // Shutdown began: health stays NOT_SERVING
 	servingOnce sync.Once
 	serving     chan struct{} // closed when first SERVING
-	registered  atomic.Bool
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
@@ -106,43 +100,29 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("attnd: %w", err)
 	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
-	scfg := cfg.Server
-	scfg.TracerProvider = tp
-	scfg.Codes = Codes
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp, served: make(chan error, 1),
+	tp := services.TracerProvider(cfg.TracerProvider)
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp,
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
 		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
-	s.grpc = services.NewServer(scfg)
-	pb.RegisterAttentionServer(s.grpc, s)
-	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("attnd: listen: %w", err)
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "attnd", Listen: cfg.Listen, Server: cfg.Server,
+		Codes: Codes, TracerProvider: tp, Registry: reg},
+		func(r grpc.ServiceRegistrar) { pb.RegisterAttentionServer(r, s) }, s.load)
+	if err != nil {
+		return nil, err
 	}
 	if s.cfg.ID == "" {
-		s.cfg.ID = "attnd-" + s.lis.Addr().String()
+		s.cfg.ID = "attnd-" + s.node.Addr()
 	}
-	go func() { s.served <- s.grpc.Serve(s.lis) }()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
-	if err := s.load(ctx); err != nil {
-		close(s.watchDone)
-		return nil, errors.Join(err, s.Shutdown(context.WithoutCancel(ctx)))
-	}
 	go s.watchExperts(wctx, reg)
 	return s, nil
 }
 
 func (s *Server) load(ctx context.Context) error {
-	newBackend := s.cfg.NewBackend
-	if newBackend == nil {
-		newBackend = func() (kernels.Backend, error) { return cpu.New(), nil }
-	}
-	be, err := newBackend()
+	be, err := s.cfg.NewBackend()
 	if err != nil {
 		return fmt.Errorf("attnd: backend: %w", err)
 	}
@@ -183,7 +163,7 @@ func (s *Server) WaitServing(ctx context.Context) error {
 }
 
 // Addr is the address the server listens on.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.node.Addr() }
 
 // Instance describes this attnd for discovery: meta "fingerprint" and the device's
 // (Config.DeviceMeta).
@@ -200,20 +180,14 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-// Shutdown reports NOT_SERVING, stops discovery, deregisters the instance, stops gracefully
-// within cfg.Server.StopTimeout (or ctx), and frees the sessions and the model.
+// Shutdown reports NOT_SERVING, stops discovery, then stops the node (deregistration, graceful
+// stop within cfg.Server.StopTimeout or ctx), and frees the sessions and the model.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
-		defer cancel()
-		var errs []error
 		s.stopHealth()
 		s.stopWatch() // no registration after this
 		<-s.watchDone
-		if s.registered.Load() {
-			errs = append(errs, s.reg.Deregister(ctx, s.cfg.ID))
-		}
-		errs = append(errs, s.grpc.Stop(ctx), <-s.served)
+		errs := []error{s.node.Stop(ctx)}
 		s.poolMu.Lock()
 		for k, p := range s.pools {
 			errs = append(errs, p.Close())

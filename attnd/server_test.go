@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func startExpertd(tb testing.TB, reg services.Registry, id string, ids []int) *expertd.Server {
 	tb.Helper()
-	e, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: ids})
+	e, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: ids}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}

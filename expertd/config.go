@@ -3,14 +3,12 @@ package expertd
 import (
 	"errors"
 	"fmt"
-	"sort"
-	"strconv"
-	"strings"
 
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/model"
+	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/services"
 )
 
@@ -27,12 +25,15 @@ var ErrBadConfig = errors.New("expertd: invalid config")
 type Config struct {
 	// ModelDir is the checkpoint directory (config.json and the safetensors shards).
 	ModelDir string
-	// Experts are the routed expert ids this replica holds in every MoE layer (ParseExperts
+	// Experts are the routed expert ids this replica holds in every MoE layer (model.ParseExperts
 	// reads "LO-HI" with HI inclusive, or a comma-separated list of ids and ranges).
 	Experts []int
 	// Group names the expert group this replica serves (registered as metadata; attnd groups
 	// replicas by the expert set they report, so the name is informational).
 	Group string
+	// ID is the instance id the replica registers under; empty: "expertd-GROUP-HOST-PORT"
+	// (Server.ID).
+	ID string
 	// Listen is the gRPC listen address (DefaultListen).
 	Listen string
 	// MaxRows bounds the rows of one Compute request (DefaultMaxRows).
@@ -66,6 +67,9 @@ func RequestBytes(mc *model.Config, rows int) int {
 func (c Config) WithDefaults() Config {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
+	}
+	if c.NewBackend == nil {
+		c.NewBackend = cpu.NewBackend
 	}
 	if c.MaxRows <= 0 {
 		c.MaxRows = DefaultMaxRows
@@ -103,77 +107,4 @@ func (c Config) Validate() error {
 		return fmt.Errorf("expertd: %w", err)
 	}
 	return nil
-}
-
-// ParseExperts reads an expert set: "LO-HI" (both inclusive: "0-7"), a list "0,3,5", or a mix
-// "0-3,8-11". The result is sorted and free of duplicates.
-func ParseExperts(s string) ([]int, error) {
-	s = strings.TrimSpace(s)
-	if s == "" {
-		return nil, fmt.Errorf("%w: experts is empty", ErrBadConfig)
-	}
-	seen := map[int]bool{}
-	var ids []int
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, err := strconv.Atoi(strings.TrimSpace(lo))
-		if err != nil || a < 0 {
-			return nil, fmt.Errorf("%w: experts %q: %q is not an id or LO-HI range", ErrBadConfig, s, part)
-		}
-		b := a
-		if isRange {
-			if b, err = strconv.Atoi(strings.TrimSpace(hi)); err != nil || b < a {
-				return nil, fmt.Errorf("%w: experts %q: %q is not a range LO-HI with LO <= HI", ErrBadConfig, s, part)
-			}
-		}
-		for e := a; e <= b; e++ {
-			if seen[e] {
-				return nil, fmt.Errorf("%w: experts %q: expert %d listed twice", ErrBadConfig, s, e)
-			}
-			seen[e] = true
-			ids = append(ids, e)
-		}
-	}
-	sort.Ints(ids)
-	return ids, nil
-}
-
-// FormatExperts writes ids (sorted) in the compact form ParseExperts reads: "0-7", "0-3,8,10-11".
-func FormatExperts(ids []int) string {
-	s := append([]int(nil), ids...)
-	sort.Ints(s)
-	var b strings.Builder
-	for i := 0; i < len(s); {
-		j := i
-		for j+1 < len(s) && s[j+1] == s[j]+1 {
-			j++
-		}
-		if b.Len() > 0 {
-			b.WriteByte(',')
-		}
-		if j > i {
-			fmt.Fprintf(&b, "%d-%d", s[i], s[j])
-		} else {
-			fmt.Fprintf(&b, "%d", s[i])
-		}
-		i = j + 1
-	}
-	return b.String()
-}
-
-// SplitExperts divides experts 0..n-1 into groups contiguous ranges as evenly as possible
-// (16 experts, 2 groups: 0-7 and 8-15).
-func SplitExperts(n, groups int) ([][]int, error) {
-	if groups <= 0 || groups > n {
-		return nil, fmt.Errorf("%w: groups %d not in [1, %d]", ErrBadConfig, groups, n)
-	}
-	out := make([][]int, groups)
-	for g := range out {
-		lo, hi := g*n/groups, (g+1)*n/groups
-		for e := lo; e < hi; e++ {
-			out[g] = append(out[g], e)
-		}
-	}
-	return out, nil
 }

@@ -4,12 +4,14 @@
 // the chosen experts' SwiGLU FFNs, in one batched kernels.ExpertsFFN call. It keeps no state
 // between calls, so replicas can come and go at any time.
 //
-// Lifecycle: New listens, serves with health NOT_SERVING, loads the experts, then reports
-// SERVING; Shutdown reports NOT_SERVING and stops gracefully. Registration in discovery is the
-// caller's (Server.Instance describes the replica).
+// Lifecycle (a services.Node): New listens, serves with health NOT_SERVING, loads the experts,
+// reports SERVING and registers the replica in the registry it is given (as Server.ID);
+// Shutdown reports NOT_SERVING, deregisters, stops gracefully and frees the experts. Errors map
+// to status codes through Codes.
 //
 // Tensors are decoded and encoded with package wire; the checkpoint identity it reports in Info
 // is model.Fingerprint.
 //
-// Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels, services, wire, proto.
+// Who may import: cmd/dlmesh, mesh, tests. It imports model, kernels (kernels/cpu for the default
+// backend), services, wire, errdefs, proto; never another service package.
 package expertd

@@ -5,20 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 
 	"github.com/dlmesh/dlmesh/errdefs"
-	"github.com/dlmesh/dlmesh/kernels"
-	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -34,9 +32,7 @@ type Server struct {
 
 	cfg         Config
 	tracer      trace.Tracer
-	grpc        *services.Server
-	lis         net.Listener
-	served      chan error
+	node        *services.Node // listener, gRPC server, health, registration
 	fingerprint string
 
 	m      *model.Model
@@ -60,9 +56,9 @@ var _ pb.ExpertsServer = (*Server)(nil)
 var Codes = services.CodeTable{}
 
 // New validates cfg, starts serving on cfg.Listen with health NOT_SERVING, loads the configured
-// experts of every MoE layer (ctx cancels the load), and reports SERVING. The caller must
-// Shutdown the server.
-func New(ctx context.Context, cfg Config) (*Server, error) {
+// experts of every MoE layer (ctx cancels the load), reports SERVING and registers the replica
+// in reg (nil: the caller registers Instance itself) as ID(). The caller must Shutdown the server.
+func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error) {
 	if cfg.Server.MaxRecvMsgBytes == 0 && cfg.ModelDir != "" {
 		if mc, err := model.LoadConfig(cfg.ModelDir); err == nil { // else load reports it
 			cfg.Server.MaxRecvMsgBytes = RequestBytes(mc, cfg.WithDefaults().MaxRows)
@@ -76,35 +72,32 @@ func New(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
+	tp := services.TracerProvider(cfg.TracerProvider)
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, meter: services.NewLoadMeter(services.DefaultLoadWindow)}
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "expertd", Listen: cfg.Listen, Server: cfg.Server,
+		Codes: Codes, TracerProvider: tp, Registry: reg},
+		func(r grpc.ServiceRegistrar) { pb.RegisterExpertsServer(r, s) }, s.load)
+	if err != nil {
+		return nil, err
 	}
-	scfg := cfg.Server
-	scfg.TracerProvider = tp
-	scfg.Codes = Codes
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), fingerprint: fp, served: make(chan error, 1),
-		meter: services.NewLoadMeter(services.DefaultLoadWindow)}
-	s.grpc = services.NewServer(scfg)
-	pb.RegisterExpertsServer(s.grpc, s)
-	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("expertd: listen: %w", err)
+	if s.cfg.ID == "" {
+		group := s.cfg.Group
+		if group == "" {
+			group = model.FormatExperts(s.Experts())
+		}
+		s.cfg.ID = "expertd-" + strings.ReplaceAll(group, ",", "_") + "-" + strings.ReplaceAll(s.Addr(), ":", "-")
 	}
-	go func() { s.served <- s.grpc.Serve(s.lis) }()
-
-	if err := s.load(ctx); err != nil {
-		return nil, errors.Join(err, s.Shutdown(context.WithoutCancel(ctx)))
+	s.node.SetServing(true)
+	if reg != nil { // Instance asks DeviceMeta: only when there is a registry to tell
+		if err := s.node.Register(ctx, s.Instance(s.cfg.ID)); err != nil {
+			return nil, errors.Join(err, s.Shutdown(context.WithoutCancel(ctx)))
+		}
 	}
-	s.grpc.SetServing(true)
 	return s, nil
 }
 
 func (s *Server) load(ctx context.Context) error {
-	newBackend := s.cfg.NewBackend
-	if newBackend == nil {
-		newBackend = func() (kernels.Backend, error) { return cpu.New(), nil }
-	}
-	be, err := newBackend()
+	be, err := s.cfg.NewBackend()
 	if err != nil {
 		return fmt.Errorf("expertd: backend: %w", err)
 	}
@@ -122,7 +115,7 @@ func (s *Server) load(ctx context.Context) error {
 	m, err := model.Load(ctx, s.cfg.ModelDir, be, model.LoadOptions{Experts: s.cfg.Experts, ExpertActDType: s.cfg.ExpertActDType})
 	if err != nil {
 		be.Close()
-		return fmt.Errorf("expertd: load experts %s: %w", FormatExperts(s.cfg.Experts), err)
+		return fmt.Errorf("expertd: load experts %s: %w", model.FormatExperts(s.cfg.Experts), err)
 	}
 	s.m = m
 	s.isHeld = make([]bool, m.Cfg.Experts)
@@ -138,7 +131,11 @@ func (s *Server) load(ctx context.Context) error {
 }
 
 // Addr is the address the server listens on.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.node.Addr() }
+
+// ID is the replica's instance id: Config.ID, or "expertd-GROUP-HOST-PORT" (GROUP the group
+// label, else the held experts, commas as underscores).
+func (s *Server) ID() string { return s.cfg.ID }
 
 // Experts returns the held expert ids, ascending.
 func (s *Server) Experts() []int {
@@ -150,10 +147,10 @@ func (s *Server) Experts() []int {
 }
 
 // Instance describes the replica for discovery: kind expertd, tag "group=NAME" when the config
-// names a group, meta "experts" (FormatExperts), "fingerprint" and the device's (Config.DeviceMeta).
+// names a group, meta "experts" (model.FormatExperts), "fingerprint" and the device's (Config.DeviceMeta).
 func (s *Server) Instance(id string) services.Instance {
 	meta := services.InstanceDeviceMeta(s.cfg.DeviceMeta, s.m.Be.Name())
-	meta["experts"], meta["fingerprint"] = FormatExperts(s.Experts()), s.fingerprint
+	meta["experts"], meta["fingerprint"] = model.FormatExperts(s.Experts()), s.fingerprint
 	in := services.Instance{ID: id, Kind: services.KindExpertd, Addr: s.Addr(), Meta: meta}
 	if s.cfg.Group != "" {
 		in.Tags = []string{"group=" + s.cfg.Group}
@@ -166,15 +163,14 @@ func (s *Server) Calls() int64 { return s.calls.Load() }
 
 // SetServing sets the health status the server reports (grpc.health.v1): a replica about to
 // stop reports NOT_SERVING first, so health checks and discovery drop it before it drains.
-func (s *Server) SetServing(serving bool) { s.grpc.SetServing(serving) }
+func (s *Server) SetServing(serving bool) { s.node.SetServing(serving) }
 
-// Shutdown reports NOT_SERVING, stops gracefully within cfg.Server.StopTimeout (or ctx, whichever
-// ends first), then frees the experts. Later calls return the first call's result.
+// Shutdown stops the node (NOT_SERVING, deregistration, graceful stop within
+// cfg.Server.StopTimeout or ctx, whichever ends first), then frees the experts. Later calls
+// return the first call's result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
-		defer cancel()
-		errs := []error{s.grpc.Stop(ctx), <-s.served}
+		errs := []error{s.node.Stop(ctx)}
 		s.mu.Lock()
 		if s.m != nil {
 			errs = append(errs, s.m.Close(), s.m.Be.Close())
@@ -281,7 +277,7 @@ func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 		if e == -1 || (e >= 0 && int(e) < len(s.isHeld) && s.isHeld[e]) {
 			continue
 		}
-		return nil, bad("ids[%d,%d] = %d: want -1 or a held expert (%s)", i/topK, i%topK, e, FormatExperts(s.Experts()))
+		return nil, bad("ids[%d,%d] = %d: want -1 or a held expert (%s)", i/topK, i%topK, e, model.FormatExperts(s.Experts()))
 	}
 	return b, nil
 }

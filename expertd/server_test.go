@@ -33,7 +33,7 @@ func start(tb testing.TB, ids []int) (*expertd.Server, pb.ExpertsClient, healthp
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := expertd.New(ctx, expertd.Config{ModelDir: tinyDir, Experts: ids})
+	s, err := expertd.New(ctx, expertd.Config{ModelDir: tinyDir, Experts: ids}, nil)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestInstanceDeviceMeta(t *testing.T) {
 		m, _ := services.DeviceMeta("cuda:0", gpus, "") // as if the backend were cuda:0
 		m["experts"] = "spoofed"
 		return m
-	}})
+	}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -242,36 +242,6 @@ func TestComputeRejectsMalformed(t *testing.T) {
 	}
 }
 
-func TestParseExperts(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want []int
-		bad  bool
-	}{
-		{in: "0-7", want: []int{0, 1, 2, 3, 4, 5, 6, 7}},
-		{in: "8-15", want: []int{8, 9, 10, 11, 12, 13, 14, 15}},
-		{in: "3,1, 2", want: []int{1, 2, 3}},
-		{in: "0-1,8-9", want: []int{0, 1, 8, 9}},
-		{in: "", bad: true},
-		{in: "7-3", bad: true},
-		{in: "1,1", bad: true},
-		{in: "a", bad: true},
-		{in: "-1", bad: true},
-	} {
-		got, err := expertd.ParseExperts(tc.in)
-		if tc.bad != (err != nil) || !tc.bad && !slices.Equal(got, tc.want) {
-			t.Errorf("ParseExperts(%q) = %v, %v", tc.in, got, err)
-		}
-		if !tc.bad && expertd.FormatExperts(got) != strings.ReplaceAll(expertd.FormatExperts(tc.want), " ", "") {
-			t.Errorf("FormatExperts(%v) = %q", got, expertd.FormatExperts(got))
-		}
-	}
-	g, err := expertd.SplitExperts(16, 2)
-	if err != nil || expertd.FormatExperts(g[0]) != "0-7" || expertd.FormatExperts(g[1]) != "8-15" {
-		t.Errorf("SplitExperts(16, 2) = %v, %v", g, err)
-	}
-}
-
 // TestInfoReportsLoad: Info counts the Compute calls answered and failed, with their latency.
 func TestInfoReportsLoad(t *testing.T) {
 	held := []int32{0, 1, 2, 3, 4, 5, 6, 7}
@@ -328,7 +298,7 @@ func TestComputeChecksSizesBeforeAllocating(t *testing.T) {
 // (expertd.RequestBytes), not the generic 256 MiB: a bigger message is refused before it is read.
 func TestComputeRequestSizeBound(t *testing.T) {
 	held := []int32{0, 1, 2, 3, 4, 5, 6, 7}
-	s, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: expertsOf(held), MaxRows: 64})
+	s, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: expertsOf(held), MaxRows: 64}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,5 +316,39 @@ func TestComputeRequestSizeBound(t *testing.T) {
 	big.X = make([]byte, 2<<20) // over 64 rows' worth plus the 1 MiB of framing
 	if _, err := c.Compute(context.Background(), big); status.Code(err) != codes.ResourceExhausted {
 		t.Errorf("a %d-byte request: %v, want ResourceExhausted (the message limit)", len(big.X), err)
+	}
+}
+
+// New registers the replica in the registry it is given, under the default id scheme (or
+// Config.ID), SERVING; Shutdown takes it out again.
+func TestRegistration(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		cfg    expertd.Config
+		prefix string
+	}{
+		{"default id from experts", expertd.Config{Experts: []int{0, 1, 2, 5}}, "expertd-0-2_5-127.0.0.1-"},
+		{"default id from group", expertd.Config{Experts: []int{3}, Group: "g7"}, "expertd-g7-127.0.0.1-"},
+		{"explicit id", expertd.Config{Experts: []int{3}, ID: "expertd-g0-r1"}, "expertd-g0-r1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := services.NewMemRegistry()
+			cfg := tc.cfg
+			cfg.ModelDir = tinyDir
+			s, err := expertd.New(t.Context(), cfg, reg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ins, _ := reg.Instances(t.Context(), services.KindExpertd)
+			if len(ins) != 1 || ins[0].ID != s.ID() || !strings.HasPrefix(s.ID(), tc.prefix) || ins[0].Addr != s.Addr() {
+				t.Fatalf("registered %+v (id %q), want one instance with id prefix %q at %s", ins, s.ID(), tc.prefix, s.Addr())
+			}
+			if err := s.Shutdown(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if ins, _ := reg.Instances(t.Context(), services.KindExpertd); len(ins) != 0 {
+				t.Errorf("after Shutdown the registry holds %+v", ins)
+			}
+		})
 	}
 }

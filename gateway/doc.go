@@ -21,10 +21,11 @@
 //
 // Discovery: the gateway watches the attnd instances of the registry and keeps them in a
 // services.Pool; a request's session stays on the attnd it was opened on. Health is SERVING
-// while at least one attnd is known.
+// while at least one attnd is known. Its life (listen, health, registration, graceful stop) is a
+// services.Node; errors map to status codes through Codes.
 //
 // Client is a small helper that streams one Generate (used by `dlmesh generate`).
 //
 // Who may import: cmd/dlmesh, mesh, tests. It imports engine, diffusion, tokenizer, model (config
-// only), services, wire, proto; never another service package.
+// only), services, wire, errdefs, proto; never another service package.
 package gateway

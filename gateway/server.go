@@ -5,12 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	otcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -45,9 +43,7 @@ type Server struct {
 	pool    *services.Pool
 	stepper *RemoteStepper
 	eng     *engine.Engine
-	grpc    *services.Server
-	lis     net.Listener
-	served  chan error
+	node    *services.Node // listener, gRPC server, health, registration
 	reg     services.Registry
 	seq     atomic.Uint64
 
@@ -81,38 +77,31 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	tp := cfg.TracerProvider
-	if tp == nil {
-		tp = otel.GetTracerProvider()
-	}
+	tp := services.TracerProvider(cfg.TracerProvider)
 	ccfg := cfg.Client
 	ccfg.TracerProvider = tp
-	scfg := cfg.Server
-	scfg.TracerProvider = tp
-	scfg.Codes = Codes
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, served: make(chan error, 1),
-		watchDone: make(chan struct{})}
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, watchDone: make(chan struct{})}
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
 		return services.Dial(in.Addr, ccfg)
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, QueueTimeout: max(cfg.QueueTimeout, 0), ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
-	s.grpc = services.NewServer(scfg)
-	pb.RegisterGatewayServer(s.grpc, s)
-	if s.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "gateway", Listen: cfg.Listen, Server: cfg.Server,
+		Codes: Codes, TracerProvider: tp, Registry: reg},
+		func(r grpc.ServiceRegistrar) { pb.RegisterGatewayServer(r, s) }, nil)
+	if err != nil {
 		s.eng.Stop()
-		return nil, fmt.Errorf("gateway: listen: %w", err)
+		return nil, err
 	}
 	if s.cfg.ID == "" {
-		s.cfg.ID = "gateway-" + s.lis.Addr().String()
+		s.cfg.ID = "gateway-" + s.node.Addr()
 	}
-	go func() { s.served <- s.grpc.Serve(s.lis) }()
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
 	ch, err := reg.Watch(wctx, services.KindAttnd)
 	if err == nil {
-		err = reg.Register(ctx, s.Instance())
+		err = s.node.Register(ctx, s.Instance())
 	}
 	if err != nil {
 		close(s.watchDone)
@@ -129,12 +118,12 @@ func (s *Server) watchAttnd(ch <-chan []services.Instance) {
 		if err := s.pool.Update(set); err != nil {
 			slog.Warn("gateway: attnd pool update", "err", err)
 		}
-		s.grpc.SetServing(s.pool.Len() > 0)
+		s.node.SetServing(s.pool.Len() > 0)
 	}
 }
 
 // Addr is the address the server listens on.
-func (s *Server) Addr() string { return s.lis.Addr().String() }
+func (s *Server) Addr() string { return s.node.Addr() }
 
 // Instance describes the gateway for discovery.
 func (s *Server) Instance() services.Instance {
@@ -147,15 +136,12 @@ func (s *Server) Queued() int { return s.eng.Queued() }
 // Stepper returns the gateway's RemoteStepper (for its session count).
 func (s *Server) Stepper() *RemoteStepper { return s.stepper }
 
-// Shutdown deregisters the gateway, reports NOT_SERVING, stops the gRPC server gracefully within
-// cfg.Server.StopTimeout (or ctx; running streams are cut after it), then stops the engine
+// Shutdown stops the node (NOT_SERVING, deregistration, graceful stop within
+// cfg.Server.StopTimeout or ctx; running streams are cut after it), then stops the engine
 // (closing any session left) and discovery.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
-		ctx, cancel := context.WithTimeout(ctx, s.cfg.Server.StopTimeout)
-		defer cancel()
-		s.grpc.SetServing(false)
-		errs := []error{s.reg.Deregister(ctx, s.cfg.ID), s.grpc.Stop(ctx), <-s.served}
+		errs := []error{s.node.Stop(ctx)}
 		s.eng.Stop()
 		s.stopWatch()
 		<-s.watchDone

@@ -4,6 +4,9 @@
 // discovers the expertd instances, the gateway the attnd). It is `dlmesh up`, and the fixture for
 // the mesh's end-to-end tests and benchmarks.
 //
+// Every service registers and deregisters itself (its services.Node); Close shuts them down in
+// the order gateway, attnd, expertd.
+//
 // Who may import: cmd/dlmesh, tests. It imports attnd, expertd, gateway, services, kernels, model.
 package mesh
 
@@ -11,6 +14,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -25,12 +30,13 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultGroups       = 2
-	DefaultReplicas     = 1
-	DefaultAttnd        = 1
-	DefaultListen       = gateway.DefaultListen
-	DefaultReadyTimeout = 60 * time.Second
-	DefaultStopTimeout  = 10 * time.Second
+	DefaultGroups        = 2
+	DefaultReplicas      = 1
+	DefaultAttnd         = 1
+	DefaultListen        = gateway.DefaultListen
+	DefaultServiceListen = "127.0.0.1:0"
+	DefaultReadyTimeout  = 60 * time.Second
+	DefaultStopTimeout   = 10 * time.Second
 )
 
 // ErrBadConfig wraps every Config.Validate error.
@@ -47,9 +53,15 @@ type Config struct {
 	// Attnd is the number of attnd instances (DefaultAttnd); the gateway spreads new sessions
 	// over them (fewest open first) and a session stays on its attnd.
 	Attnd int
-	// Listen is the gateway's address (DefaultListen); the other services listen on
-	// 127.0.0.1:0.
+	// Listen is the gateway's address (DefaultListen).
 	Listen string
+	// AttndListen and ExpertdListen are the base addresses of the attnd instances and of the
+	// expertd replicas (DefaultServiceListen: a free loopback port each). With a non-zero port P
+	// the i-th instance (expertd in Experts order) listens on port P+i.
+	AttndListen   string
+	ExpertdListen string
+	// Reflection registers the gRPC reflection service on every server (off by default).
+	Reflection bool
 	// MaxActive and MaxQueue bound the gateway's engine (gateway defaults).
 	MaxActive int
 	MaxQueue  int
@@ -82,6 +94,12 @@ func (c Config) WithDefaults() Config {
 	if c.Listen == "" {
 		c.Listen = DefaultListen
 	}
+	if c.AttndListen == "" {
+		c.AttndListen = DefaultServiceListen
+	}
+	if c.ExpertdListen == "" {
+		c.ExpertdListen = DefaultServiceListen
+	}
 	if c.ReadyTimeout == 0 {
 		c.ReadyTimeout = DefaultReadyTimeout
 	}
@@ -107,7 +125,34 @@ func (c Config) Validate() error {
 	case c.ReadyTimeout < 0 || c.StopTimeout < 0:
 		return fmt.Errorf("%w: ready_timeout %v and stop_timeout %v: want positive durations", ErrBadConfig, c.ReadyTimeout, c.StopTimeout)
 	}
+	if err := checkBase("attnd_listen", c.AttndListen, c.Attnd); err != nil {
+		return err
+	}
+	return checkBase("expertd_listen", c.ExpertdListen, c.Groups*c.Replicas)
+}
+
+// checkBase checks a base listen address for n instances: host:port with the ports port …
+// port+n-1 all valid (port 0: each instance gets a free port).
+func checkBase(field, base string, n int) error {
+	_, p, err := net.SplitHostPort(base)
+	if err != nil {
+		return fmt.Errorf("%w: %s %q: want host:port", ErrBadConfig, field, base)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 || (port > 0 && port+n-1 > 65535) {
+		return fmt.Errorf("%w: %s %q: want a port in [0, 65535] (and port+%d at most 65535 for %d instances)", ErrBadConfig, field, base, n-1, n)
+	}
 	return nil
+}
+
+// nthAddr is the listen address of the i-th instance on base (validated by checkBase).
+func nthAddr(base string, i int) string {
+	host, p, _ := net.SplitHostPort(base)
+	port, _ := strconv.Atoi(p)
+	if port == 0 {
+		return base
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port+i))
 }
 
 // Mesh is a running embedded mesh.
@@ -139,11 +184,12 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	groups, err := expertd.SplitExperts(mc.Experts, cfg.Groups)
+	groups, err := model.SplitExperts(mc.Experts, cfg.Groups)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	m := &Mesh{cfg: cfg, Registry: services.NewMemRegistry()}
+	srv := services.ServerConfig{Reflection: cfg.Reflection, StopTimeout: cfg.StopTimeout}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, m.Close())
@@ -152,19 +198,18 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	for g, ids := range groups {
 		for r := 0; r < cfg.Replicas; r++ {
 			e, err := expertd.New(ctx, expertd.Config{ModelDir: cfg.ModelDir, Experts: ids, Group: fmt.Sprint(g),
-				NewBackend: cfg.Backend, ExpertActDType: cfg.ExpertActDType, TracerProvider: cfg.TracerProvider})
+				ID: fmt.Sprintf("expertd-g%d-r%d", g, r), Listen: nthAddr(cfg.ExpertdListen, g*cfg.Replicas+r), Server: srv,
+				NewBackend: cfg.Backend, ExpertActDType: cfg.ExpertActDType, TracerProvider: cfg.TracerProvider}, m.Registry)
 			if err != nil {
 				return nil, fmt.Errorf("mesh: expertd group %d: %w", g, err)
 			}
 			m.Experts = append(m.Experts, e)
-			if err := m.Registry.Register(ctx, e.Instance(fmt.Sprintf("expertd-g%d-r%d", g, r))); err != nil {
-				return nil, fmt.Errorf("mesh: %w", err)
-			}
 		}
 	}
 	for i := range cfg.Attnd {
 		a, err := attnd.New(ctx, attnd.Config{ModelDir: cfg.ModelDir, ID: fmt.Sprint("attnd-", i), WireBF16: cfg.WireBF16,
-			NewBackend: cfg.Backend, KVDType: cfg.KVDType, TracerProvider: cfg.TracerProvider}, m.Registry)
+			Listen: nthAddr(cfg.AttndListen, i), Server: srv, NewBackend: cfg.Backend, KVDType: cfg.KVDType,
+			TracerProvider: cfg.TracerProvider}, m.Registry)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: %w", err)
 		}
@@ -178,7 +223,7 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 			return nil, fmt.Errorf("mesh: %w", err)
 		}
 	}
-	if m.Gateway, err = gateway.New(ctx, gateway.Config{ModelDir: cfg.ModelDir, ID: "gateway-0", Listen: cfg.Listen,
+	if m.Gateway, err = gateway.New(ctx, gateway.Config{ModelDir: cfg.ModelDir, ID: "gateway-0", Listen: cfg.Listen, Server: srv,
 		MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
@@ -220,8 +265,7 @@ func (m *Mesh) Close() error {
 	}
 	for i, e := range m.Experts {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout)
-		errs = append(errs, m.Registry.Deregister(ctx, fmt.Sprintf("expertd-g%d-r%d", i/m.cfg.Replicas, i%m.cfg.Replicas)))
-		if err := e.Shutdown(ctx); err != nil {
+		if err := e.Shutdown(ctx); err != nil { // deregisters, then drains
 			errs = append(errs, fmt.Errorf("mesh: expertd %d: %w", i, err))
 		}
 		cancel()

@@ -16,6 +16,6 @@
 // finished together with the next one, which recomputes the finished block's K/V from its final
 // tokens in the same forward.
 //
-// Who may import: the services (attnd, expertd), the in-process engine, cmd/dlmesh, tests.
+// Who may import: attnd, expertd, gateway (config only), engine, mesh, cmd/dlmesh, tests.
 // It imports kernels and errdefs (invalid Step arguments wrap errdefs.ErrInvalidArgument) only.
 package model

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc/credentials"
 )
 
 // Defaults of ServerConfig, ClientConfig and BreakerConfig.
@@ -59,12 +60,15 @@ type ServerConfig struct {
 	// (DefaultMinPingInterval). Pings on connections without calls are always permitted, so that
 	// clients can keep idle connections to replicas warm.
 	MinPingInterval time.Duration
-	// StopTimeout bounds the graceful stop in ServeSignals (DefaultStopTimeout).
+	// StopTimeout bounds the graceful stop in Node.Stop (DefaultStopTimeout).
 	StopTimeout time.Duration
 	// Reflection registers the gRPC reflection service (for grpcurl); off by default.
 	Reflection bool
 	// Codes is the service's error → status table (the shared entries follow it).
 	Codes CodeTable
+	// Creds are the server's transport credentials (TLS, mTLS); nil serves plaintext. This is
+	// where TLS plugs in; no flag sets it yet.
+	Creds credentials.TransportCredentials
 	// TracerProvider traces the server's calls; nil means the global provider. It is set in code
 	// (several services in one process each have their own), never from flags.
 	TracerProvider trace.TracerProvider

@@ -5,10 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"os/signal"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
@@ -18,6 +15,12 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 )
+
+// LivenessService is the health service name that reports SERVING from NewServer until Stop,
+// whatever SetServing says: a liveness probe (Kubernetes' grpc probe with this service) asks it,
+// so a replica that is alive but NOT_SERVING (an attnd waiting for its experts, an expertd
+// draining) is taken out of rotation by readiness ("") without being restarted.
+const LivenessService = "dlmesh.liveness"
 
 // Server is a grpc.Server with the mesh's options, the error interceptors and the standard health
 // service. Register services on it directly (it is a grpc.ServiceRegistrar):
@@ -65,6 +68,9 @@ func NewServer(cfg ServerConfig, opts ...grpc.ServerOption) *Server {
 	if cfg.MaxConcurrentStreams > 0 {
 		base = append(base, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams))
 	}
+	if cfg.Creds != nil { // nil: plaintext (insecure), the default until TLS is configured
+		base = append(base, grpc.Creds(cfg.Creds))
+	}
 	s := &Server{
 		grpc:        grpc.NewServer(append(base, opts...)...),
 		health:      health.NewServer(),
@@ -73,6 +79,7 @@ func NewServer(cfg ServerConfig, opts ...grpc.ServerOption) *Server {
 	// health.NewServer reports the overall service "" as SERVING; a replica is not serving
 	// until its owner says so.
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	if cfg.Reflection {
 		reflection.Register(s.grpc)
@@ -147,40 +154,4 @@ func (s *Server) Stop(ctx context.Context) error {
 		<-done
 		return fmt.Errorf("services: graceful stop cut short: %w", ctx.Err())
 	}
-}
-
-// ServeSignals serves lis until ctx ends or the process receives SIGINT or SIGTERM, then shuts
-// down in the house order: health NOT_SERVING, the beforeStop hooks in order (deregistration
-// from discovery, draining), then Stop under the configured StopTimeout. Hook errors do not stop
-// the shutdown; they are returned joined with the serve and stop errors.
-func (s *Server) ServeSignals(ctx context.Context, lis net.Listener, beforeStop ...func(context.Context) error) error {
-	ctx, cancel := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer cancel()
-
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- s.Serve(lis) }()
-
-	var errs []error
-	select {
-	case err := <-serveErr:
-		// Serving failed before any signal: nothing to drain.
-		return err
-	case <-ctx.Done():
-	}
-
-	s.SetServing(false)
-	stopCtx, stopCancel := context.WithTimeout(context.WithoutCancel(ctx), s.stopTimeout)
-	defer stopCancel()
-	for _, hook := range beforeStop {
-		if err := hook(stopCtx); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if err := s.Stop(stopCtx); err != nil {
-		errs = append(errs, err)
-	}
-	if err := <-serveErr; err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
 }

@@ -210,39 +210,3 @@ func TestStopCutsAfterDeadline(t *testing.T) {
 		t.Error("stream survived a hard stop")
 	}
 }
-
-func TestServeSignalsOrder(t *testing.T) {
-	srv := NewServer(ServerConfig{StopTimeout: 5 * time.Second})
-	pb.RegisterExpertsServer(srv, &fakeExperts{})
-	ts := &testServer{Server: srv}
-	ts.lis = newBufListener()
-	hc := healthpb.NewHealthClient(ts.dial(t, ClientConfig{}))
-
-	ctx, cancel := context.WithCancel(t.Context())
-	var order []string
-	done := make(chan error, 1)
-	go func() {
-		done <- srv.ServeSignals(ctx, ts.lis,
-			func(ctx context.Context) error {
-				resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
-				if err != nil {
-					return err
-				}
-				order = append(order, "deregister:"+resp.GetStatus().String())
-				return nil
-			},
-			func(context.Context) error { order = append(order, "second"); return errors.New("hook failed") },
-		)
-	}()
-	srv.SetServing(true)
-	checkHealth(t, hc, "", healthpb.HealthCheckResponse_SERVING)
-	cancel()
-	err := <-done
-	if err == nil || err.Error() != "hook failed" {
-		t.Errorf("ServeSignals = %v, want the hook's error", err)
-	}
-	want := []string{"deregister:NOT_SERVING", "second"}
-	if len(order) != 2 || order[0] != want[0] || order[1] != want[1] {
-		t.Errorf("shutdown order %v, want %v", order, want)
-	}
-}

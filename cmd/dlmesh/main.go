@@ -1,7 +1,8 @@
 // Command dlmesh is the one binary of the project: the services (up, gateway, attnd, expertd),
 // the in-process tools (inspect, tokenize, run, bench) and the client (generate).
 //
-// Flags map onto each package's Config here and only here.
+// Flags map onto each package's Config here and only here. Nothing may import it; it imports
+// everything. Each service's start-up reads in one function of serve.go.
 package main
 
 import (

@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/dlmesh/dlmesh/attnd"
@@ -35,6 +35,7 @@ type common struct {
 	consulDC       string
 	stopTimeoutSec int
 	metrics        string
+	reflection     bool
 }
 
 func (c *common) register(cmd *cobra.Command, service string) {
@@ -45,6 +46,7 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.StringVar(&c.otlp, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "export spans over OTLP/gRPC to host:port")
 	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
 	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none)")
+	f.BoolVar(&c.reflection, "reflection", false, "register the gRPC reflection service (for grpcurl) on every server")
 	if service != "up" {
 		f.StringVar(&c.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent address for discovery and health (default $CONSUL_HTTP_ADDR; empty: static peers)")
 		f.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
@@ -91,11 +93,21 @@ func (c *common) backendFactory() func() (kernels.Backend, error) {
 	return func() (kernels.Backend, error) { return newBackend(name) }
 }
 
-// waitSignal blocks until SIGINT or SIGTERM (or ctx ends).
-func waitSignal(ctx context.Context) {
-	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
+// server is the gRPC server configuration the flags set.
+func (c *common) server() services.ServerConfig {
+	return services.ServerConfig{Reflection: c.reflection, StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second}
+}
+
+// serve exports the started service's metrics until ctx ends (SIGINT, SIGTERM), then shuts it
+// down (its node: NOT_SERVING, deregistration, graceful stop within --stop-timeout).
+func (c *common) serve(ctx context.Context, shutdown func(context.Context) error, cs ...prometheus.Collector) error {
+	stopMetrics, err := serveMetrics(c.metrics, cs...)
+	if err != nil {
+		return errors.Join(err, shutdown(context.Background()))
+	}
+	defer stopMetrics()
 	<-ctx.Done()
+	return shutdown(context.Background())
 }
 
 // staticRegistry is an in-process registry holding fixed peer addresses (until Consul
@@ -128,10 +140,12 @@ own loopback port), wired through an in-process registry, on the bundled model a
 backend unless told otherwise. Prints the addresses and serves until SIGINT/SIGTERM.
 
 With a PROMPT it also streams one generation through the gateway (as 'dlmesh generate' would)
-with the live view; --exit then stops the mesh afterwards.`,
+with the live view; --exit then stops the mesh afterwards. SIGINT/SIGTERM during the generation
+cancels it and stops the mesh.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
+			ctx, stop := services.SignalContext(cmd.Context())
+			defer stop()
 			done, err := c.setup(ctx, "dlmesh-up")
 			if err != nil {
 				return err
@@ -143,6 +157,7 @@ with the live view; --exit then stops the mesh afterwards.`,
 				return err
 			}
 			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
+			cfg.Reflection = c.reflection
 			fmt.Fprintf(os.Stderr, "starting the mesh on %s (%d expert groups × %d replicas, %s backend)...\n", c.dir, max(cfg.Groups, 1), max(cfg.Replicas, 1), c.backend)
 			m, err := mesh.Up(ctx, cfg)
 			if err != nil {
@@ -164,8 +179,8 @@ with the live view; --exit then stops the mesh afterwards.`,
 				cs = append(cs, attndMetrics(at))
 			}
 			for i, e := range a.Expertd {
-				fmt.Fprintf(os.Stderr, "expertd  %s  (experts %s)\n", e, expertd.FormatExperts(m.Experts[i].Experts()))
-				cs = append(cs, expertdMetrics(m.Experts[i], fmt.Sprintf("expertd-%d-%s", i, e)))
+				fmt.Fprintf(os.Stderr, "expertd  %s  (experts %s)\n", e, model.FormatExperts(m.Experts[i].Experts()))
+				cs = append(cs, expertdMetrics(m.Experts[i], m.Experts[i].ID()))
 			}
 			stopMetrics, err := serveMetrics(c.metrics, cs...)
 			if err != nil {
@@ -174,6 +189,10 @@ with the live view; --exit then stops the mesh afterwards.`,
 			defer stopMetrics()
 			if len(args) == 1 {
 				if err := generateTo(ctx, cmd, a.Gateway, args[0], &df); err != nil {
+					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
+						fmt.Fprintln(os.Stderr, "\ninterrupted")
+						return nil
+					}
 					return err
 				}
 				if exit {
@@ -181,7 +200,7 @@ with the live view; --exit then stops the mesh afterwards.`,
 				}
 			}
 			fmt.Fprintf(os.Stderr, "serving; try: dlmesh generate --addr %s \"func main() {\"   (Ctrl-C stops)\n", a.Gateway)
-			waitSignal(ctx)
+			<-ctx.Done()
 			return nil
 		},
 	}
@@ -192,6 +211,8 @@ with the live view; --exit then stops the mesh afterwards.`,
 	f.IntVar(&cfg.Replicas, "replicas", mesh.DefaultReplicas, "expertd replicas per group")
 	f.IntVar(&cfg.Attnd, "attnd", mesh.DefaultAttnd, "attnd instances (the gateway spreads sessions over them)")
 	f.StringVar(&cfg.Listen, "listen", mesh.DefaultListen, "gateway listen address")
+	f.StringVar(&cfg.AttndListen, "attnd-listen", mesh.DefaultServiceListen, "attnd listen address; with a non-zero port P, attnd i listens on P+i")
+	f.StringVar(&cfg.ExpertdListen, "expertd-listen", mesh.DefaultServiceListen, "expertd listen address; with a non-zero port P, replica i (group-major) listens on P+i")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
 	f.BoolVar(&cfg.WireBF16, "wire-bf16", false, "send hidden rows to the experts as bf16")
@@ -209,7 +230,8 @@ func gatewayCmd() *cobra.Command {
 		Short: "Run the gateway: tokenise, validate, batch requests and stream Generate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
+			ctx, stop := services.SignalContext(cmd.Context())
+			defer stop()
 			done, err := c.setup(ctx, "gateway")
 			if err != nil {
 				return err
@@ -219,20 +241,13 @@ func gatewayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.ModelDir = c.dir
+			cfg.ModelDir, cfg.Server = c.dir, c.server()
 			s, err := gateway.New(ctx, cfg, reg)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "gateway serving on %s\n", s.Addr())
-			stopMetrics, err := serveMetrics(c.metrics, gatewayMetrics(s)...)
-			if err != nil {
-				_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
-				return err
-			}
-			defer stopMetrics()
-			waitSignal(ctx)
-			return stopWithin(c.stopTimeoutSec, s.Shutdown)
+			return c.serve(ctx, s.Shutdown, gatewayMetrics(s)...)
 		},
 	}
 	c.register(cmd, "gateway")
@@ -255,7 +270,8 @@ func attndCmd() *cobra.Command {
 		Short: "Run attnd: attention, KV cache, router and LM head; fans MoE layers out to expertd",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
+			ctx, stop := services.SignalContext(cmd.Context())
+			defer stop()
 			done, err := c.setup(ctx, "attnd")
 			if err != nil {
 				return err
@@ -265,7 +281,7 @@ func attndCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg.ModelDir = c.dir
+			cfg.ModelDir, cfg.Server = c.dir, c.server()
 			cfg.NewBackend = c.backendFactory()
 			if cfg.KVDType, _, err = pf.dtypes(); err != nil {
 				return err
@@ -276,19 +292,12 @@ func attndCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "attnd on %s: NOT_SERVING until every expert is reachable\n", s.Addr())
-			stopMetrics, err := serveMetrics(c.metrics, attndMetrics(s))
-			if err != nil {
-				_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
-				return err
-			}
-			defer stopMetrics()
 			go func() {
 				if s.WaitServing(ctx) == nil {
 					fmt.Fprintf(os.Stderr, "attnd serving (expert groups %s)\n", s.Groups())
 				}
 			}()
-			waitSignal(ctx)
-			return stopWithin(c.stopTimeoutSec, s.Shutdown)
+			return c.serve(ctx, s.Shutdown, attndMetrics(s))
 		},
 	}
 	c.register(cmd, "attnd")
@@ -312,8 +321,9 @@ func expertdCmd() *cobra.Command {
 		Short: "Run expertd: the routed experts LO..HI (inclusive) of every MoE layer",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			ids, err := expertd.ParseExperts(experts)
+			ctx, stop := services.SignalContext(cmd.Context())
+			defer stop()
+			ids, err := model.ParseExperts(experts)
 			if err != nil {
 				return fmt.Errorf("--experts %q: %w", experts, err)
 			}
@@ -322,55 +332,28 @@ func expertdCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			cfg.ModelDir = c.dir
+			var reg services.Registry // static peers: attnd is told the address, nothing to register
+			if c.consul != "" {
+				if reg, err = c.registry(ctx, services.KindExpertd, "--consul", ""); err != nil {
+					return err
+				}
+			}
+			cfg.ModelDir, cfg.Server = c.dir, c.server()
 			cfg.Experts = ids
 			cfg.NewBackend = c.backendFactory()
 			if _, cfg.ExpertActDType, err = pf.dtypes(); err != nil {
 				return err
 			}
 			cfg.DeviceMeta = deviceMeta
-			s, err := expertd.New(ctx, cfg)
+			s, err := expertd.New(ctx, cfg, reg)
 			if err != nil {
 				return err
 			}
-			var reg services.Registry
-			id := cfg.Group
-			if c.consul != "" {
-				if reg, err = c.registry(ctx, services.KindExpertd, "--consul", ""); err != nil {
-					_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
-					return err
-				}
-				if id == "" {
-					id = expertd.FormatExperts(s.Experts())
-				}
-				id = "expertd-" + strings.ReplaceAll(id, ",", "_") + "-" + strings.ReplaceAll(s.Addr(), ":", "-")
-				if err := reg.Register(ctx, s.Instance(id)); err != nil {
-					_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
-					return err
-				}
-				fmt.Fprintf(os.Stderr, "registered in Consul at %s as %s\n", c.consul, id)
+			if reg != nil {
+				fmt.Fprintf(os.Stderr, "registered in Consul at %s as %s\n", c.consul, s.ID())
 			}
-			fmt.Fprintf(os.Stderr, "expertd serving experts %s on %s\n", expertd.FormatExperts(s.Experts()), s.Addr())
-			mid := id
-			if mid == "" {
-				mid = "expertd-" + s.Addr()
-			}
-			stopMetrics, err := serveMetrics(c.metrics, expertdMetrics(s, mid))
-			if err != nil {
-				_ = stopWithin(c.stopTimeoutSec, s.Shutdown)
-				return err
-			}
-			defer stopMetrics()
-			waitSignal(ctx)
-			if reg != nil { // leave discovery first (NOT_SERVING, deregister), then drain the calls in flight
-				s.SetServing(false)
-				dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				if err := reg.Deregister(dctx, id); err != nil {
-					fmt.Fprintln(os.Stderr, "deregister:", err)
-				}
-				cancel()
-			}
-			return stopWithin(c.stopTimeoutSec, s.Shutdown)
+			fmt.Fprintf(os.Stderr, "expertd serving experts %s on %s\n", model.FormatExperts(s.Experts()), s.Addr())
+			return c.serve(ctx, s.Shutdown, expertdMetrics(s, s.ID()))
 		},
 	}
 	c.register(cmd, "expertd")
@@ -378,12 +361,7 @@ func expertdCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&experts, "experts", "", "experts to serve: LO-HI (inclusive) or a list, e.g. 0-7 or 0,3,5")
 	f.StringVar(&cfg.Listen, "listen", expertd.DefaultListen, "listen address")
+	f.StringVar(&cfg.ID, "id", "", "instance id (default: expertd-GROUP-HOST-PORT, GROUP the --group or the experts)")
 	f.StringVar(&cfg.Group, "group", "", "group label (a tag in discovery)")
 	return cmd
-}
-
-func stopWithin(sec int, stop func(context.Context) error) error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(sec)*time.Second)
-	defer cancel()
-	return stop(ctx)
 }

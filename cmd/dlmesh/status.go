@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -72,7 +71,7 @@ Last, the expert coverage of the passing expertd instances.`,
 				for _, e := range list {
 					h := e.Checks.AggregatedStatus()
 					if kind == services.KindExpertd && h == api.HealthPassing {
-						if ids, err := expertd.ParseExperts(e.Service.Meta["experts"]); err == nil {
+						if ids, err := model.ParseExperts(e.Service.Meta["experts"]); err == nil {
 							for _, id := range ids {
 								covered[id]++
 							}

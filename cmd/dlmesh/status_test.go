@@ -120,7 +120,7 @@ func TestStatusShowsLoad(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	modelDir := filepath.Join("..", "..", "models", "llada2-tiny-go")
-	e, err := expertd.New(ctx, expertd.Config{ModelDir: modelDir, Experts: model.AllExperts(16)})
+	e, err := expertd.New(ctx, expertd.Config{ModelDir: modelDir, Experts: model.AllExperts(16)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,6 +42,10 @@ func New(opts ...Option) *Backend {
 	return b
 }
 
+// NewBackend is New with the default options as a backend factory: the default of the
+// services' NewBackend knobs (attnd.Config, expertd.Config).
+func NewBackend() (kernels.Backend, error) { return New(), nil }
+
 // Workers is the number of goroutines an op may use.
 func (b *Backend) Workers() int { return b.workers }
 

@@ -1,7 +1,8 @@
 // Package failover_test runs the mesh in one process, discovering through a real Consul agent
 // (services.ConsulRegistry on a consultest dev agent), and kills expert replicas under load.
 // It is its own package because the Consul API client keeps idle HTTP connections that the
-// mesh package's goroutine-leak check would report.
+// mesh package's goroutine-leak check would report. Test-only: nothing imports it; it imports
+// the services, their domain packages and services/consultest.
 package failover_test
 
 import (
@@ -61,7 +62,7 @@ type cluster struct {
 func (c *cluster) addReplica(t *testing.T, g int, ids []int) *expertd.Server {
 	t.Helper()
 	ctx := context.Background()
-	e, err := expertd.New(ctx, expertd.Config{ModelDir: tinyDir, Experts: ids, Group: fmt.Sprint(g)})
+	e, err := expertd.New(ctx, expertd.Config{ModelDir: tinyDir, Experts: ids, Group: fmt.Sprint(g)}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -334,7 +335,7 @@ func newCluster(t *testing.T, addr string, interval time.Duration) (*cluster, []
 	if err != nil {
 		t.Fatal(err)
 	}
-	groups, err := expertd.SplitExperts(16, 2)
+	groups, err := model.SplitExperts(16, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
