@@ -7,8 +7,8 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/dlmesh/dlmesh/kernels"
-	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/services"
 )
 
