@@ -29,6 +29,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -44,10 +45,17 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultMaxActive  = 32
-	DefaultMaxQueue   = 256
-	DefaultCandidates = 64 // LM-head candidates per position when sampling without top_k
+	DefaultMaxActive     = 32
+	DefaultMaxQueue      = 256
+	DefaultCandidates    = 64 // LM-head candidates per position when sampling without top_k
+	DefaultMaxMigrations = 4
+	DefaultPrefillChunk  = 512
 )
+
+// ErrSessionLost is wrapped by a Stepper's error for a session whose KV cache is gone or going
+// (its instance died, stopped answering, or is draining): the engine then reopens the session,
+// through the stepper, elsewhere and re-prefills it from the window it owns (Config.MaxMigrations).
+var ErrSessionLost = errors.New("engine: session lost")
 
 // Errors returned to callers.
 var (
@@ -66,6 +74,14 @@ type Config struct {
 	MaxContext    int   // window limit in tokens (prompt + generation rounded to blocks)
 	MaskID, EOSID int32 // from the tokenizer files
 	Vocab         int   // ids must be below this
+	// MaxMigrations bounds how often one request's session may be reopened on another instance
+	// after its stepper lost it (ErrSessionLost; DefaultMaxMigrations; negative: never).
+	MaxMigrations int
+	// PrefillChunk bounds the tokens one request feeds in one step while its window's frozen
+	// part is prefilled (a long prompt, or the re-prefill after a migration): longer prefixes
+	// are fed in chunks of whole blocks, one per step, so other requests' steps interleave
+	// (DefaultPrefillChunk; negative: never chunk).
+	PrefillChunk int
 	// TracerProvider traces the batched steps (engine.step spans); nil means the global one.
 	TracerProvider trace.TracerProvider
 }
@@ -123,6 +139,11 @@ type Result struct {
 	StepTime     time.Duration // summed wall time of the request's steps
 	Trace        []diffusion.StepResult
 	Warning      string
+	// Migrations is how often the request's session was reopened on another instance and its
+	// window re-prefilled (ErrSessionLost); Reprefill is the summed wall time of those
+	// re-prefills, each up to and including the re-run of the interrupted step.
+	Migrations int
+	Reprefill  time.Duration
 }
 
 // Engine schedules requests over a Stepper.
@@ -139,7 +160,9 @@ type Engine struct {
 	done    chan struct{}
 	cancel  context.CancelFunc
 	nextID  uint64
-	closing sync.WaitGroup // session closes in flight
+
+	migrations atomic.Int64   // sessions reopened after ErrSessionLost (Migrations)
+	closing    sync.WaitGroup // session closes in flight
 }
 
 // New starts an engine. tok may be nil (no text, no stop strings).
@@ -152,6 +175,12 @@ func New(cfg Config, st Stepper, tok *tokenizer.Tokenizer) *Engine {
 	}
 	if cfg.ModelBlockLen <= 0 {
 		cfg.ModelBlockLen = 32
+	}
+	if cfg.MaxMigrations == 0 {
+		cfg.MaxMigrations = DefaultMaxMigrations
+	}
+	if cfg.PrefillChunk == 0 {
+		cfg.PrefillChunk = DefaultPrefillChunk
 	}
 	tp := cfg.TracerProvider
 	if tp == nil {
@@ -181,6 +210,16 @@ func (e *Engine) Stop() {
 	e.closing.Wait()
 }
 
+// sessionID is a new session id for request id. e.mu is held.
+func (e *Engine) sessionID(id string) string {
+	e.nextID++
+	return fmt.Sprintf("%s#%d", id, e.nextID)
+}
+
+// Migrations is the number of sessions the engine reopened on another instance, and re-prefilled,
+// after the stepper lost them (ErrSessionLost): a counter for metrics.
+func (e *Engine) Migrations() int64 { return e.migrations.Load() }
+
 // Queued is the number of requests waiting or running.
 func (e *Engine) Queued() int {
 	e.mu.Lock()
@@ -197,9 +236,13 @@ type job struct {
 	active  bool // taken by the scheduler (guarded by Engine.mu): it no longer waits for a slot
 	opened  bool
 	cached  int // positions before this have final K/V in the session's cache
-	steps   int
-	start   time.Time
-	res     Result
+	// migrated is set from a migration until the re-run of the interrupted step (its re-prefill
+	// time is reprefill, summed over the chunks).
+	migrated  bool
+	reprefill time.Duration
+	steps     int
+	start     time.Time
+	res       Result
 
 	evMu   sync.Mutex
 	events []Event
@@ -282,8 +325,7 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 		e.mu.Unlock()
 		return nil, fmt.Errorf("engine: queue full: %d requests waiting or running (max_active %d + max_queue %d): %w", len(e.queue), e.cfg.MaxActive, e.cfg.MaxQueue, errdefs.ErrOverloaded)
 	}
-	e.nextID++
-	j.session = fmt.Sprintf("%s#%d", req.ID, e.nextID)
+	j.session = e.sessionID(req.ID)
 	e.queue = append(e.queue, j)
 	e.mu.Unlock()
 	select {
@@ -420,8 +462,12 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 		if p.Temperature > 0 {
 			inv = float32(1 / p.Temperature)
 		}
-		steps[i] = SeqStep{Session: j.session, StartPos: j.cached, Tokens: append([]int32(nil), toks[j.cached:hi]...),
-			OutRows: hi - lo, TopK: k, InvTemp: inv}
+		end, rows := hi, hi-lo
+		if c := e.prefillChunk(blockLen); c > 0 && hi-j.cached > c && lo > j.cached {
+			end, rows = min(j.cached+c, lo), 0 // a prefill chunk of frozen blocks only: no policy step
+		}
+		steps[i] = SeqStep{Session: j.session, StartPos: j.cached, Tokens: append([]int32(nil), toks[j.cached:end]...),
+			OutRows: rows, TopK: k, InvTemp: inv}
 	}
 	// One span per batched step, linked to every request it carries, so the stepper's spans
 	// (attnd step, expert fan-out, expertd compute) hang under it and each request's trace
@@ -455,12 +501,67 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 	for i, j := range jobs {
 		if partial != nil {
 			if serr, failed := partial.Sessions[j.session]; failed {
+				if errors.Is(serr, ErrSessionLost) && j.migrations() < e.cfg.MaxMigrations {
+					e.migrate(ctx, j, serr)
+					continue
+				}
 				e.end(ctx, j, nil, fmt.Errorf("engine: step: %w", serr))
 				continue
 			}
 		}
+		if j.migrated {
+			j.reprefill += dt
+		}
+		if steps[i].OutRows == 0 { // a prefill chunk: its K/V is final, the policy waits
+			j.cached += len(steps[i].Tokens)
+			continue
+		}
+		if j.migrated {
+			j.migrated = false
+			j.res.Reprefill += j.reprefill
+			trace.SpanFromContext(j.ctx).AddEvent("engine.reprefilled", trace.WithAttributes(
+				attribute.Int("migration", j.res.Migrations), attribute.Int("tokens", steps[i].StartPos+len(steps[i].Tokens)),
+				attribute.Float64("reprefill_ms", float64(j.reprefill.Microseconds())/1000)))
+			j.reprefill = 0
+		}
 		e.apply(ctx, j, candidates(outs[i]), info.degraded(i), dt)
 	}
+}
+
+// prefillChunk is the PrefillChunk bound in whole blocks of blockLen (0: no chunking).
+func (e *Engine) prefillChunk(blockLen int) int {
+	if e.cfg.PrefillChunk < 0 {
+		return 0
+	}
+	return max(e.cfg.PrefillChunk/blockLen, 1) * blockLen
+}
+
+func (j *job) migrations() int { return j.res.Migrations }
+
+// migrate moves j to a new session after its stepper lost the old one (its instance died, or is
+// draining): the old session is closed in the background (best effort), and the next loop
+// iteration opens a new one (the stepper picks a healthy instance) and feeds the window's frozen
+// part again (the re-prefill, in chunks when long) with the interrupted step, whose result is
+// then what it would have been: the policy state never moved.
+func (e *Engine) migrate(ctx context.Context, j *job, cause error) {
+	old := j.session
+	e.mu.Lock()
+	j.session = e.sessionID(j.req.ID)
+	e.mu.Unlock()
+	e.migrations.Add(1)
+	j.res.Migrations++
+	lo, _ := j.state.Block()
+	trace.SpanFromContext(j.ctx).AddEvent("engine.migrate", trace.WithAttributes(
+		attribute.Int("migration", j.res.Migrations), attribute.String("from_session", old),
+		attribute.String("cause", cause.Error()), attribute.Int("frozen_tokens", lo)))
+	j.opened, j.cached, j.migrated, j.reprefill = false, 0, true, 0
+	e.closing.Add(1)
+	go func() {
+		defer e.closing.Done()
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = e.st.Close(cctx, old) // its instance may be gone: nothing to report
+	}()
 }
 
 func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates, degraded bool, dt time.Duration) {
