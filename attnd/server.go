@@ -107,7 +107,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
 	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "attnd", Listen: cfg.Listen, Server: cfg.Server,
-		Codes: Codes, TracerProvider: tp, Registry: reg},
+		Codes: Codes, TracerProvider: tp, Registry: reg, Drain: s.drain},
 		func(r grpc.ServiceRegistrar) { pb.RegisterAttentionServer(r, s) }, s.load)
 	if err != nil {
 		return nil, err
@@ -180,8 +180,24 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-// Shutdown reports NOT_SERVING, stops discovery, then stops the node (deregistration, graceful
-// stop within cfg.Server.StopTimeout or ctx), and frees the sessions and the model.
+// drain runs in a graceful stop once the instance has left discovery: the gateways see it go and
+// migrate its sessions to other attnd instances (closing them here); it returns when no session
+// is left or ctx (the stop deadline) ends, whichever is first.
+func (s *Server) drain(ctx context.Context) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.Sessions() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Shutdown reports NOT_SERVING, stops discovery, then stops the node: deregistration, a drain
+// (waiting for the gateways to migrate the sessions elsewhere), graceful stop, all within
+// cfg.Server.StopTimeout or ctx; then it frees the sessions left and the model.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.stopHealth()

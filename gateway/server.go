@@ -203,7 +203,8 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 
 func final(r *engine.Result, steps int) *pb.FinalEvent {
 	u := &pb.Usage{PromptTokens: int32(r.PromptTokens), GeneratedTokens: int32(len(r.IDs)), Forwards: int32(r.Forwards),
-		Steps: int32(steps), Blocks: int32(r.Blocks), TotalMs: float64(r.Elapsed.Microseconds()) / 1000}
+		Steps: int32(steps), Blocks: int32(r.Blocks), TotalMs: float64(r.Elapsed.Microseconds()) / 1000,
+		Migrations: int32(r.Migrations), ReprefillMs: float64(r.Reprefill.Microseconds()) / 1000}
 	if r.Forwards > 0 {
 		u.MsPerStep = float64(r.StepTime.Microseconds()) / 1000 / float64(r.Forwards)
 	}
@@ -281,3 +282,7 @@ func (e *events) on(ev engine.Event) {
 			Text: b.Text, TokenIds: b.Tokens}}})
 	}
 }
+
+// Migrations is the number of sessions the gateway reopened on another attnd, and re-prefilled,
+// after theirs failed or left: a counter for metrics.
+func (s *Server) Migrations() int64 { return s.eng.Migrations() }

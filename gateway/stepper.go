@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -68,24 +69,45 @@ func (st *RemoteStepper) call(ctx context.Context, r *services.Replica, d time.D
 	})
 }
 
-// Open implements engine.Stepper: it picks the attnd and opens the session there.
+// Open implements engine.Stepper: it picks the attnd (fewest open sessions, passing over those
+// that left discovery) and opens the session there; when that attnd fails
+// (an instance failure: it is down, stopping or full), it tries the next, until none is left.
 func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blockLen int) error {
-	r, release, err := st.pool.Pick()
-	if err != nil {
-		return fmt.Errorf("gateway: open session: %w", err)
-	}
-	err = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
-		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: st.remoteID(session), Capacity: int32(capacity), BlockLength: int32(blockLen)})
-		return err
-	})
-	if err != nil {
+	tried := map[*services.Replica]bool{}
+	var errs []error
+	for {
+		r, release, err := st.pool.PickFunc(func(r *services.Replica) bool { return tried[r] || r.Removed() })
+		if err != nil && len(tried) == 0 {
+			return fmt.Errorf("gateway: open session: no attnd (%d known): %w", st.pool.Len(), err)
+		}
+		if err != nil {
+			return fmt.Errorf("gateway: open session: every attnd failed (%d known): %w: %w", st.pool.Len(), services.ErrNoReplica, errors.Join(errs...))
+		}
+		err = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
+			_, err := c.Open(ctx, &pb.OpenRequest{SessionId: st.remoteID(session), Capacity: int32(capacity), BlockLength: int32(blockLen)})
+			return err
+		})
+		if err == nil {
+			st.mu.Lock()
+			st.sessions[session] = &remoteSession{r: r, release: release}
+			st.mu.Unlock()
+			return nil
+		}
 		release()
-		return fmt.Errorf("gateway: open session on %s: %w", r.Instance().ID, err)
+		err = fmt.Errorf("gateway: open session on %s: %w", r.Instance().ID, err)
+		if ctx.Err() != nil || (!services.IsInstanceFailure(err) && !errors.Is(err, services.ErrBreakerOpen)) {
+			return err
+		}
+		tried[r] = true
+		errs = append(errs, err)
 	}
-	st.mu.Lock()
-	st.sessions[session] = &remoteSession{r: r, release: release}
-	st.mu.Unlock()
-	return nil
+}
+
+// lost reports whether err from a call to a session's attnd means the session's KV cache is gone
+// or unreachable (the attnd died, hangs, is behind an open breaker, or no longer knows the
+// session), so that the engine should reopen it elsewhere.
+func lost(err error) bool {
+	return services.IsInstanceFailure(err) || errors.Is(err, services.ErrBreakerOpen) || status.Code(err) == codes.NotFound
 }
 
 // Close implements engine.Stepper; closing an unknown session is not an error.
@@ -129,6 +151,10 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 			fail(sp.Session, fmt.Errorf("gateway: step: session %q: %w", sp.Session, errdefs.ErrUnknownSession))
 			continue
 		}
+		if s.r.Removed() { // its attnd left discovery (stopping: drain it by migrating)
+			fail(sp.Session, fmt.Errorf("gateway: step: %s left discovery: %w", s.r.Instance().ID, engine.ErrSessionLost))
+			continue
+		}
 		c, ok := byReplica[s.r]
 		if !ok {
 			c = &call{s: s, req: &pb.StepRequest{}}
@@ -160,6 +186,9 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 				refused[ci], err = st.convert(resp, c.idx, steps, outs)
 			}
 			if err != nil {
+				if lost(err) {
+					err = fmt.Errorf("%w: %w", engine.ErrSessionLost, err)
+				}
 				errs[ci] = fmt.Errorf("gateway: step on %s: %w", c.s.r.Instance().ID, err)
 				return
 			}
@@ -170,6 +199,9 @@ func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.
 	info := engine.StepInfo{}
 	for ci, c := range calls {
 		for i, err := range refused[ci] {
+			if status.Code(err) == codes.NotFound { // attnd no longer knows it: restarted
+				err = fmt.Errorf("%w: %w", engine.ErrSessionLost, err)
+			}
 			fail(steps[i].Session, fmt.Errorf("gateway: step on %s: %w", c.s.r.Instance().ID, err))
 		}
 		if errs[ci] == nil {

@@ -138,7 +138,7 @@ func Hedge[T any](ctx context.Context, p *Pool, timeout time.Duration, fn func(c
 			results <- result{v, err, r}
 		}()
 	}
-	first, done, err := p.pick(nil)
+	first, done, err := p.Pick()
 	if err != nil {
 		return zero, err
 	}
@@ -165,7 +165,7 @@ func Hedge[T any](ctx context.Context, p *Pool, timeout time.Duration, fn func(c
 		if hedged {
 			return false
 		}
-		r, done, err := p.pick(first)
+		r, done, err := p.PickFunc(func(r *Replica) bool { return r == first })
 		if err != nil {
 			return false
 		}

@@ -45,7 +45,11 @@ type Replica struct {
 	outstanding int
 	stuck       int // Hedge calls past their hedge delay and still running
 	removed     bool
+	gone        atomic.Bool // removed, readable without the pool's lock
 }
+
+// Removed reports whether the replica has left the pool (it left discovery, or the pool closed).
+func (r *Replica) Removed() bool { return r.gone.Load() }
 
 // Instance returns the replica's instance (a copy).
 func (r *Replica) Instance() Instance { return r.inst.clone() }
@@ -121,6 +125,7 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 	}
 	for _, r := range old {
 		r.removed = true
+		r.gone.Store(true)
 		if r.outstanding == 0 && r.conn != nil {
 			toClose = append(toClose, r.conn)
 		}
@@ -140,10 +145,10 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 // the caller must call (once; later calls do nothing) when its call has finished. A replica with a
 // call stuck past its hedge delay (see Hedge) is picked only when no other is usable. With no
 // usable replica it returns an error wrapping ErrNoReplica.
-func (p *Pool) Pick() (r *Replica, done func(), err error) { return p.pick(nil) }
+func (p *Pool) Pick() (r *Replica, done func(), err error) { return p.PickFunc(nil) }
 
-// pick is Pick passing over avoid (nil: none); avoid is never picked.
-func (p *Pool) pick(avoid *Replica) (r *Replica, done func(), err error) {
+// PickFunc is Pick passing over the replicas for which skip (nil: none) reports true.
+func (p *Pool) PickFunc(skip func(*Replica) bool) (r *Replica, done func(), err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := len(p.replicas)
@@ -156,7 +161,7 @@ func (p *Pool) pick(avoid *Replica) (r *Replica, done func(), err error) {
 	}
 	for i := range n {
 		c := p.replicas[(p.next+i)%n]
-		if c == avoid {
+		if skip != nil && skip(c) {
 			continue
 		}
 		switch c.breaker.State() {
@@ -172,8 +177,8 @@ func (p *Pool) pick(avoid *Replica) (r *Replica, done func(), err error) {
 		}
 	}
 	if best < 0 {
-		if avoid != nil {
-			return nil, nil, fmt.Errorf("services: pool %s (%d replicas): none but %s: %w", p.name, n, avoid.inst.ID, ErrNoReplica)
+		if skip != nil {
+			return nil, nil, fmt.Errorf("services: pool %s (%d replicas): none usable but those passed over: %w", p.name, n, ErrNoReplica)
 		}
 		return nil, nil, fmt.Errorf("services: pool %s (%d replicas): %w", p.name, n, ErrNoReplica)
 	}
