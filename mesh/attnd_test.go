@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
 	"github.com/dlmesh/dlmesh/mesh"
