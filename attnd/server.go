@@ -74,6 +74,9 @@ type Server struct {
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
+	stopReap  context.CancelFunc
+	reapDone  chan struct{}
+	expired   atomic.Int64 // sessions freed by the reaper
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -82,6 +85,8 @@ type session struct {
 	cache    *model.Cache
 	blockLen int
 	counted  int // cache.Len as counted in usage.kvTokens
+	lease    time.Duration
+	expires  time.Time // the reaper frees the session after this (lease.go)
 }
 
 var _ pb.AttentionServer = (*Server)(nil)
@@ -118,6 +123,9 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
 	go s.watchExperts(wctx, reg)
+	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopReap, s.reapDone = rcancel, make(chan struct{})
+	go s.reap(rctx, s.reapDone)
 	return s, nil
 }
 
@@ -182,8 +190,13 @@ func (s *Server) Sessions() int {
 
 // drain runs in a graceful stop once the instance has left discovery: the gateways see it go and
 // migrate its sessions to other attnd instances (closing them here); it returns when no session
-// is left or ctx (the stop deadline) ends, whichever is first.
+// is left, Config.DrainTimeout has passed or ctx (the stop deadline) ends, whichever is first.
 func (s *Server) drain(ctx context.Context) {
+	if s.cfg.DrainTimeout <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DrainTimeout)
+	defer cancel()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for s.Sessions() > 0 {
@@ -203,6 +216,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.stopHealth()
 		s.stopWatch() // no registration after this
 		<-s.watchDone
+		if s.stopReap != nil {
+			s.stopReap()
+			<-s.reapDone
+		}
 		errs := []error{s.node.Stop(ctx)}
 		s.poolMu.Lock()
 		for k, p := range s.pools {
@@ -265,7 +282,9 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 	if err != nil {
 		return nil, fmt.Errorf("attnd: open %q: %w", id, err)
 	}
-	s.sessions[id] = &session{cache: c, blockLen: bl}
+	ss := &session{cache: c, blockLen: bl, lease: s.leaseOf(req.GetLeaseMs())}
+	ss.renew(time.Now())
+	s.sessions[id] = ss
 	s.opened(capLen)
 	return &pb.OpenResponse{}, nil
 }
@@ -411,6 +430,7 @@ func (s *Server) checkSession(i int, st *pb.SessionStep, seen map[string]bool, s
 		return fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, err)
 	}
 	*blockLen = sess.blockLen
+	sess.renew(time.Now())
 	return nil
 }
 

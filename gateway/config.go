@@ -20,6 +20,7 @@ const (
 	DefaultCallTimeout  = 10 * time.Second // deadline of Attention.Open and Close
 	DefaultBlockLen     = 32               // the model's training block length
 	DefaultQueueTimeout = 30 * time.Second // longest wait in the queue for a slot
+	DefaultSessionLease = time.Minute      // lease of the attnd sessions, renewed every third of it
 )
 
 // ErrBadConfig wraps every Config.Validate error.
@@ -49,6 +50,10 @@ type Config struct {
 	// MaxActive; past it the request fails with ResourceExhausted (DefaultQueueTimeout;
 	// negative: no bound).
 	QueueTimeout time.Duration
+	// SessionLease is the lease of the gateway's attnd sessions: attnd frees a session no Step
+	// or Renew named for that long, so a gateway that dies leaks nothing; the gateway renews
+	// its sessions every third of it (DefaultSessionLease).
+	SessionLease time.Duration
 	// ModelBlockLen is the block length the model was trained with: others are allowed with a
 	// warning (DefaultBlockLen).
 	ModelBlockLen int
@@ -83,6 +88,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxRequestIDBytes == 0 {
 		c.MaxRequestIDBytes = DefaultMaxRequestIDBytes
+	}
+	if c.SessionLease == 0 {
+		c.SessionLease = DefaultSessionLease
 	}
 	if c.QueueTimeout == 0 {
 		c.QueueTimeout = DefaultQueueTimeout
@@ -123,6 +131,8 @@ func (c Config) Validate() error {
 			ErrBadConfig, c.MaxPromptBytes, c.MaxMessages, c.MaxRequestIDBytes)
 	case c.ModelBlockLen < 1:
 		return fmt.Errorf("%w: model_block_length %d: want at least 1", ErrBadConfig, c.ModelBlockLen)
+	case c.SessionLease < 0:
+		return fmt.Errorf("%w: session_lease %v: want a positive duration", ErrBadConfig, c.SessionLease)
 	case c.StepTimeout < 0 || c.CallTimeout < 0:
 		return fmt.Errorf("%w: step_timeout %v and call_timeout %v: want positive durations", ErrBadConfig, c.StepTimeout, c.CallTimeout)
 	}

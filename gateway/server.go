@@ -49,6 +49,7 @@ type Server struct {
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
+	renewDone chan struct{} // RenewLoop ended (it runs under the watch's context)
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -85,6 +86,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return services.Dial(in.Addr, ccfg)
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
+	s.stepper.SetLease(cfg.SessionLease)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, QueueTimeout: max(cfg.QueueTimeout, 0), ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
 	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "gateway", Listen: cfg.Listen, Server: cfg.Server,
@@ -108,6 +110,11 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return nil, errors.Join(fmt.Errorf("gateway: discovery: %w", err), s.Shutdown(context.WithoutCancel(ctx)))
 	}
 	go s.watchAttnd(ch)
+	s.renewDone = make(chan struct{})
+	go func() {
+		defer close(s.renewDone)
+		s.stepper.RenewLoop(wctx, cfg.SessionLease/3)
+	}()
 	return s, nil
 }
 
@@ -145,6 +152,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.eng.Stop()
 		s.stopWatch()
 		<-s.watchDone
+		if s.renewDone != nil {
+			<-s.renewDone
+		}
 		errs = append(errs, s.pool.Close())
 		s.closeErr = errors.Join(errs...)
 	})

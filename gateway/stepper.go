@@ -30,6 +30,7 @@ type RemoteStepper struct {
 	prefix      string // this stepper's prefix of attnd session ids
 	stepTimeout time.Duration
 	callTimeout time.Duration
+	lease       time.Duration // of the sessions it opens (0: attnd's default)
 
 	mu       sync.Mutex
 	sessions map[string]*remoteSession
@@ -84,7 +85,8 @@ func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blo
 			return fmt.Errorf("gateway: open session: every attnd failed (%d known): %w: %w", st.pool.Len(), services.ErrNoReplica, errors.Join(errs...))
 		}
 		err = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
-			_, err := c.Open(ctx, &pb.OpenRequest{SessionId: st.remoteID(session), Capacity: int32(capacity), BlockLength: int32(blockLen)})
+			_, err := c.Open(ctx, &pb.OpenRequest{SessionId: st.remoteID(session), Capacity: int32(capacity), BlockLength: int32(blockLen),
+				LeaseMs: int32(st.lease.Milliseconds())})
 			return err
 		})
 		if err == nil {
@@ -100,6 +102,36 @@ func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blo
 		}
 		tried[r] = true
 		errs = append(errs, err)
+	}
+}
+
+// SetLease sets the lease of the sessions opened from now on (0: attnd's default). Step renews
+// a session's lease; RenewLoop renews those that have not stepped.
+func (st *RemoteStepper) SetLease(d time.Duration) { st.lease = d }
+
+// RenewLoop renews the leases of every open session, one Renew per attnd, every interval until
+// ctx ends (a gateway whose steps stall, behind a slow attnd say, keeps its sessions elsewhere).
+func (st *RemoteStepper) RenewLoop(ctx context.Context, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		byReplica := map[*services.Replica][]string{}
+		st.mu.Lock()
+		for id, s := range st.sessions {
+			byReplica[s.r] = append(byReplica[s.r], st.remoteID(id))
+		}
+		st.mu.Unlock()
+		for r, ids := range byReplica {
+			_ = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
+				_, err := c.Renew(ctx, &pb.RenewRequest{SessionIds: ids})
+				return err // a session attnd lost fails its next Step as lost: it migrates
+			})
+		}
 	}
 }
 

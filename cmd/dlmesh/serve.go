@@ -263,6 +263,7 @@ func gatewayCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxPromptBytes, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "prompt (or messages) bytes accepted, checked before tokenising")
 	f.IntVar(&cfg.MaxMessages, "max-messages", gateway.DefaultMaxMessages, "chat turns accepted")
 	f.Uint32Var(&cfg.Server.MaxConcurrentStreams, "max-streams", gateway.DefaultMaxStreams, "concurrent Generate calls per client connection")
+	f.DurationVar(&cfg.SessionLease, "session-lease", gateway.DefaultSessionLease, "lease of the attnd sessions (renewed every third of it)")
 	return cmd
 }
 
@@ -316,6 +317,8 @@ func attndCmd() *cobra.Command {
 	f.BoolVar(&cfg.AllowMissingExperts, "allow-missing-experts", false, "serve degraded (router masks experts without a healthy replica) instead of failing steps")
 	f.IntVar(&cfg.MaxSessions, "max-sessions", attnd.DefaultMaxSessions, "open sessions accepted (Open beyond: RESOURCE_EXHAUSTED)")
 	f.Int64Var(&cfg.MaxKVTokens, "max-kv-tokens", attnd.DefaultMaxKVTokens, "KV cache positions the open sessions' windows may reserve together")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", attnd.DefaultDrainTimeout, "on SIGTERM, wait up to this long for the gateways to migrate the sessions (within --stop-timeout)")
+	f.DurationVar(&cfg.SessionLease, "session-lease", attnd.DefaultSessionLease, "free a session no Step or Renew named for this long")
 	return cmd
 }
 
