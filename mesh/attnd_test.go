@@ -3,10 +3,14 @@ package mesh_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
@@ -22,10 +26,18 @@ import (
 // for step. It logs the figures: migrations, re-prefill time, the worst gap between two step
 // events of a stream.
 func TestMeshAttndLossMigratesSessions(t *testing.T) {
+	t.Run("kill", func(t *testing.T) { attndLoss(t, false) })
+	// A graceful stop (SIGTERM) drains: attnd-1 leaves discovery, the gateway migrates its
+	// sessions before its next step, and attnd-1 stops once they are gone, well within its
+	// stop deadline and without cutting a call.
+	t.Run("graceful", func(t *testing.T) { attndLoss(t, true) })
+}
+
+func attndLoss(t *testing.T, graceful bool) {
 	f := loadGenCases(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	m, err := mesh.Up(ctx, mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0", Attnd: 2})
+	m, err := mesh.Up(ctx, mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0", Attnd: 2, DrainTimeout: 8 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,12 +52,19 @@ func TestMeshAttndLossMigratesSessions(t *testing.T) {
 	started.Add(len(cases))
 	kill := make(chan struct{})
 	var onVictim atomic.Int32
+	var stopErr error
+	var stopTook time.Duration
 	go func() {
 		started.Wait()
 		onVictim.Store(int32(m.Attnds[1].Sessions()))
 		kctx, kcancel := context.WithCancel(context.Background())
-		kcancel() // no grace: in-flight steps are cut off
-		_ = m.Attnds[1].Shutdown(kctx)
+		if !graceful {
+			kcancel() // no grace: in-flight steps are cut off
+		}
+		t0 := time.Now()
+		stopErr = m.Attnds[1].Shutdown(kctx)
+		stopTook = time.Since(t0)
+		kcancel()
 		close(kill)
 	}()
 	got := make([]*streamed, len(cases))
@@ -103,11 +122,17 @@ func TestMeshAttndLossMigratesSessions(t *testing.T) {
 		reprefill = max(reprefill, u.GetReprefillMs())
 		t.Run(fmt.Sprint("case", ci), func(t *testing.T) { checkCase(t, f, f.Cases[ci], got[i]) })
 	}
-	t.Logf("attnd-1 killed with %d of %d sessions: %d streams failed, %d migrations (gateway counter %d), worst re-prefill %.1f ms, worst step gap %v",
-		victims, len(cases), failed, migrated, m.Gateway.Migrations(), reprefill, worst)
+	t.Logf("attnd-1 stopped (graceful %v) with %d of %d sessions: %d streams failed, %d migrations (gateway counter %d), worst re-prefill %.1f ms, worst step gap %v",
+		graceful, victims, len(cases), failed, migrated, m.Gateway.Migrations(), reprefill, worst)
 	if migrated < victims || m.Gateway.Migrations() != int64(migrated) {
 		t.Errorf("%d migrations in the streams' usage (gateway counter %d), want at least the %d sessions on the stopped attnd",
 			migrated, m.Gateway.Migrations(), victims)
+	}
+	if graceful {
+		t.Logf("graceful stop of attnd-1 took %v: %v", stopTook, stopErr)
+		if stopErr != nil || stopTook >= 8*time.Second {
+			t.Errorf("graceful stop of attnd-1: %v after %v, want a clean stop once its sessions migrated (before the 8 s drain timeout)", stopErr, stopTook)
+		}
 	}
 	after, err := generate(context.Background(), c, request(f.Cases[1], "after-loss"))
 	if err != nil {
@@ -120,6 +145,17 @@ func TestMeshAttndLossMigratesSessions(t *testing.T) {
 			t.Fatalf("attnd-0 holds %d sessions and the gateway %d after every stream ended", m.Attnds[0].Sessions(), m.Gateway.Stepper().Sessions())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	if graceful {
+		return
+	}
+	// no attnd left: a request fails with UNAVAILABLE saying so
+	kctx, kcancel := context.WithCancel(context.Background())
+	kcancel()
+	_ = m.Attnds[0].Shutdown(kctx)
+	_, err = generate(context.Background(), c, request(f.Cases[1], "no-attnd"))
+	if code := status.Code(err); code != codes.Unavailable || !strings.Contains(err.Error(), "attnd") {
+		t.Errorf("a request with no attnd left: %v (code %v), want UNAVAILABLE naming the missing attnd", err, code)
 	}
 }
 
