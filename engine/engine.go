@@ -65,15 +65,11 @@ var (
 // Config configures an Engine.
 type Config struct {
 	MaxActive int // requests stepped together (DefaultMaxActive)
-	MaxQueue  int // requests waiting for a slot; beyond it Generate fails with ErrOverloaded
+	MaxQueue  int // requests waiting for a slot; beyond it Generate fails with errdefs.ErrOverloaded
 	// QueueTimeout bounds a request's wait for a slot: past it Generate fails with
-	// ErrOverloaded, even while a step hangs (0: no bound). A waiting request whose context
-	// ends leaves the queue at once.
-	QueueTimeout  time.Duration
-	ModelBlockLen int   // the model's trained block length (32): others are allowed with a warning
-	MaxContext    int   // window limit in tokens (prompt + generation rounded to blocks)
-	MaskID, EOSID int32 // from the tokenizer files
-	Vocab         int   // ids must be below this
+	// errdefs.ErrOverloaded, even while a step hangs (0: no bound). A waiting request whose
+	// context ends leaves the queue at once.
+	QueueTimeout time.Duration
 	// MaxMigrations bounds how often one request's session may be reopened on another instance
 	// after its stepper lost it (ErrSessionLost; DefaultMaxMigrations; negative: never).
 	MaxMigrations int
@@ -81,7 +77,11 @@ type Config struct {
 	// part is prefilled (a long prompt, or the re-prefill after a migration): longer prefixes
 	// are fed in chunks of whole blocks, one per step, so other requests' steps interleave
 	// (DefaultPrefillChunk; negative: never chunk).
-	PrefillChunk int
+	PrefillChunk  int
+	ModelBlockLen int   // the model's trained block length (0: diffusion.DefaultBlockLen): others are allowed with a warning
+	MaxContext    int   // window limit in tokens (prompt + generation rounded to blocks)
+	MaskID, EOSID int32 // from the tokenizer files
+	Vocab         int   // ids must be below this
 	// TracerProvider traces the batched steps (engine.step spans); nil means the global one.
 	TracerProvider trace.TracerProvider
 }
@@ -103,7 +103,10 @@ type Change struct {
 
 // StepEvent reports one denoising step of one request.
 type StepEvent struct {
-	Block, Step  int // block index (absolute) and step number within the request (1-based)
+	// Block is the index of the block among the request's generated blocks (0 is the block
+	// holding the first generated position), Step the step number within that block (1-based):
+	// `run` and the gateway's stream (hence `generate`) count alike.
+	Block, Step  int
 	Changes      []Change
 	MaskedBefore int
 	Tokens       []int32 // the current block after the step
@@ -115,7 +118,7 @@ type StepEvent struct {
 
 // BlockEvent reports a finished block.
 type BlockEvent struct {
-	Block  int
+	Block  int     // as StepEvent.Block
 	Tokens []int32 // its generated tokens (prompt positions left out)
 	Text   string
 }
@@ -174,7 +177,7 @@ func New(cfg Config, st Stepper, tok *tokenizer.Tokenizer) *Engine {
 		cfg.MaxQueue = DefaultMaxQueue
 	}
 	if cfg.ModelBlockLen <= 0 {
-		cfg.ModelBlockLen = 32
+		cfg.ModelBlockLen = diffusion.DefaultBlockLen
 	}
 	if cfg.MaxMigrations == 0 {
 		cfg.MaxMigrations = DefaultMaxMigrations
@@ -238,11 +241,11 @@ type job struct {
 	cached  int // positions before this have final K/V in the session's cache
 	// migrated is set from a migration until the re-run of the interrupted step (its re-prefill
 	// time is reprefill, summed over the chunks).
-	migrated  bool
-	reprefill time.Duration
-	steps     int
-	start     time.Time
-	res       Result
+	migrated   bool
+	reprefill  time.Duration
+	blockSteps int // steps of the block being denoised
+	start      time.Time
+	res        Result
 
 	evMu   sync.Mutex
 	events []Event
@@ -361,6 +364,23 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 	}
 }
 
+// leaveQueue removes j from the queue if it is still waiting for a slot (never stepped, no
+// session) and reports whether it did.
+func (e *Engine) leaveQueue(j *job) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if j.active {
+		return false
+	}
+	for i, q := range e.queue {
+		if q == j {
+			e.queue = append(e.queue[:i], e.queue[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
 func (j *job) drain(onEvent func(Event)) {
 	j.evMu.Lock()
 	evs := j.events
@@ -416,40 +436,12 @@ func (e *Engine) loop(ctx context.Context) {
 		if len(ready) == 0 {
 			continue
 		}
-		// One stepper call per block length (requests may choose their own).
-		byLen := map[int][]*job{}
-		var lens []int
-		for _, j := range ready {
-			bl := j.req.Params.BlockLen
-			if _, ok := byLen[bl]; !ok {
-				lens = append(lens, bl)
-			}
-			byLen[bl] = append(byLen[bl], j)
-		}
-		for _, bl := range lens {
-			e.step(ctx, bl, byLen[bl])
-		}
+		// One stepper call for every request (the sessions were opened with their block lengths).
+		e.step(ctx, ready)
 	}
 }
 
-// leaveQueue removes j from the queue if it is still waiting for a slot (never stepped, no
-// session) and reports whether it did.
-func (e *Engine) leaveQueue(j *job) bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if j.active {
-		return false
-	}
-	for i, q := range e.queue {
-		if q == j {
-			e.queue = append(e.queue[:i], e.queue[i+1:]...)
-			return true
-		}
-	}
-	return false
-}
-
-func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
+func (e *Engine) step(ctx context.Context, jobs []*job) {
 	steps := make([]SeqStep, len(jobs))
 	for i, j := range jobs {
 		lo, hi := j.state.Block()
@@ -463,7 +455,7 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 			inv = float32(1 / p.Temperature)
 		}
 		end, rows := hi, hi-lo
-		if c := e.prefillChunk(blockLen); c > 0 && hi-j.cached > c && lo > j.cached {
+		if c := e.prefillChunk(p.BlockLen); c > 0 && hi-j.cached > c && lo > j.cached {
 			end, rows = min(j.cached+c, lo), 0 // a prefill chunk of frozen blocks only: no policy step
 		}
 		steps[i] = SeqStep{Session: j.session, StartPos: j.cached, Tokens: append([]int32(nil), toks[j.cached:end]...),
@@ -478,10 +470,17 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 			links = append(links, trace.Link{SpanContext: sc})
 		}
 	}
+	blockLen := jobs[0].req.Params.BlockLen // 0 in the span when the requests' block lengths differ
+	for _, j := range jobs {
+		if j.req.Params.BlockLen != blockLen {
+			blockLen = 0
+			break
+		}
+	}
 	sctx, span := e.tracer.Start(ctx, "engine.step", trace.WithLinks(links...),
 		trace.WithAttributes(attribute.Int("requests", len(jobs)), attribute.Int("block_length", blockLen)))
 	t0 := time.Now()
-	outs, info, err := e.st.Step(sctx, blockLen, steps)
+	outs, info, err := e.st.Step(sctx, steps)
 	dt := time.Since(t0)
 	if err != nil {
 		span.RecordError(err)
@@ -501,7 +500,7 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 	for i, j := range jobs {
 		if partial != nil {
 			if serr, failed := partial.Sessions[j.session]; failed {
-				if errors.Is(serr, ErrSessionLost) && j.migrations() < e.cfg.MaxMigrations {
+				if errors.Is(serr, ErrSessionLost) && j.res.Migrations < e.cfg.MaxMigrations {
 					e.migrate(ctx, j, serr)
 					continue
 				}
@@ -535,8 +534,6 @@ func (e *Engine) prefillChunk(blockLen int) int {
 	}
 	return max(e.cfg.PrefillChunk/blockLen, 1) * blockLen
 }
-
-func (j *job) migrations() int { return j.res.Migrations }
 
 // migrate moves j to a new session after its stepper lost the old one (its instance died, or is
 // draining): the old session is closed in the background (best effort), and the next loop
@@ -583,14 +580,15 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 		return
 	}
 	j.cached = lo
-	j.steps++
+	j.blockSteps++
 	j.res.StepTime += dt
 	j.res.Degraded = j.res.Degraded || degraded
 	if j.req.Trace {
 		j.res.Trace = append(j.res.Trace, res)
 	}
 	n := len(j.req.Prompt)
-	ev := &StepEvent{Block: res.Block, Step: j.steps, MaskedBefore: maskedBefore, Tokens: res.Tokens, BlockLo: lo,
+	first := n / j.req.Params.BlockLen // the block holding position n, the first generated one
+	ev := &StepEvent{Block: res.Block - first, Step: j.blockSteps, MaskedBefore: maskedBefore, Tokens: res.Tokens, BlockLo: lo,
 		PromptLen: n, StepMs: float64(dt.Microseconds()) / 1000, Degraded: degraded}
 	for _, p := range res.Unmasked {
 		ev.Changes = append(ev.Changes, Change{Pos: p - n, ID: res.Tokens[p-lo]})
@@ -600,12 +598,13 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	}
 	j.push(Event{Step: ev})
 	if res.BlockDone {
+		j.blockSteps = 0
 		j.res.Blocks++
 		gen := res.Committed
 		if start := n - lo; start > 0 {
 			gen = gen[start:]
 		}
-		be := &BlockEvent{Block: res.Block, Tokens: append([]int32(nil), gen...)}
+		be := &BlockEvent{Block: res.Block - first, Tokens: append([]int32(nil), gen...)}
 		if e.tok != nil {
 			be.Text = e.tok.Decode(cutEOS(gen, e.cfg.EOSID))
 		}

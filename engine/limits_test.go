@@ -63,13 +63,13 @@ type hangingStepper struct {
 	entered chan struct{}
 }
 
-func (h *hangingStepper) Step(ctx context.Context, blockLen int, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
+func (h *hangingStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
 	select {
 	case h.entered <- struct{}{}:
 	default:
 	}
 	<-h.release
-	return h.LocalStepper.Step(ctx, blockLen, steps)
+	return h.LocalStepper.Step(ctx, steps)
 }
 
 // TestQueueTimeout: a request waiting for a slot past QueueTimeout fails with ErrOverloaded even

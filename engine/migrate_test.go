@@ -26,8 +26,8 @@ type losingStepper struct {
 	fed   []int // tokens per sequence per step, in order
 }
 
-func (l *losingStepper) Step(ctx context.Context, blockLen int, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
-	outs, info, err := l.LocalStepper.Step(ctx, blockLen, steps)
+func (l *losingStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
+	outs, info, err := l.LocalStepper.Step(ctx, steps)
 	if err != nil {
 		return outs, info, err
 	}

@@ -7,6 +7,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/services"
 )
@@ -18,7 +19,6 @@ const (
 	DefaultMaxQueue     = engine.DefaultMaxQueue
 	DefaultStepTimeout  = 60 * time.Second // deadline of one Attention.Step call
 	DefaultCallTimeout  = 10 * time.Second // deadline of Attention.Open and Close
-	DefaultBlockLen     = 32               // the model's training block length
 	DefaultQueueTimeout = 30 * time.Second // longest wait in the queue for a slot
 	DefaultSessionLease = time.Minute      // lease of the attnd sessions, renewed every third of it
 )
@@ -55,7 +55,7 @@ type Config struct {
 	// its sessions every third of it (DefaultSessionLease).
 	SessionLease time.Duration
 	// ModelBlockLen is the block length the model was trained with: others are allowed with a
-	// warning (DefaultBlockLen).
+	// warning (default diffusion.DefaultBlockLen).
 	ModelBlockLen int
 	// StepTimeout is the deadline of one Attention.Step call, CallTimeout of Open and Close.
 	StepTimeout time.Duration
@@ -102,7 +102,7 @@ func (c Config) WithDefaults() Config {
 		c.Server.MaxRecvMsgBytes = c.MaxPromptBytes + 1<<20
 	}
 	if c.ModelBlockLen == 0 {
-		c.ModelBlockLen = DefaultBlockLen
+		c.ModelBlockLen = diffusion.DefaultBlockLen
 	}
 	if c.StepTimeout == 0 {
 		c.StepTimeout = DefaultStepTimeout

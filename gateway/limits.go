@@ -16,9 +16,9 @@ const (
 )
 
 // input checks what the client sent against the bounds of cfg before anything costly is done
-// with it (tokenising is superlinear in the longest word), renders messages, and returns the text
+// with it (tokenising is superlinear in the longest word), renders messages with render, and returns the text
 // to tokenise. Errors wrap errdefs.ErrInvalidArgument and name the field and the bound.
-func (c Config) input(req *pb.GenerateRequest) (string, error) {
+func (c Config) input(req *pb.GenerateRequest, render func([]Message) (string, error)) (string, error) {
 	if n := len(req.GetRequestId()); n > c.MaxRequestIDBytes {
 		return "", fmt.Errorf("gateway: request_id has %d bytes: want at most %d: %w", n, c.MaxRequestIDBytes, errdefs.ErrInvalidArgument)
 	}
@@ -45,7 +45,7 @@ func (c Config) input(req *pb.GenerateRequest) (string, error) {
 			}
 			msgs[i] = Message{Role: m.GetRole(), Content: m.GetContent()}
 		}
-		return RenderChat(msgs)
+		return render(msgs)
 	}
 	return "", fmt.Errorf("gateway: input: want prompt or messages: %w", errdefs.ErrInvalidArgument)
 }

@@ -37,7 +37,7 @@ func TestInputBounds(t *testing.T) {
 		{"long request_id", withID, "request_id has 9 bytes: want at most 8"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := cfg.input(tc.req)
+			_, err := cfg.input(tc.req, RenderChat)
 			if tc.field == "" {
 				if err != nil {
 					t.Fatalf("refused: %v", err)

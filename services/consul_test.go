@@ -9,6 +9,8 @@ import (
 
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
+
+	"github.com/dlmesh/dlmesh/internal/testutil"
 )
 
 // healthServer is a real gRPC server with the standard health service, on loopback.
@@ -26,18 +28,6 @@ func healthServer(t *testing.T) (*services.Server, string) {
 		_ = s.Stop(ctx)
 	})
 	return s, lis.Addr().String()
-}
-
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return time.Since(start)
 }
 
 func TestConsulRegistryFollowsHealth(t *testing.T) {
@@ -72,7 +62,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 	}
 	srv.SetServing(true)
 	var got []services.Instance
-	d := waitFor(t, "passing instance in the watch", 10*time.Second, func() bool {
+	d := testutil.WaitFor(t, "passing instance in the watch", 10*time.Second, func() bool {
 		select {
 		case got = <-ch:
 		default:
@@ -84,7 +74,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 		t.Fatalf("watched %+v", got[0])
 	}
 	srv.SetServing(false)
-	waitFor(t, "NOT_SERVING instance leaving the watch", 10*time.Second, func() bool {
+	testutil.WaitFor(t, "NOT_SERVING instance leaving the watch", 10*time.Second, func() bool {
 		select {
 		case got = <-ch:
 		default:
@@ -92,7 +82,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 		return len(got) == 0
 	})
 	srv.SetServing(true)
-	waitFor(t, "instance back in the watch", 10*time.Second, func() bool {
+	testutil.WaitFor(t, "instance back in the watch", 10*time.Second, func() bool {
 		select {
 		case got = <-ch:
 		default:
@@ -108,7 +98,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 	if l, _ := reg.Instances(ctx, services.KindExpertd); len(l) != 0 {
 		t.Fatalf("after deregister: %v", l)
 	}
-	d = waitFor(t, "deregistered instance leaving the watch", 5*time.Second, func() bool {
+	d = testutil.WaitFor(t, "deregistered instance leaving the watch", 5*time.Second, func() bool {
 		select {
 		case got = <-ch:
 		default:
@@ -117,7 +107,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 	})
 	t.Logf("deregistered instance left the watch after %v", d.Round(time.Millisecond))
 	cancel()
-	waitFor(t, "watch channel closed", 5*time.Second, func() bool {
+	testutil.WaitFor(t, "watch channel closed", 5*time.Second, func() bool {
 		for {
 			select {
 			case _, ok := <-ch:

@@ -412,11 +412,9 @@ type SessionResult struct {
 	Logits []byte `protobuf:"bytes,3,opt,name=logits,proto3" json:"logits,omitempty"`
 	// f32 LE [out_rows]: log-sum-exp of each row over the vocabulary, so p = exp(logit - lse).
 	Lse []byte `protobuf:"bytes,4,opt,name=lse,proto3" json:"lse,omitempty"`
-	// Argmax probability per row (a convenience copy of exp(logits[r,0] - lse[r])).
-	Probs []float32 `protobuf:"fixed32,5,rep,packed,name=probs,proto3" json:"probs,omitempty"`
 	// Non-zero when this session's part of the step was refused (a google.rpc.Code: 3
 	// INVALID_ARGUMENT, 5 NOT_FOUND, …) while the other sessions of the step ran; error says why
-	// and ids, logits, lse and probs are empty. A step fails as a whole only when no session of it
+	// and ids, logits and lse are empty. A step fails as a whole only when no session of it
 	// could run, or for what concerns them all (missing experts).
 	ErrorCode     int32  `protobuf:"varint,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
@@ -482,13 +480,6 @@ func (x *SessionResult) GetLse() []byte {
 	return nil
 }
 
-func (x *SessionResult) GetProbs() []float32 {
-	if x != nil {
-		return x.Probs
-	}
-	return nil
-}
-
 func (x *SessionResult) GetErrorCode() int32 {
 	if x != nil {
 		return x.ErrorCode
@@ -505,11 +496,13 @@ func (x *SessionResult) GetError() string {
 
 type StepStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Wall time of the whole step and its parts, in milliseconds.
+	// Wall time of the whole step and its parts, in milliseconds: ms_experts is the time the
+	// micro-batches waited for their expert groups (summed), ms_attention the rest of ms_total
+	// (attention, router, LM head and host work; a device backend runs them asynchronously, so
+	// they are not timed apart).
 	MsTotal     float64 `protobuf:"fixed64,1,opt,name=ms_total,json=msTotal,proto3" json:"ms_total,omitempty"`
 	MsAttention float64 `protobuf:"fixed64,2,opt,name=ms_attention,json=msAttention,proto3" json:"ms_attention,omitempty"`
 	MsExperts   float64 `protobuf:"fixed64,3,opt,name=ms_experts,json=msExperts,proto3" json:"ms_experts,omitempty"`
-	MsLmHead    float64 `protobuf:"fixed64,4,opt,name=ms_lm_head,json=msLmHead,proto3" json:"ms_lm_head,omitempty"`
 	// True when an expert group had no healthy replica for some layer of this step.
 	Degraded      bool `protobuf:"varint,5,opt,name=degraded,proto3" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -563,13 +556,6 @@ func (x *StepStats) GetMsAttention() float64 {
 func (x *StepStats) GetMsExperts() float64 {
 	if x != nil {
 		return x.MsExperts
-	}
-	return 0
-}
-
-func (x *StepStats) GetMsLmHead() float64 {
-	if x != nil {
-		return x.MsLmHead
 	}
 	return 0
 }
@@ -836,25 +822,23 @@ const file_dlmesh_v1_attention_proto_rawDesc = "" +
 	"\x0finv_temperature\x18\x06 \x01(\x02R\x0einvTemperature\"n\n" +
 	"\fStepResponse\x122\n" +
 	"\aresults\x18\x01 \x03(\v2\x18.dlmesh.v1.SessionResultR\aresults\x12*\n" +
-	"\x05stats\x18\x02 \x01(\v2\x14.dlmesh.v1.StepStatsR\x05stats\"\xb5\x01\n" +
+	"\x05stats\x18\x02 \x01(\v2\x14.dlmesh.v1.StepStatsR\x05stats\"\xac\x01\n" +
 	"\rSessionResult\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
 	"\x03ids\x18\x02 \x01(\fR\x03ids\x12\x16\n" +
 	"\x06logits\x18\x03 \x01(\fR\x06logits\x12\x10\n" +
-	"\x03lse\x18\x04 \x01(\fR\x03lse\x12\x14\n" +
-	"\x05probs\x18\x05 \x03(\x02R\x05probs\x12\x1d\n" +
+	"\x03lse\x18\x04 \x01(\fR\x03lse\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x06 \x01(\x05R\terrorCode\x12\x14\n" +
-	"\x05error\x18\a \x01(\tR\x05error\"\xa2\x01\n" +
+	"\x05error\x18\a \x01(\tR\x05errorJ\x04\b\x05\x10\x06R\x05probs\"\x96\x01\n" +
 	"\tStepStats\x12\x19\n" +
 	"\bms_total\x18\x01 \x01(\x01R\amsTotal\x12!\n" +
 	"\fms_attention\x18\x02 \x01(\x01R\vmsAttention\x12\x1d\n" +
 	"\n" +
-	"ms_experts\x18\x03 \x01(\x01R\tmsExperts\x12\x1c\n" +
-	"\n" +
-	"ms_lm_head\x18\x04 \x01(\x01R\bmsLmHead\x12\x1a\n" +
-	"\bdegraded\x18\x05 \x01(\bR\bdegraded\"-\n" +
+	"ms_experts\x18\x03 \x01(\x01R\tmsExperts\x12\x1a\n" +
+	"\bdegraded\x18\x05 \x01(\bR\bdegradedJ\x04\b\x04\x10\x05R\n" +
+	"ms_lm_head\"-\n" +
 	"\fCloseRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x0f\n" +
