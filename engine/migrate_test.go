@@ -81,8 +81,8 @@ func TestSessionLostMigrates(t *testing.T) {
 			if st.lost != 1 {
 				t.Fatalf("the session was lost %d times, want once (the victim made %d steps)", st.lost, st.steps)
 			}
-			checkCase(t, f.gen.Cases[1], other)
-			checkCase(t, f.gen.Cases[6], victim)
+			checkCase(t, f.tok, f.gen.Cases[1], other)
+			checkCase(t, f.tok, f.gen.Cases[6], victim)
 			if victim.Migrations != 1 || e.Migrations() != 1 || victim.Reprefill <= 0 {
 				t.Errorf("victim migrations %d (engine %d), re-prefill %v: want 1 and a time", victim.Migrations, e.Migrations(), victim.Reprefill)
 			}

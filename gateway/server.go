@@ -91,7 +91,11 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	s.stepper.SetLease(cfg.SessionLease)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, QueueTimeout: max(cfg.QueueTimeout, 0), ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
-	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "gateway", Listen: cfg.Listen, Server: cfg.Server,
+	scfg := cfg.Server
+	if cfg.APIKey != "" {
+		scfg.StreamInterceptors = append(scfg.StreamInterceptors, services.APIKeyStreamInterceptor(cfg.APIKey, pb.Gateway_Generate_FullMethodName))
+	}
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "gateway", Listen: cfg.Listen, Server: scfg,
 		Codes: Codes, TracerProvider: tp, Registry: reg},
 		func(r grpc.ServiceRegistrar) { pb.RegisterGatewayServer(r, s) }, nil)
 	if err != nil {
@@ -183,7 +187,13 @@ func (s *Server) Generate(req *pb.GenerateRequest, stream grpc.ServerStreamingSe
 }
 
 func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateRequest, stream grpc.ServerStreamingServer[pb.GenerateEvent]) error {
-	text, err := s.cfg.input(req, s.chat.Render)
+	text, err := s.cfg.input(req, func(ms []Message) (string, error) {
+		msgs := make([]map[string]any, len(ms))
+		for i, m := range ms {
+			msgs[i] = map[string]any{"role": m.Role, "content": m.Content}
+		}
+		return s.chat.RenderMessages(msgs, nil, true)
+	})
 	if err != nil {
 		return err
 	}
@@ -199,7 +209,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 		attribute.Int("gen_length", p.GenLen), attribute.Int("block_length", p.BlockLen))
 
 	ev := &events{s: s, ctx: ctx, stream: stream}
-	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p}, ev.on)
+	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p, KeepSpecial: req.GetKeepSpecialTokens()}, ev.on)
 	ev.endBlock()
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/gateway"
@@ -22,7 +23,7 @@ func init() { extraCommands = append(extraCommands, generateCmd) }
 
 func generateCmd() *cobra.Command {
 	var df decodeFlags
-	var addr string
+	var addr, apiKey string
 	cmd := &cobra.Command{
 		Use:   "generate [--addr 127.0.0.1:7070] [--mode q|s|v20] [--gen N] [flags] PROMPT",
 		Short: "Stream a generation from a gateway, with the same live view as 'dlmesh run'",
@@ -30,10 +31,11 @@ func generateCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			return generateTo(ctx, cmd, addr, args[0], &df)
+			return generateTo(ctx, cmd, addr, apiKey, args[0], &df)
 		},
 	}
 	cmd.Flags().StringVar(&addr, "addr", gateway.DefaultListen, "gateway address")
+	cmd.Flags().StringVar(&apiKey, "api-key", os.Getenv("DLMESH_API_KEY"), "the gateway's API key, sent as authorization: Bearer KEY (default $DLMESH_API_KEY)")
 	df.register(cmd)
 	return cmd
 }
@@ -68,6 +70,7 @@ func (f *decodeFlags) decodeParams(cmd *cobra.Command) (*pb.DecodeParams, error)
 // liveBlock follows the block being denoised from step events, for the live view.
 type liveBlock struct {
 	block, start int32
+	gen          int32 // gen_length: positions from it on are not returned
 	cells        []cell
 }
 
@@ -80,6 +83,7 @@ func (b *liveBlock) apply(s *pb.StepEvent) []cell {
 			if int32(i)+s.BlockStart < 0 {
 				b.cells[i] = cell{prompt: true, text: "·"}
 			}
+			b.cells[i].beyond = b.gen > 0 && int32(i)+s.BlockStart >= b.gen
 		}
 	}
 	for i := range b.cells {
@@ -94,7 +98,7 @@ func (b *liveBlock) apply(s *pb.StepEvent) []cell {
 		if c.Kind == pb.TokenChange_KIND_EDIT {
 			m = markEdit
 		}
-		b.cells[i] = cell{text: c.TokenText, mark: m}
+		b.cells[i] = cell{text: c.TokenText, mark: m, beyond: b.cells[i].beyond}
 	}
 	return b.cells
 }
@@ -106,24 +110,29 @@ type jsonChangeStep struct {
 	Edited   []int32 `json:"edited"`
 }
 
-// generateTo streams one generation from the gateway at addr to stdout.
-func generateTo(ctx context.Context, cmd *cobra.Command, addr, prompt string, df *decodeFlags) error {
+// generateTo streams one generation from the gateway at addr to stdout; apiKey (may be empty)
+// goes along as the authorization metadata.
+func generateTo(ctx context.Context, cmd *cobra.Command, addr, apiKey, prompt string, df *decodeFlags) error {
 	params, err := df.decodeParams(cmd)
 	if err != nil {
 		return err
+	}
+	if apiKey != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+apiKey)
 	}
 	cl, err := gateway.Dial(addr, services.ClientConfig{})
 	if err != nil {
 		return fmt.Errorf("gateway %s: %w", addr, err)
 	}
 	defer cl.Close()
-	req := &pb.GenerateRequest{RequestId: fmt.Sprintf("cli-%d", time.Now().UnixNano()), Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: params}
+	req := &pb.GenerateRequest{RequestId: fmt.Sprintf("cli-%d", time.Now().UnixNano()), Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: params,
+		KeepSpecialTokens: df.keepSpecial}
 	var v *view
 	if !df.json {
 		v = newView(os.Stdout)
 		v.commit(prompt)
 	}
-	var lb liveBlock
+	lb := liveBlock{gen: int32(df.gen)}
 	var steps []jsonChangeStep
 	start := time.Now()
 	final, err := cl.Generate(ctx, req, func(ev *pb.GenerateEvent) error {
