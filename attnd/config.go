@@ -16,6 +16,11 @@ import (
 const (
 	DefaultListen        = "127.0.0.1:0"
 	DefaultMaxSessions   = 1024
+	DefaultMaxKVTokens   = 1 << 18 // KV positions reserved by all sessions' windows together
+	MaxSessionIDBytes    = 256
+	DefaultDrainTimeout  = 5 * time.Second
+	DefaultSessionLease  = time.Minute      // a session no Step or Renew names for this long is freed
+	MaxSessionLease      = 10 * time.Minute // the longest lease an Open may ask for
 	DefaultMicroBatches  = 2
 	DefaultExpertTimeout = 10 * time.Second // deadline of one Experts.Compute call
 	DefaultInfoTimeout   = 5 * time.Second  // deadline of one Experts.Info call during discovery
@@ -35,6 +40,17 @@ type Config struct {
 	// MaxSessions bounds the open sessions; Open beyond it fails with ResourceExhausted
 	// (DefaultMaxSessions).
 	MaxSessions int
+	// MaxKVTokens bounds the KV cache positions the open sessions reserve together (the sum of
+	// their capacities: what their caches allocate); Open beyond it fails with
+	// ResourceExhausted naming the limit (DefaultMaxKVTokens).
+	MaxKVTokens int64
+	// DrainTimeout bounds the drain of a graceful stop: after deregistering, attnd waits up to
+	// this long (within the stop deadline) for the gateways to migrate its sessions elsewhere
+	// before it stops serving (0: no drain; `dlmesh attnd` defaults to DefaultDrainTimeout).
+	DrainTimeout time.Duration
+	// SessionLease is the lease of a session opened without lease_ms: a session that no Step
+	// or Renew names for that long is freed (DefaultSessionLease).
+	SessionLease time.Duration
 	// MicroBatches splits a step's sessions into up to this many micro-batches run
 	// concurrently, so one's attention overlaps another's expert calls (DefaultMicroBatches; 1
 	// turns it off).
@@ -83,6 +99,12 @@ func (c Config) WithDefaults() Config {
 	if c.MaxSessions == 0 {
 		c.MaxSessions = DefaultMaxSessions
 	}
+	if c.MaxKVTokens == 0 {
+		c.MaxKVTokens = DefaultMaxKVTokens
+	}
+	if c.SessionLease == 0 {
+		c.SessionLease = DefaultSessionLease
+	}
 	if c.ExpertTimeout == 0 {
 		c.ExpertTimeout = DefaultExpertTimeout
 	}
@@ -103,6 +125,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: model_dir is empty", ErrBadConfig)
 	case c.MaxSessions < 1:
 		return fmt.Errorf("%w: max_sessions %d: want at least 1", ErrBadConfig, c.MaxSessions)
+	case c.MaxKVTokens < 1:
+		return fmt.Errorf("%w: max_kv_tokens %d: want at least 1", ErrBadConfig, c.MaxKVTokens)
+	case c.DrainTimeout < 0:
+		return fmt.Errorf("%w: drain_timeout %v: want 0 or a positive duration", ErrBadConfig, c.DrainTimeout)
+	case c.SessionLease < 0 || c.SessionLease > MaxSessionLease:
+		return fmt.Errorf("%w: session_lease %v: want a duration up to %v", ErrBadConfig, c.SessionLease, MaxSessionLease)
 	case c.ExpertTimeout < 0:
 		return fmt.Errorf("%w: expert_timeout %v: want a positive duration", ErrBadConfig, c.ExpertTimeout)
 	case c.InfoTimeout < 0:

@@ -9,8 +9,11 @@
 // encodes each group's rows once into its request and sends it, and returns while the model
 // computes the shared expert; wait receives the answers and sums them, in group order, into
 // the host buffer it uploads. A group is a services.Pool of expertd replicas (least outstanding
-// calls, one breaker per replica); every call has a deadline and a failed call is retried once on
-// another replica of the group (Compute is idempotent). Tensors travel as f32 by default (exact
+// calls, one breaker per replica); every call has a deadline, and a call that fails, or has not answered within the pool's hedge
+// delay (max(20 ms, 4 × the p99 of the group's recent calls), services.Hedge), runs once more on
+// another replica of the group (Compute is idempotent); a replica with a call stuck past the
+// delay is passed over until that call ends, so a hung replica costs one hedge delay, not the
+// timeout. Tensors travel as f32 by default (exact
 // parity with the in-process engine up to the order of one float addition per group), bf16 when
 // Config.WireBF16 is set.
 //
@@ -90,7 +93,15 @@
 // are still served (renormalising their weights), and StepStats.degraded says so.
 //
 // Step returns, per session, only the LM-head candidates of the rows asked for (top_k ids, their
-// logits and the log-sum-exp), never full logits.
+// logits and the log-sum-exp), never full logits. A session of a step that is refused on its own
+// (unknown, out of range, a non-finite inv_temperature) gets an error code in its result and the
+// other sessions run; the step fails as a whole only when none can run.
+//
+// Admission and leases: Open refuses beyond max_sessions or when the sessions' windows would
+// reserve more than max_kv_tokens KV positions (ResourceExhausted naming the limit). Every session
+// has a lease (lease.go) renewed by its Steps and by Renew; the reaper frees expired sessions, so
+// a gateway that dies leaks nothing. On a graceful stop attnd deregisters and drains
+// (Config.DrainTimeout): the gateways migrate its sessions elsewhere before it stops.
 //
 // Lifecycle: a services.Node listens, serves NOT_SERVING while New loads the attention part, and
 // stops in the house order on Shutdown (NOT_SERVING, deregistration, graceful stop); health.go

@@ -353,13 +353,6 @@ func addRows(out []float32, rows []int32, H int, resp *pb.ExpertsResponse) error
 	return nil
 }
 
-// callGroup calls Compute on a replica of g, and on failure of that replica once more on another
-// replica of g (Compute is idempotent). Every call has the ExpertTimeout deadline and goes
-// through the replica's breaker.
-func (s *Server) callGroup(ctx context.Context, g *group, req *pb.ExpertsRequest) (*pb.ExpertsResponse, error) {
-	return s.callGroupAvoiding(ctx, g, req, nil, nil)
-}
-
 // callGroupAvoiding is callGroup after a first attempt on failed (nil: none yet) failed with
 // lastErr: it makes the remaining attempt(s) on the other replicas.
 func (s *Server) callGroupAvoiding(ctx context.Context, g *group, req *pb.ExpertsRequest, failed *services.Replica, lastErr error) (*pb.ExpertsResponse, error) {
@@ -425,4 +418,15 @@ func pickOther(p *services.Pool, avoid *services.Replica) (*services.Replica, fu
 		held = append(held, done)
 	}
 	return nil, nil, fmt.Errorf("attnd: pool has no replica but the failed one: %w", services.ErrNoReplica)
+}
+
+// callGroup calls Compute on a replica of g through services.Hedge: on failure of that replica,
+// or when it has not answered within the pool's hedge delay (a multiple of the group's observed
+// p99), once more on another replica of g (Compute is idempotent); a replica left with a call
+// stuck past the delay is passed over until that call ends. Every call has the ExpertTimeout
+// deadline and goes through the replica's breaker.
+func (s *Server) callGroup(ctx context.Context, g *group, req *pb.ExpertsRequest) (*pb.ExpertsResponse, error) {
+	return services.Hedge(ctx, g.pool, s.cfg.ExpertTimeout, func(ctx context.Context, r *services.Replica) (*pb.ExpertsResponse, error) {
+		return pb.NewExpertsClient(r.Conn()).Compute(ctx, req)
+	})
 }

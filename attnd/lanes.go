@@ -152,25 +152,34 @@ func (f *fanout) dropLane(gi int) {
 // replica does not know ComputeStream.
 func (f *fanout) recv(ctx context.Context, gi int, l *lane, req *pb.ExpertsRequest, resp *pb.ExpertsResponse) error {
 	l.timedOut.Store(false)
-	timer := time.AfterFunc(f.s.cfg.ExpertTimeout, func() { l.timedOut.Store(true); l.cancel() })
+	g := f.r.groups[gi]
+	// With another replica to ask, a lane waits only the pool's hedge delay (a multiple of the
+	// group's observed p99, services.Hedge): a hung replica costs one hedge delay, then the
+	// request goes to another replica as a unary call.
+	limit := f.s.cfg.ExpertTimeout
+	if g.pool.Len() > 1 {
+		limit = min(limit, g.pool.HedgeDelay())
+	}
+	timer := time.AfterFunc(limit, func() { l.timedOut.Store(true); l.cancel() })
 	stopCtx := context.AfterFunc(ctx, l.cancel)
+	t0 := time.Now()
 	err := l.r.Breaker().Do(ctx, func(context.Context) error {
 		err := l.st.RecvMsg(resp)
 		if err != nil && l.timedOut.Load() {
-			err = status.Errorf(codes.DeadlineExceeded, "attnd: no answer within expert_timeout %v", f.s.cfg.ExpertTimeout)
+			err = status.Errorf(codes.DeadlineExceeded, "attnd: no answer within %v (expert_timeout %v, or the hedge delay)", limit, f.s.cfg.ExpertTimeout)
 		}
 		return err
 	})
 	timer.Stop()
 	stopCtx()
 	if err == nil {
+		g.pool.ObserveLatency(time.Since(t0))
 		return nil
 	}
 	f.dropLane(gi)
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	g := f.r.groups[gi]
 	var again *pb.ExpertsResponse
 	switch {
 	case status.Code(err) == codes.Unimplemented: // an expertd without ComputeStream

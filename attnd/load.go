@@ -54,6 +54,8 @@ func (s *Server) Load() *pb.LoadStats {
 	l.KvCapacityTokens = s.usage.kvCapacity.Load()
 	l.ExpertTokens = s.stats.expertTotals()
 	l.GroupTokens = s.stats.groupTotals()
+	l.MaxSessions = int32(s.cfg.MaxSessions)
+	l.MaxKvTokens = s.cfg.MaxKVTokens
 	return l
 }
 

@@ -84,6 +84,9 @@ type Server struct {
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
+	stopReap  context.CancelFunc
+	reapDone  chan struct{}
+	expired   atomic.Int64 // sessions freed by the reaper
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -94,6 +97,8 @@ type session struct {
 	counted  int  // cache.Len as counted in usage.kvTokens
 	inStep   bool // a step is using the cache (claim); under Server.mu
 	closed   bool // Close came during that step: unclaim frees the cache
+	lease    time.Duration
+	expires  time.Time // the reaper frees the session after this (lease.go)
 }
 
 var _ pb.AttentionServer = (*Server)(nil)
@@ -120,7 +125,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
 	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "attnd", Listen: cfg.Listen, Server: cfg.Server,
-		Codes: Codes, TracerProvider: tp, Registry: reg},
+		Codes: Codes, TracerProvider: tp, Registry: reg, Drain: s.drain},
 		func(r grpc.ServiceRegistrar) { pb.RegisterAttentionServer(r, s) }, s.load)
 	if err != nil {
 		return nil, err
@@ -131,6 +136,9 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
 	go s.watchExperts(wctx, reg)
+	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+	s.stopReap, s.reapDone = rcancel, make(chan struct{})
+	go s.reap(rctx, s.reapDone)
 	return s, nil
 }
 
@@ -194,13 +202,38 @@ func (s *Server) Sessions() int {
 	return len(s.sessions)
 }
 
-// Shutdown reports NOT_SERVING, stops discovery, then stops the node (deregistration, graceful
-// stop within cfg.Server.StopTimeout or ctx), and frees the sessions and the model.
+// drain runs in a graceful stop once the instance has left discovery: the gateways see it go and
+// migrate its sessions to other attnd instances (closing them here); it returns when no session
+// is left, Config.DrainTimeout has passed or ctx (the stop deadline) ends, whichever is first.
+func (s *Server) drain(ctx context.Context) {
+	if s.cfg.DrainTimeout <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DrainTimeout)
+	defer cancel()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for s.Sessions() > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Shutdown reports NOT_SERVING, stops discovery, then stops the node: deregistration, a drain
+// (waiting for the gateways to migrate the sessions elsewhere), graceful stop, all within
+// cfg.Server.StopTimeout or ctx; then it frees the sessions left and the model.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
 		s.stopHealth()
 		s.stopWatch() // no registration after this
 		<-s.watchDone
+		if s.stopReap != nil {
+			s.stopReap()
+			<-s.reapDone
+		}
 		errs := []error{s.node.Stop(ctx)}
 		s.lanes.close()
 		s.poolMu.Lock()
@@ -244,14 +277,11 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 		return nil, ErrNotReady
 	}
 	id := req.GetSessionId()
-	if id == "" {
-		return nil, invalid("session_id is empty")
+	if id == "" || len(id) > MaxSessionIDBytes {
+		return nil, invalid("session_id has %d bytes: want 1 to %d", len(id), MaxSessionIDBytes)
 	}
 	if _, ok := s.sessions[id]; ok {
 		return nil, fmt.Errorf("attnd: open %q: %w", id, errdefs.ErrSessionExists)
-	}
-	if len(s.sessions) >= s.cfg.MaxSessions {
-		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, errdefs.ErrOverloaded)
 	}
 	capLen, maxPos := int(req.GetCapacity()), s.m.Cfg.MaxPositions
 	if capLen < 1 || (maxPos > 0 && capLen > maxPos) {
@@ -264,13 +294,22 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 	if bl < 1 || bl > capLen {
 		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, diffusion.DefaultBlockLen)
 	}
+	if len(s.sessions) >= s.cfg.MaxSessions {
+		return nil, fmt.Errorf("attnd: %d sessions open (max_sessions %d): %w", len(s.sessions), s.cfg.MaxSessions, errdefs.ErrOverloaded)
+	}
+	if held := s.usage.kvCapacity.Load(); held+int64(capLen) > s.cfg.MaxKVTokens {
+		return nil, fmt.Errorf("attnd: capacity %d with %d KV positions reserved by %d sessions is over max_kv_tokens %d: %w",
+			capLen, held, len(s.sessions), s.cfg.MaxKVTokens, errdefs.ErrOverloaded)
+	}
 	unlock := s.lockBackend()
 	c, err := s.m.NewCache(capLen)
 	unlock()
 	if err != nil {
 		return nil, fmt.Errorf("attnd: open %q: %w", id, err)
 	}
-	s.sessions[id] = &session{cache: c, blockLen: bl}
+	ss := &session{cache: c, blockLen: bl, lease: s.leaseOf(req.GetLeaseMs())}
+	ss.renew(time.Now())
+	s.sessions[id] = ss
 	s.opened(capLen)
 	return &pb.OpenResponse{}, nil
 }
@@ -310,7 +349,7 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	t0 := time.Now()
 	s.stepMu.Lock()
 	defer s.stepMu.Unlock()
-	seqs, lens, err := s.claim(req)
+	seqs, lens, fails, err := s.claim(req)
 	if err != nil {
 		return nil, err
 	}
@@ -339,6 +378,9 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	outs := make([]model.StepOut, len(ss))
 	done := make([]bool, len(ss))
+	for i := range ss {
+		done[i] = fails[i] != nil
+	}
 	var expertsNs int64
 	for i := range ss {
 		if done[i] {
@@ -359,6 +401,10 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
+		if fails[i] != nil {
+			resp.Results[i] = &pb.SessionResult{SessionId: ss[i].GetSessionId(), ErrorCode: int32(Codes.Code(fails[i])), Error: fails[i].Error()}
+			continue
+		}
 		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: wire.AppendI32(nil, o.IDs),
 			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false)}
 		resp.Results[i] = res
@@ -371,47 +417,44 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	return resp, nil
 }
 
-// claim validates the sessions of a step under s.mu and marks them in use, so that a Close
-// while the step runs defers freeing the cache to unclaim. s.mu is not held across the step:
-// Open and Close do not wait behind a step that waits on its experts. s.stepMu is held.
-func (s *Server) claim(req *pb.StepRequest) ([]model.StepSeq, []int, error) {
+// claim checks the sessions of a step under s.mu and marks those that can run in use, so that a
+// Close while the step runs defers freeing the cache to unclaim. s.mu is not held across the
+// step: Open and Close do not wait behind a step that waits on its experts. s.stepMu is held.
+// A session refused alone has its error in fails (the others run); the step fails as a whole
+// only when none can run.
+func (s *Server) claim(req *pb.StepRequest) (seqs []model.StepSeq, lens []int, fails []error, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
-		return nil, nil, ErrNotReady
+		return nil, nil, nil, ErrNotReady
 	}
 	ss := req.GetSessions()
 	if len(ss) == 0 {
-		return nil, nil, invalid("sessions is empty")
+		return nil, nil, nil, invalid("sessions is empty")
 	}
-	seqs := make([]model.StepSeq, len(ss))
-	lens := make([]int, len(ss))
-	used := make([]*session, len(ss))
+	seqs = make([]model.StepSeq, len(ss))
+	lens = make([]int, len(ss))
+	fails = make([]error, len(ss))
 	seen := make(map[string]bool, len(ss))
+	valid := 0
 	for i, st := range ss {
-		id := st.GetSessionId()
-		sess, ok := s.sessions[id]
-		if !ok {
-			return nil, nil, fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, errdefs.ErrUnknownSession)
+		if fails[i] = s.checkSession(i, st, seen, &seqs[i], &lens[i]); fails[i] == nil {
+			valid++
 		}
-		if seen[id] {
-			return nil, nil, invalid("sessions[%d]: session %q appears twice", i, id)
-		}
-		seen[id] = true
-		inv := st.GetInvTemperature()
-		if inv < 0 {
-			return nil, nil, invalid("sessions[%d].inv_temperature %v: want >= 0 (0 = 1)", i, inv)
-		}
-		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
-			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
-		lens[i] = sess.blockLen
-		used[i] = sess
 	}
-	for _, sess := range used {
-		sess.inStep = true
+	if valid == 0 {
+		return nil, nil, nil, fails[0]
+	}
+	used := make([]*session, 0, valid)
+	for i, st := range ss {
+		if fails[i] == nil {
+			sess := s.sessions[st.GetSessionId()]
+			sess.inStep = true
+			used = append(used, sess)
+		}
 	}
 	s.stepSessions = used
-	return seqs, lens, nil
+	return seqs, lens, fails, nil
 }
 
 // unclaim ends a step's use of its sessions: it counts what the step wrote to the caches of
@@ -452,6 +495,31 @@ func (s *Server) lockBackend() func() {
 func (s *Server) freeCache(c *model.Cache) {
 	defer s.lockBackend()()
 	c.Free()
+}
+
+// checkSession checks sessions[i] of a step and fills its model sequence and block length; an
+// error concerns that session only. s.mu is held.
+func (s *Server) checkSession(i int, st *pb.SessionStep, seen map[string]bool, seq *model.StepSeq, blockLen *int) error {
+	id := st.GetSessionId()
+	if len(id) > MaxSessionIDBytes {
+		return invalid("sessions[%d].session_id has %d bytes: want at most %d", i, len(id), MaxSessionIDBytes)
+	}
+	sess, ok := s.sessions[id]
+	if !ok {
+		return fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, errdefs.ErrUnknownSession)
+	}
+	if seen[id] {
+		return invalid("sessions[%d]: session %q appears twice", i, id)
+	}
+	seen[id] = true
+	*seq = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
+		OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: st.GetInvTemperature()}
+	if err := s.m.CheckSeq(*seq); err != nil {
+		return fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, err)
+	}
+	*blockLen = sess.blockLen
+	sess.renew(time.Now())
+	return nil
 }
 
 // stepRows is the number of token rows a batch feeds.

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -43,10 +44,17 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultMaxActive  = 32
-	DefaultMaxQueue   = 256
-	DefaultCandidates = 64 // LM-head candidates per position when sampling without top_k
+	DefaultMaxActive     = 32
+	DefaultMaxQueue      = 256
+	DefaultCandidates    = 64 // LM-head candidates per position when sampling without top_k
+	DefaultMaxMigrations = 4
+	DefaultPrefillChunk  = 512
 )
+
+// ErrSessionLost is wrapped by a Stepper's error for a session whose KV cache is gone or going
+// (its instance died, stopped answering, or is draining): the engine then reopens the session,
+// through the stepper, elsewhere and re-prefills it from the window it owns (Config.MaxMigrations).
+var ErrSessionLost = errors.New("engine: session lost")
 
 // Errors returned to callers.
 var (
@@ -55,8 +63,20 @@ var (
 
 // Config configures an Engine.
 type Config struct {
-	MaxActive     int   // requests stepped together (DefaultMaxActive)
-	MaxQueue      int   // requests waiting for a slot; beyond it Generate fails with errdefs.ErrOverloaded
+	MaxActive int // requests stepped together (DefaultMaxActive)
+	MaxQueue  int // requests waiting for a slot; beyond it Generate fails with errdefs.ErrOverloaded
+	// QueueTimeout bounds a request's wait for a slot: past it Generate fails with
+	// errdefs.ErrOverloaded, even while a step hangs (0: no bound). A waiting request whose
+	// context ends leaves the queue at once.
+	QueueTimeout time.Duration
+	// MaxMigrations bounds how often one request's session may be reopened on another instance
+	// after its stepper lost it (ErrSessionLost; DefaultMaxMigrations; negative: never).
+	MaxMigrations int
+	// PrefillChunk bounds the tokens one request feeds in one step while its window's frozen
+	// part is prefilled (a long prompt, or the re-prefill after a migration): longer prefixes
+	// are fed in chunks of whole blocks, one per step, so other requests' steps interleave
+	// (DefaultPrefillChunk; negative: never chunk).
+	PrefillChunk  int
 	ModelBlockLen int   // the model's trained block length (0: diffusion.DefaultBlockLen): others are allowed with a warning
 	MaxContext    int   // window limit in tokens (prompt + generation rounded to blocks)
 	MaskID, EOSID int32 // from the tokenizer files
@@ -137,6 +157,11 @@ type Result struct {
 	Steps        int           // denoising steps applied
 	Trace        []diffusion.StepResult
 	Warning      string
+	// Migrations is how often the request's session was reopened on another instance and its
+	// window re-prefilled (ErrSessionLost); Reprefill is the summed wall time of those
+	// re-prefills, each up to and including the re-run of the interrupted step.
+	Migrations int
+	Reprefill  time.Duration
 }
 
 // Engine schedules requests over a Stepper.
@@ -153,7 +178,9 @@ type Engine struct {
 	done    chan struct{}
 	cancel  context.CancelFunc
 	nextID  uint64
-	closing sync.WaitGroup // session closes in flight
+
+	migrations atomic.Int64   // sessions reopened after ErrSessionLost (Migrations)
+	closing    sync.WaitGroup // session closes in flight
 }
 
 // New starts an engine. tok may be nil (no text, no stop strings).
@@ -166,6 +193,12 @@ func New(cfg Config, st Stepper, tok *tokenizer.Tokenizer) *Engine {
 	}
 	if cfg.ModelBlockLen <= 0 {
 		cfg.ModelBlockLen = diffusion.DefaultBlockLen
+	}
+	if cfg.MaxMigrations == 0 {
+		cfg.MaxMigrations = DefaultMaxMigrations
+	}
+	if cfg.PrefillChunk == 0 {
+		cfg.PrefillChunk = DefaultPrefillChunk
 	}
 	tp := cfg.TracerProvider
 	if tp == nil {
@@ -195,6 +228,16 @@ func (e *Engine) Stop() {
 	e.closing.Wait()
 }
 
+// sessionID is a new session id for request id. e.mu is held.
+func (e *Engine) sessionID(id string) string {
+	e.nextID++
+	return fmt.Sprintf("%s#%d", id, e.nextID)
+}
+
+// Migrations is the number of sessions the engine reopened on another instance, and re-prefilled,
+// after the stepper lost them (ErrSessionLost): a counter for metrics.
+func (e *Engine) Migrations() int64 { return e.migrations.Load() }
+
 // Queued is the number of requests waiting or running.
 func (e *Engine) Queued() int {
 	e.mu.Lock()
@@ -203,13 +246,18 @@ func (e *Engine) Queued() int {
 }
 
 type job struct {
-	ctx        context.Context
-	req        Request
-	state      *diffusion.State
-	sampler    *diffusion.Sampler
-	session    string
-	opened     bool
-	cached     int // positions before this have final K/V in the session's cache
+	ctx     context.Context
+	req     Request
+	state   *diffusion.State
+	sampler *diffusion.Sampler
+	session string
+	active  bool // taken by the scheduler (guarded by Engine.mu): it no longer waits for a slot
+	opened  bool
+	cached  int // positions before this have final K/V in the session's cache
+	// migrated is set from a migration until the re-run of the interrupted step (its re-prefill
+	// time is reprefill, summed over the chunks).
+	migrated   bool
+	reprefill  time.Duration
 	blockSteps int // steps of the block being denoised
 	steps      int // steps of the request
 	start      time.Time
@@ -250,10 +298,19 @@ func (e *Engine) validate(req Request) (*diffusion.State, string, error) {
 		if t < 0 || (e.cfg.Vocab > 0 && int(t) >= e.cfg.Vocab) {
 			return nil, "", fmt.Errorf("engine: prompt token %d = %d not in [0, %d): %w", i, t, e.cfg.Vocab, errdefs.ErrInvalidArgument)
 		}
+		if t == e.cfg.MaskID {
+			return nil, "", fmt.Errorf("engine: prompt token %d is the mask token (id %d), which only generated positions may hold: %w", i, t, errdefs.ErrInvalidArgument)
+		}
 	}
 	p := req.Params
 	if err := p.Validate(); err != nil {
 		return nil, "", err
+	}
+	// The stepper asks for one candidate more than the policy looks at (see step): a top_k the
+	// LM head cannot give is refused here, before the request shares a batch with others.
+	if p.TopK+1 > model.MaxTopK || p.Candidates(DefaultCandidates)+1 > model.MaxTopK {
+		return nil, "", &diffusion.ParamError{Field: "top_k", Value: fmt.Sprint(p.TopK),
+			Msg: fmt.Sprintf("want 0 (off) or a count in [1, %d]", model.MaxTopK-1)}
 	}
 	window := (len(req.Prompt) + p.GenLen + p.BlockLen - 1) / p.BlockLen * p.BlockLen
 	if e.cfg.MaxContext > 0 && window > e.cfg.MaxContext {
@@ -293,14 +350,20 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 		e.refused(ctx, &req, err)
 		return nil, err
 	}
-	e.nextID++
-	j.session = fmt.Sprintf("%s#%d", req.ID, e.nextID)
+	j.session = e.sessionID(req.ID)
 	e.queue = append(e.queue, j)
 	e.mu.Unlock()
 	select {
 	case e.wake <- struct{}{}:
 	default:
 	}
+	var queueTimeout <-chan time.Time
+	if e.cfg.QueueTimeout > 0 {
+		t := time.NewTimer(e.cfg.QueueTimeout)
+		defer t.Stop()
+		queueTimeout = t.C
+	}
+	done := ctx.Done()
 	for {
 		select {
 		case <-j.notify:
@@ -308,8 +371,36 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 		case <-j.fin:
 			j.drain(onEvent)
 			return j.final, j.err
+		case <-queueTimeout:
+			queueTimeout = nil
+			if e.leaveQueue(j) {
+				return nil, fmt.Errorf("engine: waited %v for a slot (queue_timeout; %d requests running or waiting): %w",
+					e.cfg.QueueTimeout, e.Queued(), errdefs.ErrOverloaded)
+			}
+		case <-done:
+			done = nil // a running request leaves at the next step boundary and finishes
+			if e.leaveQueue(j) {
+				return nil, ctx.Err()
+			}
 		}
 	}
+}
+
+// leaveQueue removes j from the queue if it is still waiting for a slot (never stepped, no
+// session) and reports whether it did.
+func (e *Engine) leaveQueue(j *job) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if j.active {
+		return false
+	}
+	for i, q := range e.queue {
+		if q == j {
+			e.queue = append(e.queue[:i], e.queue[i+1:]...)
+			return true
+		}
+	}
+	return false
 }
 
 func (j *job) drain(onEvent func(Event)) {
@@ -331,6 +422,9 @@ func (e *Engine) loop(ctx context.Context) {
 		e.mu.Lock()
 		n := min(len(e.queue), e.cfg.MaxActive)
 		active := append([]*job(nil), e.queue[:n]...)
+		for _, j := range active {
+			j.active = true
+		}
 		e.mu.Unlock()
 		if ctx.Err() != nil {
 			e.failAll(ErrStopped)
@@ -382,8 +476,12 @@ func (e *Engine) step(ctx context.Context, jobs []*job) {
 		if p.Temperature > 0 {
 			inv = float32(1 / p.Temperature)
 		}
-		steps[i] = SeqStep{Session: j.session, StartPos: j.cached, Tokens: append([]int32(nil), toks[j.cached:hi]...),
-			OutRows: hi - lo, TopK: k, InvTemp: inv}
+		end, rows := hi, hi-lo
+		if c := e.prefillChunk(p.BlockLen); c > 0 && hi-j.cached > c && lo > j.cached {
+			end, rows = min(j.cached+c, lo), 0 // a prefill chunk of frozen blocks only: no policy step
+		}
+		steps[i] = SeqStep{Session: j.session, StartPos: j.cached, Tokens: append([]int32(nil), toks[j.cached:end]...),
+			OutRows: rows, TopK: k, InvTemp: inv}
 	}
 	// One span per batched step, linked to every request it carries, so the stepper's spans
 	// (attnd step, expert fan-out, expertd compute) hang under it and each request's trace
@@ -424,12 +522,65 @@ func (e *Engine) step(ctx context.Context, jobs []*job) {
 	for i, j := range jobs {
 		if partial != nil {
 			if serr, failed := partial.Sessions[j.session]; failed {
+				if errors.Is(serr, ErrSessionLost) && j.res.Migrations < e.cfg.MaxMigrations {
+					e.migrate(ctx, j, serr)
+					continue
+				}
 				e.end(ctx, j, nil, fmt.Errorf("engine: step: %w", serr))
 				continue
 			}
 		}
+		if j.migrated {
+			j.reprefill += dt
+		}
+		if steps[i].OutRows == 0 { // a prefill chunk: its K/V is final, the policy waits
+			j.cached += len(steps[i].Tokens)
+			continue
+		}
+		if j.migrated {
+			j.migrated = false
+			j.res.Reprefill += j.reprefill
+			trace.SpanFromContext(j.ctx).AddEvent("engine.reprefilled", trace.WithAttributes(
+				attribute.Int("migration", j.res.Migrations), attribute.Int("tokens", steps[i].StartPos+len(steps[i].Tokens)),
+				attribute.Float64("reprefill_ms", float64(j.reprefill.Microseconds())/1000)))
+			j.reprefill = 0
+		}
 		e.apply(ctx, j, candidates(outs[i]), info.degraded(i), dt)
 	}
+}
+
+// prefillChunk is the PrefillChunk bound in whole blocks of blockLen (0: no chunking).
+func (e *Engine) prefillChunk(blockLen int) int {
+	if e.cfg.PrefillChunk < 0 {
+		return 0
+	}
+	return max(e.cfg.PrefillChunk/blockLen, 1) * blockLen
+}
+
+// migrate moves j to a new session after its stepper lost the old one (its instance died, or is
+// draining): the old session is closed in the background (best effort), and the next loop
+// iteration opens a new one (the stepper picks a healthy instance) and feeds the window's frozen
+// part again (the re-prefill, in chunks when long) with the interrupted step, whose result is
+// then what it would have been: the policy state never moved.
+func (e *Engine) migrate(ctx context.Context, j *job, cause error) {
+	old := j.session
+	e.mu.Lock()
+	j.session = e.sessionID(j.req.ID)
+	e.mu.Unlock()
+	e.migrations.Add(1)
+	j.res.Migrations++
+	lo, _ := j.state.Block()
+	trace.SpanFromContext(j.ctx).AddEvent("engine.migrate", trace.WithAttributes(
+		attribute.Int("migration", j.res.Migrations), attribute.String("from_session", old),
+		attribute.String("cause", cause.Error()), attribute.Int("frozen_tokens", lo)))
+	j.opened, j.cached, j.migrated, j.reprefill = false, 0, true, 0
+	e.closing.Add(1)
+	go func() {
+		defer e.closing.Done()
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = e.st.Close(cctx, old) // its instance may be gone: nothing to report
+	}()
 }
 
 func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates, degraded bool, dt time.Duration) {

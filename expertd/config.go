@@ -8,6 +8,7 @@ import (
 
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
+	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/services"
 )
 
@@ -52,6 +53,14 @@ type Config struct {
 	// registration, after the weights are loaded. nil means services.DeviceMeta(backend, nil, ""):
 	// backend=cpu, or backend=cuda with the ordinal only. Set in code.
 	DeviceMeta func(backend string) map[string]string
+}
+
+// RequestBytes is the size of the largest Compute request a replica of a model with config mc
+// needs to accept when a request carries up to rows rows: f32 hidden rows, top_k ids and weights,
+// and 1 MiB for the framing. New bounds the server's messages by it unless Server.MaxRecvMsgBytes
+// is set, so a request is refused by size before it is read into memory.
+func RequestBytes(mc *model.Config, rows int) int {
+	return rows*(mc.Hidden*4+mc.TopK*8) + 1<<20
 }
 
 // WithDefaults returns cfg with every zero field set to its default.

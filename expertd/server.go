@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -61,6 +62,11 @@ var Codes = services.CodeTable{}
 // experts of every MoE layer (ctx cancels the load), reports SERVING and registers the replica
 // in reg (nil: the caller registers Instance itself) as ID(). The caller must Shutdown the server.
 func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error) {
+	if cfg.Server.MaxRecvMsgBytes == 0 && cfg.ModelDir != "" {
+		if mc, err := model.LoadConfig(cfg.ModelDir); err == nil { // else load reports it
+			cfg.Server.MaxRecvMsgBytes = RequestBytes(mc, cfg.WithDefaults().MaxRows)
+		}
+	}
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -255,21 +261,36 @@ func (s *Server) validate(req *pb.ExpertsRequest, sc *scratch) (*batch, error) {
 	default:
 		return nil, bad("dtype %v: want DTYPE_F32 or DTYPE_BF16", req.GetDtype())
 	}
-	b := &sc.b
-	*b = batch{layer: layer, rows: rows, topK: topK,
-		x: grow(&sc.x, rows*hidden), ids: grow(&sc.ids, rows*topK), weights: grow(&sc.w, rows*topK)}
 	size := 4
 	if bf16 {
 		size = 2
 	}
-	if err := wire.DecodeF32(b.x, req.GetX(), bf16); err != nil {
+	// Sizes first: the claimed row count allocates nothing until the payload backs it.
+	if len(req.GetX()) != rows*hidden*size {
 		return nil, bad("x has %d bytes: want rows·hidden·%d = %d", len(req.GetX()), size, rows*hidden*size)
 	}
-	if err := wire.DecodeI32(b.ids, req.GetIds()); err != nil {
+	if len(req.GetIds()) != rows*topK*4 {
 		return nil, bad("ids has %d bytes: want rows·top_k·4 = %d", len(req.GetIds()), rows*topK*4)
 	}
-	if err := wire.DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+	if len(req.GetWeights()) != rows*topK*4 {
 		return nil, bad("weights has %d bytes: want rows·top_k·4 = %d", len(req.GetWeights()), rows*topK*4)
+	}
+	b := &sc.b
+	*b = batch{layer: layer, rows: rows, topK: topK,
+		x: grow(&sc.x, rows*hidden), ids: grow(&sc.ids, rows*topK), weights: grow(&sc.w, rows*topK)}
+	if err := wire.DecodeF32(b.x, req.GetX(), bf16); err != nil {
+		return nil, bad("x: %v", err)
+	}
+	if err := wire.DecodeI32(b.ids, req.GetIds()); err != nil {
+		return nil, bad("ids: %v", err)
+	}
+	if err := wire.DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+		return nil, bad("weights: %v", err)
+	}
+	for i, w := range b.weights {
+		if math.IsNaN(float64(w)) || math.IsInf(float64(w), 0) {
+			return nil, bad("weights[%d,%d] = %v: want a finite routing weight", i/topK, i%topK, w)
+		}
 	}
 	for i, e := range b.ids {
 		if e == -1 || (e >= 0 && int(e) < len(s.isHeld) && s.isHeld[e]) {

@@ -2,7 +2,9 @@ package expertd_test
 
 import (
 	"context"
+	"math"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -218,6 +220,13 @@ func TestComputeRejectsMalformed(t *testing.T) {
 		{"negative id", func(r *pb.ExpertsRequest) {
 			r.Ids = wire.AppendI32(nil, []int32{0, 1, -1, 1, 2, -2, 4, 5, 6, 7, 0, 1})
 		}, "ids[1,1] = -2"},
+		{"NaN weight", func(r *pb.ExpertsRequest) {
+			r.Weights = wire.AppendF32(nil, []float32{0.5, 0.5, 0, 0, 0, float32(math.NaN()), 0, 0, 0, 0, 0, 0}, false)
+		}, "weights[1,1] = NaN"},
+		{"infinite weight", func(r *pb.ExpertsRequest) {
+			r.Weights = wire.AppendF32(nil, []float32{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, float32(math.Inf(1))}, false)
+		}, "weights[2,3] = +Inf"},
+		{"rows claimed past the payload", func(r *pb.ExpertsRequest) { r.Rows = 65536 }, "x has"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			req := in.request(2, pb.DType_DTYPE_F32)
@@ -262,6 +271,54 @@ func TestInfoReportsLoad(t *testing.T) {
 	}
 	if l.GetP50Ms() <= 0 || l.GetP99Ms() < l.GetP50Ms() {
 		t.Errorf("latency p50 %v ms p99 %v ms: want 0 < p50 <= p99", l.GetP50Ms(), l.GetP99Ms())
+	}
+}
+
+// TestComputeChecksSizesBeforeAllocating: a few bytes claiming the most rows a request may carry
+// are refused without allocating for the claimed rows (48 bytes claiming 65536 rows used to cost
+// 72 MB each).
+func TestComputeChecksSizesBeforeAllocating(t *testing.T) {
+	held := []int32{0, 1, 2, 3, 4, 5, 6, 7}
+	_, c, _ := start(t, expertsOf(held))
+	req := &pb.ExpertsRequest{Layer: 2, Rows: expertd.DefaultMaxRows, Hidden: 256, TopK: 4, Dtype: pb.DType_DTYPE_F32,
+		X: make([]byte, 16), Ids: make([]byte, 16), Weights: make([]byte, 16)}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const calls = 8
+	for range calls {
+		if _, err := c.Compute(context.Background(), req); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("err %v, want InvalidArgument", err)
+		}
+	}
+	runtime.ReadMemStats(&after)
+	// One honoured claim is 65536·(256+8)·4 bytes ≈ 69 MB; the refusals together stay far below one.
+	if got := after.TotalAlloc - before.TotalAlloc; got > 16<<20 {
+		t.Errorf("%d refused calls allocated %d MB: the claimed rows were allocated before the sizes were checked", calls, got>>20)
+	}
+}
+
+// TestComputeRequestSizeBound: expertd accepts requests up to the size of its max_rows rows
+// (expertd.RequestBytes), not the generic 256 MiB: a bigger message is refused before it is read.
+func TestComputeRequestSizeBound(t *testing.T) {
+	held := []int32{0, 1, 2, 3, 4, 5, 6, 7}
+	s, err := expertd.New(context.Background(), expertd.Config{ModelDir: tinyDir, Experts: expertsOf(held), MaxRows: 64}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Shutdown(context.Background()) })
+	cc, err := services.Dial(s.Addr(), services.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	c := pb.NewExpertsClient(cc)
+	if _, err := c.Compute(context.Background(), randomInput(64, 256, 4, held, 2).request(2, pb.DType_DTYPE_F32)); err != nil {
+		t.Fatalf("a request of max_rows rows: %v", err)
+	}
+	big := randomInput(64, 256, 4, held, 2).request(2, pb.DType_DTYPE_F32)
+	big.X = make([]byte, 2<<20) // over 64 rows' worth plus the 1 MiB of framing
+	if _, err := c.Compute(context.Background(), big); status.Code(err) != codes.ResourceExhausted {
+		t.Errorf("a %d-byte request: %v, want ResourceExhausted (the message limit)", len(big.X), err)
 	}
 }
 

@@ -15,11 +15,13 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultListen      = "127.0.0.1:7070"
-	DefaultMaxActive   = engine.DefaultMaxActive
-	DefaultMaxQueue    = engine.DefaultMaxQueue
-	DefaultStepTimeout = 60 * time.Second // deadline of one Attention.Step call
-	DefaultCallTimeout = 10 * time.Second // deadline of Attention.Open and Close
+	DefaultListen       = "127.0.0.1:7070"
+	DefaultMaxActive    = engine.DefaultMaxActive
+	DefaultMaxQueue     = engine.DefaultMaxQueue
+	DefaultStepTimeout  = 60 * time.Second // deadline of one Attention.Step call
+	DefaultCallTimeout  = 10 * time.Second // deadline of Attention.Open and Close
+	DefaultQueueTimeout = 30 * time.Second // longest wait in the queue for a slot
+	DefaultSessionLease = time.Minute      // lease of the attnd sessions, renewed every third of it
 )
 
 // ErrBadConfig wraps every Config.Validate error.
@@ -40,6 +42,21 @@ type Config struct {
 	// fails with ResourceExhausted (DefaultMaxActive, DefaultMaxQueue).
 	MaxActive int
 	MaxQueue  int
+	// MaxPromptBytes bounds the prompt (or the messages' text together) before tokenising,
+	// MaxMessages the chat turns, MaxRequestIDBytes the request_id (Default…): a request over a
+	// bound is refused with InvalidArgument naming it. The window (prompt tokens + gen_length)
+	// is bounded by the model's max_position_embeddings.
+	MaxPromptBytes    int
+	MaxMessages       int
+	MaxRequestIDBytes int
+	// QueueTimeout bounds the time a request may wait in the queue for a slot among the
+	// MaxActive; past it the request fails with ResourceExhausted (DefaultQueueTimeout;
+	// negative: no bound).
+	QueueTimeout time.Duration
+	// SessionLease is the lease of the gateway's attnd sessions: attnd frees a session no Step
+	// or Renew named for that long, so a gateway that dies leaks nothing; the gateway renews
+	// its sessions every third of it (DefaultSessionLease).
+	SessionLease time.Duration
 	// ModelBlockLen is the block length the model was trained with: others are allowed with a
 	// warning (default diffusion.DefaultBlockLen).
 	ModelBlockLen int
@@ -72,6 +89,27 @@ func (c Config) WithDefaults() Config {
 	if c.MaxQueue == 0 {
 		c.MaxQueue = DefaultMaxQueue
 	}
+	if c.MaxPromptBytes == 0 {
+		c.MaxPromptBytes = DefaultMaxPromptBytes
+	}
+	if c.MaxMessages == 0 {
+		c.MaxMessages = DefaultMaxMessages
+	}
+	if c.MaxRequestIDBytes == 0 {
+		c.MaxRequestIDBytes = DefaultMaxRequestIDBytes
+	}
+	if c.SessionLease == 0 {
+		c.SessionLease = DefaultSessionLease
+	}
+	if c.QueueTimeout == 0 {
+		c.QueueTimeout = DefaultQueueTimeout
+	}
+	if c.Server.MaxConcurrentStreams == 0 {
+		c.Server.MaxConcurrentStreams = DefaultMaxStreams
+	}
+	if c.Server.MaxRecvMsgBytes == 0 { // a Generate request is text: the prompt bound and some
+		c.Server.MaxRecvMsgBytes = c.MaxPromptBytes + 1<<20
+	}
 	if c.ModelBlockLen == 0 {
 		c.ModelBlockLen = diffusion.DefaultBlockLen
 	}
@@ -97,8 +135,13 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: max_active %d: want at least 1", ErrBadConfig, c.MaxActive)
 	case c.MaxQueue < 0:
 		return fmt.Errorf("%w: max_queue %d: want 0 or more", ErrBadConfig, c.MaxQueue)
+	case c.MaxPromptBytes < 1 || c.MaxMessages < 1 || c.MaxRequestIDBytes < 1:
+		return fmt.Errorf("%w: max_prompt_bytes %d, max_messages %d, max_request_id_bytes %d: want at least 1",
+			ErrBadConfig, c.MaxPromptBytes, c.MaxMessages, c.MaxRequestIDBytes)
 	case c.ModelBlockLen < 1:
 		return fmt.Errorf("%w: model_block_length %d: want at least 1", ErrBadConfig, c.ModelBlockLen)
+	case c.SessionLease < 0:
+		return fmt.Errorf("%w: session_lease %v: want a positive duration", ErrBadConfig, c.SessionLease)
 	case c.StepTimeout < 0 || c.CallTimeout < 0:
 		return fmt.Errorf("%w: step_timeout %v and call_timeout %v: want positive durations", ErrBadConfig, c.StepTimeout, c.CallTimeout)
 	}

@@ -27,7 +27,11 @@
 // boundary and its attnd session is closed.
 //
 // Discovery: the gateway watches the attnd instances of the registry and keeps them in a
-// services.Pool; a request's session stays on the attnd it was opened on. Health is SERVING
+// services.Pool; a request's session stays on the attnd it was opened on, until that attnd fails
+// (Unavailable, deadline, breaker open, the session unknown there) or leaves discovery: then the
+// engine reopens the session on another attnd, re-prefills the window it owns and re-runs the
+// step (engine.ErrSessionLost), with the same output; only with no attnd left does the request
+// fail, Unavailable. Sessions carry a lease the gateway renews (Config.SessionLease). Health is SERVING
 // while at least one attnd is known. Its life (listen, health, registration, graceful stop) is a
 // services.Node; errors map to status codes through Codes.
 //

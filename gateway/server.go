@@ -51,6 +51,7 @@ type Server struct {
 
 	stopWatch context.CancelFunc
 	watchDone chan struct{}
+	renewDone chan struct{} // RenewLoop ended (it runs under the watch's context)
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -88,8 +89,9 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return services.Dial(in.Addr, ccfg)
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
+	s.stepper.SetLease(cfg.SessionLease)
 	s.obs = newObserver(s, cfg.ModelName)
-	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, ModelBlockLen: cfg.ModelBlockLen,
+	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, QueueTimeout: max(cfg.QueueTimeout, 0), ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp,
 		Observer: s.obs}, s.stepper, tok)
 	scfg := cfg.Server
@@ -117,6 +119,11 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 		return nil, errors.Join(fmt.Errorf("gateway: discovery: %w", err), s.Shutdown(context.WithoutCancel(ctx)))
 	}
 	go s.watchAttnd(ch)
+	s.renewDone = make(chan struct{})
+	go func() {
+		defer close(s.renewDone)
+		s.stepper.RenewLoop(wctx, cfg.SessionLease/3)
+	}()
 	return s, nil
 }
 
@@ -154,6 +161,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.eng.Stop()
 		s.stopWatch()
 		<-s.watchDone
+		if s.renewDone != nil {
+			<-s.renewDone
+		}
 		errs = append(errs, s.pool.Close())
 		s.closeErr = errors.Join(errs...)
 	})
@@ -164,6 +174,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Generate(req *pb.GenerateRequest, stream grpc.ServerStreamingServer[pb.GenerateEvent]) error {
 	ctx := stream.Context()
 	id := req.GetRequestId()
+	if len(id) > s.cfg.MaxRequestIDBytes { // refused by generate; never traced or logged whole
+		id = id[:s.cfg.MaxRequestIDBytes]
+	}
 	if id == "" {
 		id = fmt.Sprintf("gw-%d", s.seq.Add(1))
 	}
@@ -183,24 +196,15 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 			s.obs.failed(ctx, id, 0, time.Since(t0), "", err)
 		}
 	}()
-	var text string
-	switch in := req.GetInput().(type) {
-	case *pb.GenerateRequest_Prompt:
-		text = in.Prompt
-	case *pb.GenerateRequest_Messages:
-		msgs := make([]map[string]any, len(in.Messages.GetMessages()))
-		for i, m := range in.Messages.GetMessages() {
-			msgs[i] = map[string]any{"role": m.GetRole(), "content": m.GetContent()}
+	text, err := s.cfg.input(req, func(ms []Message) (string, error) {
+		msgs := make([]map[string]any, len(ms))
+		for i, m := range ms {
+			msgs[i] = map[string]any{"role": m.Role, "content": m.Content}
 		}
-		var err error
-		if text, err = s.chat.RenderMessages(msgs, nil, true); err != nil {
-			return err
-		}
-	default:
-		return fmt.Errorf("gateway: input: want prompt or messages: %w", errdefs.ErrInvalidArgument)
-	}
-	if text == "" {
-		return fmt.Errorf("gateway: prompt is empty: %w", errdefs.ErrInvalidArgument)
+		return s.chat.RenderMessages(msgs, nil, true)
+	})
+	if err != nil {
+		return err
 	}
 	p, err := Params(req.GetParams())
 	if err != nil {
@@ -231,7 +235,8 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 
 func final(r *engine.Result, steps int) *pb.FinalEvent {
 	u := &pb.Usage{PromptTokens: int32(r.PromptTokens), GeneratedTokens: int32(len(r.IDs)), Forwards: int32(r.Forwards),
-		Steps: int32(steps), Blocks: int32(r.Blocks), TotalMs: float64(r.Elapsed.Microseconds()) / 1000}
+		Steps: int32(steps), Blocks: int32(r.Blocks), TotalMs: float64(r.Elapsed.Microseconds()) / 1000,
+		Migrations: int32(r.Migrations), ReprefillMs: float64(r.Reprefill.Microseconds()) / 1000}
 	if r.Forwards > 0 {
 		u.MsPerStep = float64(r.StepTime.Microseconds()) / 1000 / float64(r.Forwards)
 	}
@@ -306,3 +311,7 @@ func (e *events) on(ev engine.Event) {
 			Text: b.Text, TokenIds: b.Tokens}}})
 	}
 }
+
+// Migrations is the number of sessions the gateway reopened on another attnd, and re-prefilled,
+// after theirs failed or left: a counter for metrics.
+func (s *Server) Migrations() int64 { return s.eng.Migrations() }

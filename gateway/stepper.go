@@ -4,9 +4,13 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/errdefs"
@@ -26,6 +30,7 @@ type RemoteStepper struct {
 	prefix      string // this stepper's prefix of attnd session ids
 	stepTimeout time.Duration
 	callTimeout time.Duration
+	lease       time.Duration // of the sessions it opens (0: attnd's default)
 
 	mu       sync.Mutex
 	sessions map[string]*remoteSession
@@ -75,24 +80,76 @@ func (st *RemoteStepper) call(ctx context.Context, r *services.Replica, d time.D
 	})
 }
 
-// Open implements engine.Stepper: it picks the attnd and opens the session there.
+// Open implements engine.Stepper: it picks the attnd (fewest open sessions, passing over those
+// that left discovery) and opens the session there; when that attnd fails
+// (an instance failure: it is down, stopping or full), it tries the next, until none is left.
 func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blockLen int) error {
-	r, release, err := st.pool.Pick()
-	if err != nil {
-		return fmt.Errorf("gateway: open session: %w", err)
-	}
-	err = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
-		_, err := c.Open(ctx, &pb.OpenRequest{SessionId: st.remoteID(session), Capacity: int32(capacity), BlockLength: int32(blockLen)})
-		return err
-	})
-	if err != nil {
+	tried := map[*services.Replica]bool{}
+	var errs []error
+	for {
+		r, release, err := st.pool.PickFunc(func(r *services.Replica) bool { return tried[r] || r.Removed() })
+		if err != nil && len(tried) == 0 {
+			return fmt.Errorf("gateway: open session: no attnd (%d known): %w", st.pool.Len(), err)
+		}
+		if err != nil {
+			return fmt.Errorf("gateway: open session: every attnd failed (%d known): %w: %w", st.pool.Len(), services.ErrNoReplica, errors.Join(errs...))
+		}
+		err = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
+			_, err := c.Open(ctx, &pb.OpenRequest{SessionId: st.remoteID(session), Capacity: int32(capacity), BlockLength: int32(blockLen),
+				LeaseMs: int32(st.lease.Milliseconds())})
+			return err
+		})
+		if err == nil {
+			st.mu.Lock()
+			st.sessions[session] = &remoteSession{r: r, release: release}
+			st.mu.Unlock()
+			return nil
+		}
 		release()
-		return fmt.Errorf("gateway: open session on %s: %w", r.Instance().ID, err)
+		err = fmt.Errorf("gateway: open session on %s: %w", r.Instance().ID, err)
+		if ctx.Err() != nil || (!services.IsInstanceFailure(err) && !errors.Is(err, services.ErrBreakerOpen)) {
+			return err
+		}
+		tried[r] = true
+		errs = append(errs, err)
 	}
-	st.mu.Lock()
-	st.sessions[session] = &remoteSession{r: r, release: release}
-	st.mu.Unlock()
-	return nil
+}
+
+// SetLease sets the lease of the sessions opened from now on (0: attnd's default). Step renews
+// a session's lease; RenewLoop renews those that have not stepped.
+func (st *RemoteStepper) SetLease(d time.Duration) { st.lease = d }
+
+// RenewLoop renews the leases of every open session, one Renew per attnd, every interval until
+// ctx ends (a gateway whose steps stall, behind a slow attnd say, keeps its sessions elsewhere).
+func (st *RemoteStepper) RenewLoop(ctx context.Context, interval time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		byReplica := map[*services.Replica][]string{}
+		st.mu.Lock()
+		for id, s := range st.sessions {
+			byReplica[s.r] = append(byReplica[s.r], st.remoteID(id))
+		}
+		st.mu.Unlock()
+		for r, ids := range byReplica {
+			_ = st.call(ctx, r, st.callTimeout, func(ctx context.Context, c pb.AttentionClient) error {
+				_, err := c.Renew(ctx, &pb.RenewRequest{SessionIds: ids})
+				return err // a session attnd lost fails its next Step as lost: it migrates
+			})
+		}
+	}
+}
+
+// lost reports whether err from a call to a session's attnd means the session's KV cache is gone
+// or unreachable (the attnd died, hangs, is behind an open breaker, or no longer knows the
+// session), so that the engine should reopen it elsewhere.
+func lost(err error) bool {
+	return services.IsInstanceFailure(err) || errors.Is(err, services.ErrBreakerOpen) || status.Code(err) == codes.NotFound
 }
 
 // Close implements engine.Stepper; closing an unknown session is not an error.
@@ -122,12 +179,23 @@ func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]mo
 	}
 	var calls []*call
 	byReplica := map[*services.Replica]*call{}
+	var failed *engine.StepError
+	fail := func(session string, err error) {
+		if failed == nil {
+			failed = &engine.StepError{Sessions: map[string]error{}}
+		}
+		failed.Sessions[session] = err
+	}
 	st.mu.Lock()
 	for i, sp := range steps {
 		s, ok := st.sessions[sp.Session]
 		if !ok {
-			st.mu.Unlock()
-			return nil, engine.StepInfo{}, fmt.Errorf("gateway: step: session %q: %w", sp.Session, errdefs.ErrUnknownSession)
+			fail(sp.Session, fmt.Errorf("gateway: step: session %q: %w", sp.Session, errdefs.ErrUnknownSession))
+			continue
+		}
+		if s.r.Removed() { // its attnd left discovery (stopping: drain it by migrating)
+			fail(sp.Session, fmt.Errorf("gateway: step: %s left discovery: %w", s.r.Instance().ID, engine.ErrSessionLost))
+			continue
 		}
 		c, ok := byReplica[s.r]
 		if !ok {
@@ -144,6 +212,7 @@ func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]mo
 	outs := make([]model.StepOut, len(steps))
 	errs := make([]error, len(calls))
 	degraded := make([]bool, len(calls))
+	refused := make([]map[int]error, len(calls)) // sessions attnd refused alone, by step index
 	var wg sync.WaitGroup
 	for ci, c := range calls {
 		wg.Add(1)
@@ -156,9 +225,12 @@ func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]mo
 				return err
 			})
 			if err == nil {
-				err = st.convert(resp, c.idx, steps, outs)
+				refused[ci], err = st.convert(resp, c.idx, steps, outs)
 			}
 			if err != nil {
+				if lost(err) {
+					err = fmt.Errorf("%w: %w", engine.ErrSessionLost, err)
+				}
 				errs[ci] = fmt.Errorf("gateway: step on %s: %w", c.s.r.Instance().ID, err)
 				return
 			}
@@ -167,8 +239,13 @@ func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]mo
 	}
 	wg.Wait()
 	info := engine.StepInfo{}
-	var failed *engine.StepError
 	for ci, c := range calls {
+		for i, err := range refused[ci] {
+			if status.Code(err) == codes.NotFound { // attnd no longer knows it: restarted
+				err = fmt.Errorf("%w: %w", engine.ErrSessionLost, err)
+			}
+			fail(steps[i].Session, fmt.Errorf("gateway: step on %s: %w", c.s.r.Instance().ID, err))
+		}
 		if errs[ci] == nil {
 			if degraded[ci] {
 				if info.Degraded == nil {
@@ -180,11 +257,8 @@ func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]mo
 			}
 			continue
 		}
-		if failed == nil {
-			failed = &engine.StepError{Sessions: map[string]error{}}
-		}
 		for _, i := range c.idx {
-			failed.Sessions[steps[i].Session] = errs[ci]
+			fail(steps[i].Session, errs[ci])
 		}
 	}
 	if failed != nil {
@@ -193,29 +267,38 @@ func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]mo
 	return outs, info, nil
 }
 
-// convert decodes an attnd StepResponse into the StepOuts of the steps idx.
-func (st *RemoteStepper) convert(resp *pb.StepResponse, idx []int, steps []engine.SeqStep, outs []model.StepOut) error {
+// convert decodes an attnd StepResponse into the StepOuts of the steps idx. A session attnd
+// refused alone (error_code set) comes back in refused, by step index, as a status error with
+// attnd's code; the others' outputs are valid.
+func (st *RemoteStepper) convert(resp *pb.StepResponse, idx []int, steps []engine.SeqStep, outs []model.StepOut) (refused map[int]error, err error) {
 	res := resp.GetResults()
 	if len(res) != len(idx) {
-		return fmt.Errorf("gateway: attnd returned %d results for %d sessions", len(res), len(idx))
+		return nil, fmt.Errorf("gateway: attnd returned %d results for %d sessions", len(res), len(idx))
 	}
 	for k, i := range idx {
 		r, sp := res[k], steps[i]
+		if want := st.remoteID(sp.Session); r.GetSessionId() != want {
+			return nil, fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), want)
+		}
+		if code := codes.Code(r.GetErrorCode()); code != codes.OK {
+			if refused == nil {
+				refused = map[int]error{}
+			}
+			refused[i] = status.Error(code, r.GetError())
+			continue
+		}
 		rows, topK := sp.OutRows, max(sp.TopK, 1)
 		o := model.StepOut{TopK: topK, IDs: make([]int32, rows*topK), Logits: make([]float32, rows*topK), LSE: make([]float32, rows)}
-		if want := st.remoteID(sp.Session); r.GetSessionId() != want {
-			return fmt.Errorf("gateway: attnd result %d is for session %q, want %q", k, r.GetSessionId(), want)
-		}
 		if err := wire.DecodeI32(o.IDs, r.GetIds()); err != nil {
-			return fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
+			return nil, fmt.Errorf("gateway: session %q ids: %w", sp.Session, err)
 		}
 		if err := wire.DecodeF32(o.Logits, r.GetLogits(), false); err != nil {
-			return fmt.Errorf("gateway: session %q logits: %w", sp.Session, err)
+			return nil, fmt.Errorf("gateway: session %q logits: %w", sp.Session, err)
 		}
 		if err := wire.DecodeF32(o.LSE, r.GetLse(), false); err != nil {
-			return fmt.Errorf("gateway: session %q lse: %w", sp.Session, err)
+			return nil, fmt.Errorf("gateway: session %q lse: %w", sp.Session, err)
 		}
 		outs[i] = o
 	}
-	return nil
+	return refused, nil
 }

@@ -77,6 +77,9 @@ type Config struct {
 	// KVDType and ExpertActDType are the precision modes of attnd's KV caches and of the
 	// experts' activations (attnd.Config.KVDType, expertd.Config.ExpertActDType): 0 is exact.
 	KVDType, ExpertActDType kernels.DType
+	// DrainTimeout is each attnd's drain on a graceful stop (attnd.Config.DrainTimeout): 0, the
+	// default, stops without waiting for the gateway to migrate the sessions.
+	DrainTimeout time.Duration
 	// ReadyTimeout bounds the wait for attnd to see every expert (DefaultReadyTimeout).
 	ReadyTimeout time.Duration
 	// StopTimeout bounds each service's graceful stop in Close (DefaultStopTimeout).
@@ -218,7 +221,7 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	for i := range cfg.Attnd {
 		a, err := attnd.New(ctx, attnd.Config{ModelDir: cfg.ModelDir, ID: fmt.Sprint("attnd-", i), WireBF16: cfg.WireBF16,
 			Listen: nthAddr(cfg.AttndListen, i), Server: srv, NewBackend: cfg.Backend, KVDType: cfg.KVDType,
-			TracerProvider: cfg.TracerProvider}, m.Registry)
+			TracerProvider: cfg.TracerProvider, DrainTimeout: cfg.DrainTimeout}, m.Registry)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: %w", err)
 		}

@@ -160,6 +160,41 @@ type headGroup struct {
 	olse      *kernels.Tensor
 }
 
+// MaxTopK bounds StepSeq.TopK: the LM-head candidates one row may ask for.
+const MaxTopK = 1024
+
+// CheckSeq checks one sequence of a step against its cache and the vocabulary: what Step would
+// refuse it for. A caller batching independent sequences checks each first, so that one bad
+// sequence fails alone rather than the whole step. The error wraps errdefs.ErrInvalidArgument and
+// names the field.
+func (m *Model) CheckSeq(s StepSeq) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), errdefs.ErrInvalidArgument)
+	}
+	switch {
+	case s.Cache == nil || s.Cache.T == nil:
+		return bad("no cache")
+	case len(s.Tokens) == 0:
+		return bad("no tokens")
+	case s.Pos < 0 || s.Pos > s.Cache.Len:
+		return bad("start_pos %d not in [0, %d] (the positions its cache holds)", s.Pos, s.Cache.Len)
+	case s.Pos+len(s.Tokens) > s.Cache.Cap:
+		return bad("tokens end at %d past the cache capacity %d", s.Pos+len(s.Tokens), s.Cache.Cap)
+	case s.OutRows < 0 || s.OutRows > len(s.Tokens):
+		return bad("out_rows %d not in [0, %d]", s.OutRows, len(s.Tokens))
+	case s.TopK < 0 || s.TopK > MaxTopK:
+		return bad("top_k %d not in [0, %d]", s.TopK, MaxTopK)
+	case math.IsNaN(float64(s.InvTemp)) || math.IsInf(float64(s.InvTemp), 0) || s.InvTemp < 0:
+		return bad("inv_temperature %v: want a finite value >= 0 (0 = 1)", s.InvTemp)
+	}
+	for j, t := range s.Tokens {
+		if t < 0 || int(t) >= m.Cfg.Vocab {
+			return bad("tokens[%d] = %d not in [0, %d)", j, t, m.Cfg.Vocab)
+		}
+	}
+	return nil
+}
+
 func (m *Model) plan(seqs []StepSeq, blockLen int) (*stepPlan, error) {
 	if m.W == nil {
 		return nil, ErrNoAttention
@@ -174,24 +209,8 @@ func (m *Model) plan(seqs []StepSeq, blockLen int) (*stepPlan, error) {
 	ks := make([]kernels.Seq, len(seqs))
 	var ids []int32
 	for i, s := range seqs {
-		switch {
-		case s.Cache == nil || s.Cache.T == nil:
-			return nil, fmt.Errorf("model: step: sequence %d has no cache: %w", i, errdefs.ErrInvalidArgument)
-		case len(s.Tokens) == 0:
-			return nil, fmt.Errorf("model: step: sequence %d has no tokens: %w", i, errdefs.ErrInvalidArgument)
-		case s.Pos < 0 || s.Pos > s.Cache.Len:
-			return nil, fmt.Errorf("model: step: sequence %d starts at %d but its cache holds %d positions: %w", i, s.Pos, s.Cache.Len, errdefs.ErrInvalidArgument)
-		case s.Pos+len(s.Tokens) > s.Cache.Cap:
-			return nil, fmt.Errorf("model: step: sequence %d ends at %d past its cache capacity %d: %w", i, s.Pos+len(s.Tokens), s.Cache.Cap, errdefs.ErrInvalidArgument)
-		case s.OutRows < 0 || s.OutRows > len(s.Tokens):
-			return nil, fmt.Errorf("model: step: sequence %d out_rows %d not in [0, %d]: %w", i, s.OutRows, len(s.Tokens), errdefs.ErrInvalidArgument)
-		case s.TopK < 0 || s.TopK > 1024:
-			return nil, fmt.Errorf("model: step: sequence %d top_k %d not in [0, 1024]: %w", i, s.TopK, errdefs.ErrInvalidArgument)
-		}
-		for j, t := range s.Tokens {
-			if t < 0 || int(t) >= c.Vocab {
-				return nil, fmt.Errorf("model: step: sequence %d token %d = %d not in [0, %d): %w", i, j, t, c.Vocab, errdefs.ErrInvalidArgument)
-			}
+		if err := m.CheckSeq(s); err != nil {
+			return nil, fmt.Errorf("model: step: sequence %d: %w", i, err)
 		}
 		ks[i] = kernels.Seq{Row: len(ids), Len: len(s.Tokens), Pos: s.Pos, Cache: s.Cache.T}
 		ids = append(ids, s.Tokens...)

@@ -31,6 +31,10 @@ type NodeConfig struct {
 	TracerProvider trace.TracerProvider
 	// Registry is where Register records the instance and Stop removes it; nil: no discovery.
 	Registry Registry
+	// Drain, when set, runs in Stop after deregistration and before the graceful stop, under
+	// Stop's deadline: a stateful service waits there for its clients to move their state
+	// elsewhere (attnd: the gateways migrate its sessions once it has left discovery).
+	Drain func(context.Context)
 }
 
 // Node owns the life of one service process (or of one service inside `dlmesh up`): it
@@ -131,6 +135,9 @@ func (n *Node) Stop(ctx context.Context) error {
 			if err := n.cfg.Registry.Deregister(ctx, in.ID); err != nil {
 				errs = append(errs, fmt.Errorf("%s: deregister %s: %w", n.cfg.Name, in.ID, err))
 			}
+		}
+		if n.cfg.Drain != nil {
+			n.cfg.Drain(ctx)
 		}
 		errs = append(errs, n.srv.Stop(ctx), <-n.served)
 		n.stopErr = errors.Join(errs...)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc"
 )
@@ -26,7 +27,11 @@ type Pool struct {
 	dial          DialFunc
 	halfOpenCalls int
 
+	lat    latencies    // answered Hedge calls (hedge.go)
+	hedges atomic.Int64 // Hedge calls sent to a second replica
+
 	mu       sync.Mutex
+	hedge    HedgeConfig
 	replicas []*Replica // sorted by instance ID
 	filled   bool       // an Update has given the pool members before
 	next     int        // rotation start for ties
@@ -40,8 +45,13 @@ type Replica struct {
 	conn    *grpc.ClientConn
 
 	outstanding int
+	stuck       int // Hedge calls past their hedge delay and still running
 	removed     bool
+	gone        atomic.Bool // removed, readable without the pool's lock
 }
+
+// Removed reports whether the replica has left the pool (it left discovery, or the pool closed).
+func (r *Replica) Removed() bool { return r.gone.Load() }
 
 // Instance returns the replica's instance (a copy).
 func (r *Replica) Instance() Instance { return r.inst.clone() }
@@ -57,6 +67,7 @@ func (r *Replica) Conn() *grpc.ClientConn { return r.conn }
 type ReplicaStatus struct {
 	Instance    Instance
 	Outstanding int
+	Stuck       bool // a call is past its hedge delay (Hedge); picked only when no other is usable
 	Breaker     BreakerState
 }
 
@@ -64,7 +75,7 @@ type ReplicaStatus struct {
 // when the caller keeps its own connections.
 func NewPool(name string, cfg BreakerConfig, dial DialFunc) *Pool {
 	cfg = cfg.WithDefaults()
-	return &Pool{name: name, cfg: cfg, dial: dial, halfOpenCalls: int(cfg.HalfOpenCalls)}
+	return &Pool{name: name, cfg: cfg, dial: dial, halfOpenCalls: int(cfg.HalfOpenCalls), hedge: HedgeConfig{}.WithDefaults()}
 }
 
 // Update makes the pool's members exactly instances (by ID). A kept member keeps its breaker,
@@ -120,6 +131,7 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 	for _, r := range old {
 		left = append(left, r.inst)
 		r.removed = true
+		r.gone.Store(true)
 		if r.outstanding == 0 && r.conn != nil {
 			toClose = append(toClose, r.conn)
 		}
@@ -149,15 +161,28 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 }
 
 // Pick reserves the replica with the fewest outstanding calls and returns it with done, which
-// the caller must call (once; later calls do nothing) when its call has finished. With no
+// the caller must call (once; later calls do nothing) when its call has finished. A replica with a
+// call stuck past its hedge delay (see Hedge) is picked only when no other is usable. With no
 // usable replica it returns an error wrapping ErrNoReplica.
-func (p *Pool) Pick() (r *Replica, done func(), err error) {
+func (p *Pool) Pick() (r *Replica, done func(), err error) { return p.PickFunc(nil) }
+
+// PickFunc is Pick passing over the replicas for which skip (nil: none) reports true.
+func (p *Pool) PickFunc(skip func(*Replica) bool) (r *Replica, done func(), err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := len(p.replicas)
 	best := -1
+	better := func(c, b *Replica) bool {
+		if (c.stuck > 0) != (b.stuck > 0) {
+			return c.stuck == 0
+		}
+		return c.outstanding < b.outstanding
+	}
 	for i := range n {
 		c := p.replicas[(p.next+i)%n]
+		if skip != nil && skip(c) {
+			continue
+		}
 		switch c.breaker.State() {
 		case BreakerOpen:
 			continue
@@ -166,11 +191,14 @@ func (p *Pool) Pick() (r *Replica, done func(), err error) {
 				continue
 			}
 		}
-		if best < 0 || c.outstanding < p.replicas[best].outstanding {
+		if best < 0 || better(c, p.replicas[best]) {
 			best = (p.next + i) % n
 		}
 	}
 	if best < 0 {
+		if skip != nil {
+			return nil, nil, fmt.Errorf("services: pool %s (%d replicas): none usable but those passed over: %w", p.name, n, ErrNoReplica)
+		}
 		return nil, nil, fmt.Errorf("services: pool %s (%d replicas): %w", p.name, n, ErrNoReplica)
 	}
 	p.next = (p.next + 1) % n
@@ -214,7 +242,7 @@ func (p *Pool) Status() []ReplicaStatus {
 	defer p.mu.Unlock()
 	out := make([]ReplicaStatus, len(p.replicas))
 	for i, r := range p.replicas {
-		out[i] = ReplicaStatus{Instance: r.inst.clone(), Outstanding: r.outstanding, Breaker: r.breaker.State()}
+		out[i] = ReplicaStatus{Instance: r.inst.clone(), Outstanding: r.outstanding, Stuck: r.stuck > 0, Breaker: r.breaker.State()}
 	}
 	return out
 }

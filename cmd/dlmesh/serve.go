@@ -272,7 +272,9 @@ func gatewayCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			streams := cfg.Server.MaxConcurrentStreams
 			cfg.ModelDir, cfg.Server = c.dir, c.server()
+			cfg.Server.MaxConcurrentStreams = streams
 			s, err := gateway.New(ctx, cfg, reg)
 			if err != nil {
 				return err
@@ -301,6 +303,11 @@ func gatewayCmd() *cobra.Command {
 	f.StringVar(&cfg.ID, "id", "", "instance id (default: from the listen address)")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
+	f.DurationVar(&cfg.QueueTimeout, "queue-timeout", gateway.DefaultQueueTimeout, "longest wait for a slot before RESOURCE_EXHAUSTED (negative: none)")
+	f.IntVar(&cfg.MaxPromptBytes, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "prompt (or messages) bytes accepted, checked before tokenising")
+	f.IntVar(&cfg.MaxMessages, "max-messages", gateway.DefaultMaxMessages, "chat turns accepted")
+	f.Uint32Var(&cfg.Server.MaxConcurrentStreams, "max-streams", gateway.DefaultMaxStreams, "concurrent Generate calls per client connection")
+	f.DurationVar(&cfg.SessionLease, "session-lease", gateway.DefaultSessionLease, "lease of the attnd sessions (renewed every third of it)")
 	return cmd
 }
 
@@ -352,6 +359,10 @@ func attndCmd() *cobra.Command {
 	f.StringVar(&cfg.ID, "id", "", "instance id (default: from the listen address)")
 	f.BoolVar(&cfg.WireBF16, "wire-bf16", false, "send hidden rows to the experts as bf16")
 	f.BoolVar(&cfg.AllowMissingExperts, "allow-missing-experts", false, "serve degraded (router masks experts without a healthy replica) instead of failing steps")
+	f.IntVar(&cfg.MaxSessions, "max-sessions", attnd.DefaultMaxSessions, "open sessions accepted (Open beyond: RESOURCE_EXHAUSTED)")
+	f.Int64Var(&cfg.MaxKVTokens, "max-kv-tokens", attnd.DefaultMaxKVTokens, "KV cache positions the open sessions' windows may reserve together")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", attnd.DefaultDrainTimeout, "on SIGTERM, wait up to this long for the gateways to migrate the sessions (within --stop-timeout)")
+	f.DurationVar(&cfg.SessionLease, "session-lease", attnd.DefaultSessionLease, "free a session no Step or Renew named for this long")
 	return cmd
 }
 

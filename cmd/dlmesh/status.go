@@ -45,7 +45,7 @@ func statusCmd() *cobra.Command {
 then the load each attnd and expertd reports through its Info call: calls in flight, calls
 answered and failed since start, p50/p99 latency over the last minute (Attention.Step for attnd,
 Experts.Compute for expertd), and for attnd the open sessions and the KV cache positions they
-hold (and reserve). An instance that does not answer within --timeout shows as unreachable.
+hold, reserve and may reserve at most (--max-sessions, --max-kv-tokens). An instance that does not answer within --timeout shows as unreachable.
 Then the hottest experts (tokens the attnd instances routed to each since they started, summed
 over the MoE layers) and the rows sent to each expert group: which group to scale. Last, the
 expert coverage of the passing expertd instances.`,
@@ -181,7 +181,7 @@ func writeStatus(out io.Writer, entries []*statusEntry) error {
 		fmt.Fprintf(out, ", latency of the calls of the last %d s", window)
 	}
 	fmt.Fprintln(out, "):")
-	fmt.Fprintln(tw, "id\tstate\tin-flight\tcalls\terrors\tp50 ms\tp99 ms\tsessions\tkv tokens\t")
+	fmt.Fprintln(tw, "id\tstate\tin-flight\tcalls\terrors\tp50 ms\tp99 ms\tsessions/max\tkv held/reserved/max\t")
 	for _, e := range entries {
 		if e.kind != services.KindAttnd && e.kind != services.KindExpertd {
 			continue
@@ -278,7 +278,12 @@ func loadCells(e *statusEntry) []string {
 	}
 	cells := []string{"ok", fmt.Sprint(l.GetInFlight()), fmt.Sprint(l.GetCalls()), fmt.Sprint(l.GetErrors()), ms(l.GetP50Ms()), ms(l.GetP99Ms())}
 	if e.kind == services.KindAttnd {
-		return append(cells, fmt.Sprint(l.GetSessions()), fmt.Sprintf("%d/%d", l.GetKvTokens(), l.GetKvCapacityTokens()), "")
+		sessions, kv := fmt.Sprint(l.GetSessions()), fmt.Sprintf("%d/%d", l.GetKvTokens(), l.GetKvCapacityTokens())
+		if l.GetMaxSessions() > 0 { // the admission limits, from attnd versions that report them
+			sessions += fmt.Sprintf("/%d", l.GetMaxSessions())
+			kv += fmt.Sprintf("/%d", l.GetMaxKvTokens())
+		}
+		return append(cells, sessions, kv, "")
 	}
 	return append(cells, "-", "-", "")
 }

@@ -193,8 +193,8 @@ func TestStatusShowsLoad(t *testing.T) {
 	if f := loadRow(t, s, "expertd-all"); len(f) != 8 || f[0] != "ok" || f[1] != "0" || f[2] != "7" || f[3] != "0" || f[4] == "-" || f[6] != "-" {
 		t.Errorf("expertd load %v: want 0 in flight, 7 Compute calls (one per MoE layer), no error, a latency", f)
 	}
-	if f := loadRow(t, s, "attnd-0"); len(f) != 8 || f[0] != "ok" || f[1] != "0" || f[2] != "1" || f[3] != "0" || f[4] == "-" || f[6] != "1" || f[7] != "4/32" {
-		t.Errorf("attnd load %v: want 1 step, 1 session holding 4 of 32 KV positions", f)
+	if f := loadRow(t, s, "attnd-0"); len(f) != 8 || f[0] != "ok" || f[1] != "0" || f[2] != "1" || f[3] != "0" || f[4] == "-" || f[6] != "1/1024" || f[7] != "4/32/262144" {
+		t.Errorf("attnd load %v: want 1 step, 1 session (of at most 1024) holding 4 of 32 KV positions (of at most 262144)", f)
 	}
 	if f := loadRow(t, s, "attnd-hung"); len(f) < 1 || f[0] != "unreachable" || !strings.Contains(strings.Join(f, " "), "DeadlineExceeded") {
 		t.Errorf("hung instance: %v, want unreachable (DeadlineExceeded)", f)

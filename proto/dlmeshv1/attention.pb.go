@@ -25,8 +25,11 @@ type OpenRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	SessionId string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// Window length in tokens (prompt plus generation, whole blocks).
-	Capacity      int32 `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`
-	BlockLength   int32 `protobuf:"varint,3,opt,name=block_length,json=blockLength,proto3" json:"block_length,omitempty"`
+	Capacity    int32 `protobuf:"varint,2,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	BlockLength int32 `protobuf:"varint,3,opt,name=block_length,json=blockLength,proto3" json:"block_length,omitempty"`
+	// Lease in milliseconds: the session is freed when no Step or Renew names it for that long
+	// (0: attnd's default; attnd caps it at its maximum).
+	LeaseMs       int32 `protobuf:"varint,4,opt,name=lease_ms,json=leaseMs,proto3" json:"lease_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -82,6 +85,102 @@ func (x *OpenRequest) GetBlockLength() int32 {
 	return 0
 }
 
+func (x *OpenRequest) GetLeaseMs() int32 {
+	if x != nil {
+		return x.LeaseMs
+	}
+	return 0
+}
+
+type RenewRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionIds    []string               `protobuf:"bytes,1,rep,name=session_ids,json=sessionIds,proto3" json:"session_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewRequest) Reset() {
+	*x = RenewRequest{}
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewRequest) ProtoMessage() {}
+
+func (x *RenewRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewRequest.ProtoReflect.Descriptor instead.
+func (*RenewRequest) Descriptor() ([]byte, []int) {
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RenewRequest) GetSessionIds() []string {
+	if x != nil {
+		return x.SessionIds
+	}
+	return nil
+}
+
+type RenewResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The sessions of the request that attnd does not hold (expired, closed, or never opened).
+	Unknown       []string `protobuf:"bytes,1,rep,name=unknown,proto3" json:"unknown,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewResponse) Reset() {
+	*x = RenewResponse{}
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewResponse) ProtoMessage() {}
+
+func (x *RenewResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewResponse.ProtoReflect.Descriptor instead.
+func (*RenewResponse) Descriptor() ([]byte, []int) {
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RenewResponse) GetUnknown() []string {
+	if x != nil {
+		return x.Unknown
+	}
+	return nil
+}
+
 type OpenResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -90,7 +189,7 @@ type OpenResponse struct {
 
 func (x *OpenResponse) Reset() {
 	*x = OpenResponse{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[1]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -102,7 +201,7 @@ func (x *OpenResponse) String() string {
 func (*OpenResponse) ProtoMessage() {}
 
 func (x *OpenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[1]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -115,7 +214,7 @@ func (x *OpenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenResponse.ProtoReflect.Descriptor instead.
 func (*OpenResponse) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{1}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{3}
 }
 
 type StepRequest struct {
@@ -127,7 +226,7 @@ type StepRequest struct {
 
 func (x *StepRequest) Reset() {
 	*x = StepRequest{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[2]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -139,7 +238,7 @@ func (x *StepRequest) String() string {
 func (*StepRequest) ProtoMessage() {}
 
 func (x *StepRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[2]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -152,7 +251,7 @@ func (x *StepRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepRequest.ProtoReflect.Descriptor instead.
 func (*StepRequest) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{2}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *StepRequest) GetSessions() []*SessionStep {
@@ -181,7 +280,7 @@ type SessionStep struct {
 
 func (x *SessionStep) Reset() {
 	*x = SessionStep{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[3]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -193,7 +292,7 @@ func (x *SessionStep) String() string {
 func (*SessionStep) ProtoMessage() {}
 
 func (x *SessionStep) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[3]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -206,7 +305,7 @@ func (x *SessionStep) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionStep.ProtoReflect.Descriptor instead.
 func (*SessionStep) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{3}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SessionStep) GetSessionId() string {
@@ -262,7 +361,7 @@ type StepResponse struct {
 
 func (x *StepResponse) Reset() {
 	*x = StepResponse{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[4]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -274,7 +373,7 @@ func (x *StepResponse) String() string {
 func (*StepResponse) ProtoMessage() {}
 
 func (x *StepResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[4]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -287,7 +386,7 @@ func (x *StepResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepResponse.ProtoReflect.Descriptor instead.
 func (*StepResponse) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{4}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StepResponse) GetResults() []*SessionResult {
@@ -312,14 +411,20 @@ type SessionResult struct {
 	// f32 LE [out_rows, top_k]: their logits (after inv_temperature).
 	Logits []byte `protobuf:"bytes,3,opt,name=logits,proto3" json:"logits,omitempty"`
 	// f32 LE [out_rows]: log-sum-exp of each row over the vocabulary, so p = exp(logit - lse).
-	Lse           []byte `protobuf:"bytes,4,opt,name=lse,proto3" json:"lse,omitempty"`
+	Lse []byte `protobuf:"bytes,4,opt,name=lse,proto3" json:"lse,omitempty"`
+	// Non-zero when this session's part of the step was refused (a google.rpc.Code: 3
+	// INVALID_ARGUMENT, 5 NOT_FOUND, …) while the other sessions of the step ran; error says why
+	// and ids, logits and lse are empty. A step fails as a whole only when no session of it
+	// could run, or for what concerns them all (missing experts).
+	ErrorCode     int32  `protobuf:"varint,6,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error         string `protobuf:"bytes,7,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionResult) Reset() {
 	*x = SessionResult{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[5]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -331,7 +436,7 @@ func (x *SessionResult) String() string {
 func (*SessionResult) ProtoMessage() {}
 
 func (x *SessionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[5]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -344,7 +449,7 @@ func (x *SessionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionResult.ProtoReflect.Descriptor instead.
 func (*SessionResult) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{5}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SessionResult) GetSessionId() string {
@@ -375,6 +480,20 @@ func (x *SessionResult) GetLse() []byte {
 	return nil
 }
 
+func (x *SessionResult) GetErrorCode() int32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
+}
+
+func (x *SessionResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 type StepStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Wall time of the whole step and its parts, in milliseconds: ms_experts is the time the
@@ -392,7 +511,7 @@ type StepStats struct {
 
 func (x *StepStats) Reset() {
 	*x = StepStats{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[6]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +523,7 @@ func (x *StepStats) String() string {
 func (*StepStats) ProtoMessage() {}
 
 func (x *StepStats) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[6]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +536,7 @@ func (x *StepStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepStats.ProtoReflect.Descriptor instead.
 func (*StepStats) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{6}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StepStats) GetMsTotal() float64 {
@@ -457,7 +576,7 @@ type CloseRequest struct {
 
 func (x *CloseRequest) Reset() {
 	*x = CloseRequest{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[7]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -469,7 +588,7 @@ func (x *CloseRequest) String() string {
 func (*CloseRequest) ProtoMessage() {}
 
 func (x *CloseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[7]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -482,7 +601,7 @@ func (x *CloseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseRequest.ProtoReflect.Descriptor instead.
 func (*CloseRequest) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{7}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CloseRequest) GetSessionId() string {
@@ -500,7 +619,7 @@ type CloseResponse struct {
 
 func (x *CloseResponse) Reset() {
 	*x = CloseResponse{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[8]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +631,7 @@ func (x *CloseResponse) String() string {
 func (*CloseResponse) ProtoMessage() {}
 
 func (x *CloseResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[8]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +644,7 @@ func (x *CloseResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CloseResponse.ProtoReflect.Descriptor instead.
 func (*CloseResponse) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{8}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{10}
 }
 
 // ModelInfo describes the model an attnd serves.
@@ -555,7 +674,7 @@ type ModelInfo struct {
 
 func (x *ModelInfo) Reset() {
 	*x = ModelInfo{}
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[9]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +686,7 @@ func (x *ModelInfo) String() string {
 func (*ModelInfo) ProtoMessage() {}
 
 func (x *ModelInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_dlmesh_v1_attention_proto_msgTypes[9]
+	mi := &file_dlmesh_v1_attention_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +699,7 @@ func (x *ModelInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelInfo.ProtoReflect.Descriptor instead.
 func (*ModelInfo) Descriptor() ([]byte, []int) {
-	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{9}
+	return file_dlmesh_v1_attention_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ModelInfo) GetModelType() string {
@@ -678,12 +797,18 @@ var File_dlmesh_v1_attention_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_attention_proto_rawDesc = "" +
 	"\n" +
-	"\x19dlmesh/v1/attention.proto\x12\tdlmesh.v1\x1a\x16dlmesh/v1/common.proto\"k\n" +
+	"\x19dlmesh/v1/attention.proto\x12\tdlmesh.v1\x1a\x16dlmesh/v1/common.proto\"\x86\x01\n" +
 	"\vOpenRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x1a\n" +
 	"\bcapacity\x18\x02 \x01(\x05R\bcapacity\x12!\n" +
-	"\fblock_length\x18\x03 \x01(\x05R\vblockLength\"\x0e\n" +
+	"\fblock_length\x18\x03 \x01(\x05R\vblockLength\x12\x19\n" +
+	"\blease_ms\x18\x04 \x01(\x05R\aleaseMs\"/\n" +
+	"\fRenewRequest\x12\x1f\n" +
+	"\vsession_ids\x18\x01 \x03(\tR\n" +
+	"sessionIds\")\n" +
+	"\rRenewResponse\x12\x18\n" +
+	"\aunknown\x18\x01 \x03(\tR\aunknown\"\x0e\n" +
 	"\fOpenResponse\"A\n" +
 	"\vStepRequest\x122\n" +
 	"\bsessions\x18\x01 \x03(\v2\x16.dlmesh.v1.SessionStepR\bsessions\"\xba\x01\n" +
@@ -697,13 +822,16 @@ const file_dlmesh_v1_attention_proto_rawDesc = "" +
 	"\x0finv_temperature\x18\x06 \x01(\x02R\x0einvTemperature\"n\n" +
 	"\fStepResponse\x122\n" +
 	"\aresults\x18\x01 \x03(\v2\x18.dlmesh.v1.SessionResultR\aresults\x12*\n" +
-	"\x05stats\x18\x02 \x01(\v2\x14.dlmesh.v1.StepStatsR\x05stats\"w\n" +
+	"\x05stats\x18\x02 \x01(\v2\x14.dlmesh.v1.StepStatsR\x05stats\"\xac\x01\n" +
 	"\rSessionResult\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
 	"\x03ids\x18\x02 \x01(\fR\x03ids\x12\x16\n" +
 	"\x06logits\x18\x03 \x01(\fR\x06logits\x12\x10\n" +
-	"\x03lse\x18\x04 \x01(\fR\x03lseJ\x04\b\x05\x10\x06R\x05probs\"\x96\x01\n" +
+	"\x03lse\x18\x04 \x01(\fR\x03lse\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x06 \x01(\x05R\terrorCode\x12\x14\n" +
+	"\x05error\x18\a \x01(\tR\x05errorJ\x04\b\x05\x10\x06R\x05probs\"\x96\x01\n" +
 	"\tStepStats\x12\x19\n" +
 	"\bms_total\x18\x01 \x01(\x01R\amsTotal\x12!\n" +
 	"\fms_attention\x18\x02 \x01(\x01R\vmsAttention\x12\x1d\n" +
@@ -733,11 +861,12 @@ const file_dlmesh_v1_attention_proto_rawDesc = "" +
 	"\x04load\x18\r \x01(\v2\x14.dlmesh.v1.LoadStatsR\x04load\x1a7\n" +
 	"\tMetaEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xef\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x012\xab\x02\n" +
 	"\tAttention\x127\n" +
 	"\x04Open\x12\x16.dlmesh.v1.OpenRequest\x1a\x17.dlmesh.v1.OpenResponse\x127\n" +
 	"\x04Step\x12\x16.dlmesh.v1.StepRequest\x1a\x17.dlmesh.v1.StepResponse\x12:\n" +
-	"\x05Close\x12\x17.dlmesh.v1.CloseRequest\x1a\x18.dlmesh.v1.CloseResponse\x124\n" +
+	"\x05Close\x12\x17.dlmesh.v1.CloseRequest\x1a\x18.dlmesh.v1.CloseResponse\x12:\n" +
+	"\x05Renew\x12\x17.dlmesh.v1.RenewRequest\x1a\x18.dlmesh.v1.RenewResponse\x124\n" +
 	"\x04Info\x12\x16.dlmesh.v1.InfoRequest\x1a\x14.dlmesh.v1.ModelInfoB2Z0github.com/dlmesh/dlmesh/proto/dlmeshv1;dlmeshv1b\x06proto3"
 
 var (
@@ -752,40 +881,44 @@ func file_dlmesh_v1_attention_proto_rawDescGZIP() []byte {
 	return file_dlmesh_v1_attention_proto_rawDescData
 }
 
-var file_dlmesh_v1_attention_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_dlmesh_v1_attention_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_dlmesh_v1_attention_proto_goTypes = []any{
 	(*OpenRequest)(nil),   // 0: dlmesh.v1.OpenRequest
-	(*OpenResponse)(nil),  // 1: dlmesh.v1.OpenResponse
-	(*StepRequest)(nil),   // 2: dlmesh.v1.StepRequest
-	(*SessionStep)(nil),   // 3: dlmesh.v1.SessionStep
-	(*StepResponse)(nil),  // 4: dlmesh.v1.StepResponse
-	(*SessionResult)(nil), // 5: dlmesh.v1.SessionResult
-	(*StepStats)(nil),     // 6: dlmesh.v1.StepStats
-	(*CloseRequest)(nil),  // 7: dlmesh.v1.CloseRequest
-	(*CloseResponse)(nil), // 8: dlmesh.v1.CloseResponse
-	(*ModelInfo)(nil),     // 9: dlmesh.v1.ModelInfo
-	nil,                   // 10: dlmesh.v1.ModelInfo.MetaEntry
-	(*GPUInfo)(nil),       // 11: dlmesh.v1.GPUInfo
-	(*LoadStats)(nil),     // 12: dlmesh.v1.LoadStats
-	(*InfoRequest)(nil),   // 13: dlmesh.v1.InfoRequest
+	(*RenewRequest)(nil),  // 1: dlmesh.v1.RenewRequest
+	(*RenewResponse)(nil), // 2: dlmesh.v1.RenewResponse
+	(*OpenResponse)(nil),  // 3: dlmesh.v1.OpenResponse
+	(*StepRequest)(nil),   // 4: dlmesh.v1.StepRequest
+	(*SessionStep)(nil),   // 5: dlmesh.v1.SessionStep
+	(*StepResponse)(nil),  // 6: dlmesh.v1.StepResponse
+	(*SessionResult)(nil), // 7: dlmesh.v1.SessionResult
+	(*StepStats)(nil),     // 8: dlmesh.v1.StepStats
+	(*CloseRequest)(nil),  // 9: dlmesh.v1.CloseRequest
+	(*CloseResponse)(nil), // 10: dlmesh.v1.CloseResponse
+	(*ModelInfo)(nil),     // 11: dlmesh.v1.ModelInfo
+	nil,                   // 12: dlmesh.v1.ModelInfo.MetaEntry
+	(*GPUInfo)(nil),       // 13: dlmesh.v1.GPUInfo
+	(*LoadStats)(nil),     // 14: dlmesh.v1.LoadStats
+	(*InfoRequest)(nil),   // 15: dlmesh.v1.InfoRequest
 }
 var file_dlmesh_v1_attention_proto_depIdxs = []int32{
-	3,  // 0: dlmesh.v1.StepRequest.sessions:type_name -> dlmesh.v1.SessionStep
-	5,  // 1: dlmesh.v1.StepResponse.results:type_name -> dlmesh.v1.SessionResult
-	6,  // 2: dlmesh.v1.StepResponse.stats:type_name -> dlmesh.v1.StepStats
-	11, // 3: dlmesh.v1.ModelInfo.gpus:type_name -> dlmesh.v1.GPUInfo
-	10, // 4: dlmesh.v1.ModelInfo.meta:type_name -> dlmesh.v1.ModelInfo.MetaEntry
-	12, // 5: dlmesh.v1.ModelInfo.load:type_name -> dlmesh.v1.LoadStats
+	5,  // 0: dlmesh.v1.StepRequest.sessions:type_name -> dlmesh.v1.SessionStep
+	7,  // 1: dlmesh.v1.StepResponse.results:type_name -> dlmesh.v1.SessionResult
+	8,  // 2: dlmesh.v1.StepResponse.stats:type_name -> dlmesh.v1.StepStats
+	13, // 3: dlmesh.v1.ModelInfo.gpus:type_name -> dlmesh.v1.GPUInfo
+	12, // 4: dlmesh.v1.ModelInfo.meta:type_name -> dlmesh.v1.ModelInfo.MetaEntry
+	14, // 5: dlmesh.v1.ModelInfo.load:type_name -> dlmesh.v1.LoadStats
 	0,  // 6: dlmesh.v1.Attention.Open:input_type -> dlmesh.v1.OpenRequest
-	2,  // 7: dlmesh.v1.Attention.Step:input_type -> dlmesh.v1.StepRequest
-	7,  // 8: dlmesh.v1.Attention.Close:input_type -> dlmesh.v1.CloseRequest
-	13, // 9: dlmesh.v1.Attention.Info:input_type -> dlmesh.v1.InfoRequest
-	1,  // 10: dlmesh.v1.Attention.Open:output_type -> dlmesh.v1.OpenResponse
-	4,  // 11: dlmesh.v1.Attention.Step:output_type -> dlmesh.v1.StepResponse
-	8,  // 12: dlmesh.v1.Attention.Close:output_type -> dlmesh.v1.CloseResponse
-	9,  // 13: dlmesh.v1.Attention.Info:output_type -> dlmesh.v1.ModelInfo
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
+	4,  // 7: dlmesh.v1.Attention.Step:input_type -> dlmesh.v1.StepRequest
+	9,  // 8: dlmesh.v1.Attention.Close:input_type -> dlmesh.v1.CloseRequest
+	1,  // 9: dlmesh.v1.Attention.Renew:input_type -> dlmesh.v1.RenewRequest
+	15, // 10: dlmesh.v1.Attention.Info:input_type -> dlmesh.v1.InfoRequest
+	3,  // 11: dlmesh.v1.Attention.Open:output_type -> dlmesh.v1.OpenResponse
+	6,  // 12: dlmesh.v1.Attention.Step:output_type -> dlmesh.v1.StepResponse
+	10, // 13: dlmesh.v1.Attention.Close:output_type -> dlmesh.v1.CloseResponse
+	2,  // 14: dlmesh.v1.Attention.Renew:output_type -> dlmesh.v1.RenewResponse
+	11, // 15: dlmesh.v1.Attention.Info:output_type -> dlmesh.v1.ModelInfo
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -803,7 +936,7 @@ func file_dlmesh_v1_attention_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dlmesh_v1_attention_proto_rawDesc), len(file_dlmesh_v1_attention_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

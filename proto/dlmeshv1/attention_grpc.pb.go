@@ -22,6 +22,7 @@ const (
 	Attention_Open_FullMethodName  = "/dlmesh.v1.Attention/Open"
 	Attention_Step_FullMethodName  = "/dlmesh.v1.Attention/Step"
 	Attention_Close_FullMethodName = "/dlmesh.v1.Attention/Close"
+	Attention_Renew_FullMethodName = "/dlmesh.v1.Attention/Renew"
 	Attention_Info_FullMethodName  = "/dlmesh.v1.Attention/Info"
 )
 
@@ -39,6 +40,10 @@ type AttentionClient interface {
 	Step(ctx context.Context, in *StepRequest, opts ...grpc.CallOption) (*StepResponse, error)
 	// Close frees a session and its KV cache; closing an unknown session is not an error.
 	Close(ctx context.Context, in *CloseRequest, opts ...grpc.CallOption) (*CloseResponse, error)
+	// Renew extends the leases of sessions that have not stepped lately (Step renews the leases of
+	// the sessions it runs): a session whose lease runs out is freed, so a gateway that died
+	// leaks nothing.
+	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
 	// Info describes the loaded model.
 	Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*ModelInfo, error)
 }
@@ -81,6 +86,16 @@ func (c *attentionClient) Close(ctx context.Context, in *CloseRequest, opts ...g
 	return out, nil
 }
 
+func (c *attentionClient) Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RenewResponse)
+	err := c.cc.Invoke(ctx, Attention_Renew_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *attentionClient) Info(ctx context.Context, in *InfoRequest, opts ...grpc.CallOption) (*ModelInfo, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ModelInfo)
@@ -105,6 +120,10 @@ type AttentionServer interface {
 	Step(context.Context, *StepRequest) (*StepResponse, error)
 	// Close frees a session and its KV cache; closing an unknown session is not an error.
 	Close(context.Context, *CloseRequest) (*CloseResponse, error)
+	// Renew extends the leases of sessions that have not stepped lately (Step renews the leases of
+	// the sessions it runs): a session whose lease runs out is freed, so a gateway that died
+	// leaks nothing.
+	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
 	// Info describes the loaded model.
 	Info(context.Context, *InfoRequest) (*ModelInfo, error)
 	mustEmbedUnimplementedAttentionServer()
@@ -125,6 +144,9 @@ func (UnimplementedAttentionServer) Step(context.Context, *StepRequest) (*StepRe
 }
 func (UnimplementedAttentionServer) Close(context.Context, *CloseRequest) (*CloseResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Close not implemented")
+}
+func (UnimplementedAttentionServer) Renew(context.Context, *RenewRequest) (*RenewResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Renew not implemented")
 }
 func (UnimplementedAttentionServer) Info(context.Context, *InfoRequest) (*ModelInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Info not implemented")
@@ -204,6 +226,24 @@ func _Attention_Close_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Attention_Renew_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RenewRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AttentionServer).Renew(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Attention_Renew_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AttentionServer).Renew(ctx, req.(*RenewRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Attention_Info_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(InfoRequest)
 	if err := dec(in); err != nil {
@@ -240,6 +280,10 @@ var Attention_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Close",
 			Handler:    _Attention_Close_Handler,
+		},
+		{
+			MethodName: "Renew",
+			Handler:    _Attention_Renew_Handler,
 		},
 		{
 			MethodName: "Info",

@@ -229,8 +229,11 @@ type LoadStats struct {
 	// attnd only: tokens routed to each expert (by expert id, summed over the MoE layers) and rows
 	// sent to each expert group (by its expert set, e.g. "0-7") since the process started; the
 	// counters behind dlmesh_expert_tokens_total and dlmesh_group_tokens_total.
-	ExpertTokens  map[int32]int64  `protobuf:"bytes,11,rep,name=expert_tokens,json=expertTokens,proto3" json:"expert_tokens,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
-	GroupTokens   map[string]int64 `protobuf:"bytes,12,rep,name=group_tokens,json=groupTokens,proto3" json:"group_tokens,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	ExpertTokens map[int32]int64  `protobuf:"bytes,11,rep,name=expert_tokens,json=expertTokens,proto3" json:"expert_tokens,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	GroupTokens  map[string]int64 `protobuf:"bytes,12,rep,name=group_tokens,json=groupTokens,proto3" json:"group_tokens,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// attnd only: the admission limits: Open beyond either answers RESOURCE_EXHAUSTED.
+	MaxSessions   int32 `protobuf:"varint,13,opt,name=max_sessions,json=maxSessions,proto3" json:"max_sessions,omitempty"`
+	MaxKvTokens   int64 `protobuf:"varint,14,opt,name=max_kv_tokens,json=maxKvTokens,proto3" json:"max_kv_tokens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -349,6 +352,20 @@ func (x *LoadStats) GetGroupTokens() map[string]int64 {
 	return nil
 }
 
+func (x *LoadStats) GetMaxSessions() int32 {
+	if x != nil {
+		return x.MaxSessions
+	}
+	return 0
+}
+
+func (x *LoadStats) GetMaxKvTokens() int64 {
+	if x != nil {
+		return x.MaxKvTokens
+	}
+	return 0
+}
+
 var File_dlmesh_v1_common_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_common_proto_rawDesc = "" +
@@ -361,7 +378,7 @@ const file_dlmesh_v1_common_proto_rawDesc = "" +
 	"\x04uuid\x18\x03 \x01(\tR\x04uuid\x12(\n" +
 	"\x10memory_total_mib\x18\x04 \x01(\x03R\x0ememoryTotalMib\x12&\n" +
 	"\x0fmemory_free_mib\x18\x05 \x01(\x03R\rmemoryFreeMib\x12\x18\n" +
-	"\abackend\x18\x06 \x01(\tR\abackend\"\xc1\x04\n" +
+	"\abackend\x18\x06 \x01(\tR\abackend\"\x88\x05\n" +
 	"\tLoadStats\x12\x1b\n" +
 	"\tin_flight\x18\x01 \x01(\x03R\binFlight\x12\x14\n" +
 	"\x05calls\x18\x02 \x01(\x03R\x05calls\x12\x16\n" +
@@ -375,7 +392,9 @@ const file_dlmesh_v1_common_proto_rawDesc = "" +
 	"\x12kv_capacity_tokens\x18\n" +
 	" \x01(\x03R\x10kvCapacityTokens\x12K\n" +
 	"\rexpert_tokens\x18\v \x03(\v2&.dlmesh.v1.LoadStats.ExpertTokensEntryR\fexpertTokens\x12H\n" +
-	"\fgroup_tokens\x18\f \x03(\v2%.dlmesh.v1.LoadStats.GroupTokensEntryR\vgroupTokens\x1a?\n" +
+	"\fgroup_tokens\x18\f \x03(\v2%.dlmesh.v1.LoadStats.GroupTokensEntryR\vgroupTokens\x12!\n" +
+	"\fmax_sessions\x18\r \x01(\x05R\vmaxSessions\x12\"\n" +
+	"\rmax_kv_tokens\x18\x0e \x01(\x03R\vmaxKvTokens\x1a?\n" +
 	"\x11ExpertTokensEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\x05R\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\x1a>\n" +

@@ -858,8 +858,13 @@ type Usage struct {
 	TotalMs         float64 `protobuf:"fixed64,6,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
 	MsPerStep       float64 `protobuf:"fixed64,7,opt,name=ms_per_step,json=msPerStep,proto3" json:"ms_per_step,omitempty"`
 	TokensPerSecond float64 `protobuf:"fixed64,8,opt,name=tokens_per_second,json=tokensPerSecond,proto3" json:"tokens_per_second,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Times the request's attnd session was lost (its attnd died or stopped) and reopened on
+	// another attnd, and the summed time of those re-prefills (each up to and including the re-run
+	// of the interrupted step). The output is the same as without them.
+	Migrations    int32   `protobuf:"varint,9,opt,name=migrations,proto3" json:"migrations,omitempty"`
+	ReprefillMs   float64 `protobuf:"fixed64,10,opt,name=reprefill_ms,json=reprefillMs,proto3" json:"reprefill_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Usage) Reset() {
@@ -948,6 +953,20 @@ func (x *Usage) GetTokensPerSecond() float64 {
 	return 0
 }
 
+func (x *Usage) GetMigrations() int32 {
+	if x != nil {
+		return x.Migrations
+	}
+	return 0
+}
+
+func (x *Usage) GetReprefillMs() float64 {
+	if x != nil {
+		return x.ReprefillMs
+	}
+	return 0
+}
+
 var File_dlmesh_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_gateway_proto_rawDesc = "" +
@@ -1021,7 +1040,7 @@ const file_dlmesh_v1_gateway_proto_rawDesc = "" +
 	"\ttoken_ids\x18\x02 \x03(\x05R\btokenIds\x12#\n" +
 	"\rfinish_reason\x18\x03 \x01(\tR\ffinishReason\x12\x1a\n" +
 	"\bdegraded\x18\x04 \x01(\bR\bdegraded\x12&\n" +
-	"\x05usage\x18\x05 \x01(\v2\x10.dlmesh.v1.UsageR\x05usage\"\x88\x02\n" +
+	"\x05usage\x18\x05 \x01(\v2\x10.dlmesh.v1.UsageR\x05usage\"\xcb\x02\n" +
 	"\x05Usage\x12#\n" +
 	"\rprompt_tokens\x18\x01 \x01(\x05R\fpromptTokens\x12)\n" +
 	"\x10generated_tokens\x18\x02 \x01(\x05R\x0fgeneratedTokens\x12\x1a\n" +
@@ -1030,7 +1049,12 @@ const file_dlmesh_v1_gateway_proto_rawDesc = "" +
 	"\x06blocks\x18\x05 \x01(\x05R\x06blocks\x12\x19\n" +
 	"\btotal_ms\x18\x06 \x01(\x01R\atotalMs\x12\x1e\n" +
 	"\vms_per_step\x18\a \x01(\x01R\tmsPerStep\x12*\n" +
-	"\x11tokens_per_second\x18\b \x01(\x01R\x0ftokensPerSecond2M\n" +
+	"\x11tokens_per_second\x18\b \x01(\x01R\x0ftokensPerSecond\x12\x1e\n" +
+	"\n" +
+	"migrations\x18\t \x01(\x05R\n" +
+	"migrations\x12!\n" +
+	"\freprefill_ms\x18\n" +
+	" \x01(\x01R\vreprefillMs2M\n" +
 	"\aGateway\x12B\n" +
 	"\bGenerate\x12\x1a.dlmesh.v1.GenerateRequest\x1a\x18.dlmesh.v1.GenerateEvent0\x01B2Z0github.com/dlmesh/dlmesh/proto/dlmeshv1;dlmeshv1b\x06proto3"
 
