@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/dlmesh/dlmesh/attnd"
 	"github.com/dlmesh/dlmesh/expertd"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
@@ -35,6 +37,29 @@ func (h *hangingReplica) Compute(ctx context.Context, req *pb.ExpertsRequest) (*
 		return nil, ctx.Err()
 	}
 	return h.e.Compute(ctx, req)
+}
+
+// ComputeStream is attnd's hot path: each request answered as Compute would, or, while hang is
+// set, never (the stream stays open until the caller gives up on it).
+func (h *hangingReplica) ComputeStream(st grpc.BidiStreamingServer[pb.ExpertsRequest, pb.ExpertsResponse]) error {
+	for {
+		req, err := st.Recv()
+		if err != nil {
+			return nil
+		}
+		if h.hang.Load() {
+			h.hung.Add(1)
+			<-st.Context().Done()
+			return st.Context().Err()
+		}
+		resp, err := h.e.Compute(st.Context(), req)
+		if err != nil {
+			return err
+		}
+		if err := st.Send(resp); err != nil {
+			return err
+		}
+	}
 }
 
 func startHangingReplica(tb testing.TB, reg services.Registry, id string, ids []int) *hangingReplica {

@@ -463,8 +463,10 @@ func (s *Server) unclaim(steps []*pb.SessionStep) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.written(steps)
+	now := time.Now()
 	for _, sess := range s.stepSessions {
 		sess.inStep = false
+		sess.renew(now) // the lease runs from the end of the session's last step
 		if sess.closed {
 			s.freeCache(sess.cache)
 		}
