@@ -23,6 +23,7 @@ func init() { extraCommands = append(extraCommands, generateCmd) }
 func generateCmd() *cobra.Command {
 	var df decodeFlags
 	var addr string
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "generate [--addr 127.0.0.1:7070] [--mode q|s|v20] [--gen N] [flags] PROMPT",
 		Short: "Stream a generation from a gateway, with the same live view as 'dlmesh run'",
@@ -30,9 +31,14 @@ func generateCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			return generateTo(ctx, cmd, addr, args[0], &df)
+			ccfg, err := tf.client()
+			if err != nil {
+				return err
+			}
+			return generateTo(ctx, cmd, addr, ccfg, args[0], &df)
 		},
 	}
+	tf.register(cmd, false)
 	cmd.Flags().StringVar(&addr, "addr", gateway.DefaultListen, "gateway address")
 	df.register(cmd)
 	return cmd
@@ -106,13 +112,13 @@ type jsonChangeStep struct {
 	Edited   []int32 `json:"edited"`
 }
 
-// generateTo streams one generation from the gateway at addr to stdout.
-func generateTo(ctx context.Context, cmd *cobra.Command, addr, prompt string, df *decodeFlags) error {
+// generateTo streams one generation from the gateway at addr (dialled with ccfg) to stdout.
+func generateTo(ctx context.Context, cmd *cobra.Command, addr string, ccfg services.ClientConfig, prompt string, df *decodeFlags) error {
 	params, err := df.decodeParams(cmd)
 	if err != nil {
 		return err
 	}
-	cl, err := gateway.Dial(addr, services.ClientConfig{})
+	cl, err := gateway.Dial(addr, ccfg)
 	if err != nil {
 		return fmt.Errorf("gateway %s: %w", addr, err)
 	}

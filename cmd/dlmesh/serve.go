@@ -36,6 +36,9 @@ type common struct {
 	stopTimeoutSec int
 	metrics        string
 	reflection     bool
+	tls            tlsFlags
+	// mtls is the loaded TLS material (setup loads it): nil without TLS flags.
+	mtls *services.TLS
 }
 
 func (c *common) register(cmd *cobra.Command, service string) {
@@ -47,6 +50,9 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
 	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none)")
 	f.BoolVar(&c.reflection, "reflection", false, "register the gRPC reflection service (for grpcurl) on every server")
+	if service != "up" {
+		c.tls.register(cmd, true)
+	}
 	if service != "up" {
 		f.StringVar(&c.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent address for discovery and health (default $CONSUL_HTTP_ADDR; empty: static peers)")
 		f.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
@@ -62,7 +68,8 @@ func (c *common) registry(ctx context.Context, kind, flag, peers string) (servic
 		if err != nil {
 			return nil, err
 		}
-		return services.NewConsulRegistry(services.ConsulConfig{Addr: c.consul, Token: c.consulToken, Datacenter: c.consulDC, Fingerprint: fp})
+		return services.NewConsulRegistry(services.ConsulConfig{Addr: c.consul, Token: c.consulToken, Datacenter: c.consulDC, Fingerprint: fp,
+			CheckTLS: c.mtls != nil, CheckTLSServerName: c.tls.serverName})
 	}
 	if peers == "" {
 		return nil, fmt.Errorf("no peers: pass --consul ADDR (or set CONSUL_HTTP_ADDR) or the static %s address(es)", flag)
@@ -77,6 +84,11 @@ func (c *common) setup(ctx context.Context, service string) (func(), error) {
 		return nil, err
 	}
 	c.dir = d
+	// attnd and expertd require mesh client certificates when a CA is given; the gateway
+	// verifies them when presented (its clients authenticate with an API key).
+	if c.mtls, err = c.tls.load(service == "attnd" || service == "expertd"); err != nil {
+		return nil, err
+	}
 	shutdown, err := tracing.Setup(ctx, tracing.Config{ServiceName: service, OTLPEndpoint: strings.TrimPrefix(c.otlp, "http://"), File: c.traceFile})
 	if err != nil {
 		return nil, err
@@ -95,7 +107,7 @@ func (c *common) backendFactory() func() (kernels.Backend, error) {
 
 // server is the gRPC server configuration the flags set.
 func (c *common) server() services.ServerConfig {
-	return services.ServerConfig{Reflection: c.reflection, StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second}
+	return services.ServerConfig{Reflection: c.reflection, StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second, TLS: c.mtls}
 }
 
 // serve exports the started service's metrics until ctx ends (SIGINT, SIGTERM), then shuts it
@@ -188,7 +200,7 @@ cancels it and stops the mesh.`,
 			}
 			defer stopMetrics()
 			if len(args) == 1 {
-				if err := generateTo(ctx, cmd, a.Gateway, args[0], &df); err != nil {
+				if err := generateTo(ctx, cmd, a.Gateway, services.ClientConfig{}, args[0], &df); err != nil {
 					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
 						fmt.Fprintln(os.Stderr, "\ninterrupted")
 						return nil
@@ -242,6 +254,7 @@ func gatewayCmd() *cobra.Command {
 				return err
 			}
 			cfg.ModelDir, cfg.Server = c.dir, c.server()
+			cfg.Client.TLS = c.mtls
 			s, err := gateway.New(ctx, cfg, reg)
 			if err != nil {
 				return err
@@ -282,6 +295,7 @@ func attndCmd() *cobra.Command {
 				return err
 			}
 			cfg.ModelDir, cfg.Server = c.dir, c.server()
+			cfg.Client.TLS = c.mtls
 			cfg.NewBackend = c.backendFactory()
 			if cfg.KVDType, _, err = pf.dtypes(); err != nil {
 				return err
