@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -237,20 +238,36 @@ func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 	default:
 		return nil, bad("dtype %v: want DTYPE_F32 or DTYPE_BF16", req.GetDtype())
 	}
-	b := &batch{layer: layer, rows: rows, topK: topK,
-		x: make([]float32, rows*hidden), ids: make([]int32, rows*topK), weights: make([]float32, rows*topK)}
 	size := 4
 	if bf16 {
 		size = 2
 	}
-	if err := wire.DecodeF32(b.x, req.GetX(), bf16); err != nil {
+	// sizes first: a request claiming many rows allocates nothing before its payload matches
+	if len(req.GetX()) != rows*hidden*size {
 		return nil, bad("x has %d bytes: want rows·hidden·%d = %d", len(req.GetX()), size, rows*hidden*size)
 	}
-	if err := wire.DecodeI32(b.ids, req.GetIds()); err != nil {
+	if len(req.GetIds()) != rows*topK*4 {
 		return nil, bad("ids has %d bytes: want rows·top_k·4 = %d", len(req.GetIds()), rows*topK*4)
 	}
-	if err := wire.DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+	if len(req.GetWeights()) != rows*topK*4 {
 		return nil, bad("weights has %d bytes: want rows·top_k·4 = %d", len(req.GetWeights()), rows*topK*4)
+	}
+	b := &batch{layer: layer, rows: rows, topK: topK,
+		x: make([]float32, rows*hidden), ids: make([]int32, rows*topK), weights: make([]float32, rows*topK)}
+	if err := wire.DecodeF32(b.x, req.GetX(), bf16); err != nil {
+		return nil, bad("x: %v", err)
+	}
+	if err := wire.DecodeI32(b.ids, req.GetIds()); err != nil {
+		return nil, bad("ids: %v", err)
+	}
+	if err := wire.DecodeF32(b.weights, req.GetWeights(), false); err != nil {
+		return nil, bad("weights: %v", err)
+	}
+	if i := firstNonFinite(b.x); i >= 0 {
+		return nil, bad("x[%d,%d] = %v: want a finite value", i/hidden, i%hidden, b.x[i])
+	}
+	if i := firstNonFinite(b.weights); i >= 0 {
+		return nil, bad("weights[%d,%d] = %v: want a finite value", i/topK, i%topK, b.weights[i])
 	}
 	for i, e := range b.ids {
 		if e == -1 || (e >= 0 && int(e) < len(s.isHeld) && s.isHeld[e]) {
@@ -259,4 +276,14 @@ func (s *Server) validate(req *pb.ExpertsRequest) (*batch, error) {
 		return nil, bad("ids[%d,%d] = %d: want -1 or a held expert (%s)", i/topK, i%topK, e, model.FormatExperts(s.Experts()))
 	}
 	return b, nil
+}
+
+// firstNonFinite is the index of the first NaN or ±Inf in v, or -1.
+func firstNonFinite(v []float32) int {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return i
+		}
+	}
+	return -1
 }
