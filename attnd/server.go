@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -302,8 +303,8 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 		}
 		seen[id] = true
 		inv := st.GetInvTemperature()
-		if inv < 0 {
-			return nil, invalid("sessions[%d].inv_temperature %v: want >= 0 (0 = 1)", i, inv)
+		if !(inv >= 0) || math.IsInf(float64(inv), 0) { // NaN fails inv >= 0
+			return nil, invalid("sessions[%d].inv_temperature %v: want a finite value >= 0 (0 = 1)", i, inv)
 		}
 		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
 			OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: inv}
