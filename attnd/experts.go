@@ -24,7 +24,8 @@ type fanout struct {
 	s         *Server
 	r         *routes
 	be        kernels.Backend
-	expertsNs int64 // time spent in Dispatch and wait, summed over the layers
+	lock      sync.Locker // held around the backend's use by this micro-batch (nil: none); released while waiting
+	expertsNs int64       // time spent in Dispatch and wait, summed over the layers
 }
 
 var _ model.ExpertRunner = (*fanout)(nil)
@@ -94,7 +95,13 @@ func (f *fanout) Dispatch(ctx context.Context, layer int, x, ids, weights *kerne
 	return func(dst *kernels.Tensor) error {
 		t1 := time.Now()
 		defer func() { f.expertsNs += time.Since(t1).Nanoseconds() }()
-		wg.Wait()
+		if f.lock != nil { // let another micro-batch use the backend meanwhile
+			f.lock.Unlock()
+			wg.Wait()
+			f.lock.Lock()
+		} else {
+			wg.Wait()
+		}
 		defer span.End()
 		if err := errors.Join(errs...); err != nil {
 			span.SetStatus(codes.Error, err.Error())

@@ -8,7 +8,9 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/dlmesh/dlmesh/diffusion"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+	"github.com/dlmesh/dlmesh/services"
 )
 
 // usage is what the open sessions hold, kept in atomics so Info never waits for a step.
@@ -69,7 +71,7 @@ func (s *Server) setInfo() {
 	c := s.m.Cfg
 	s.backend = s.m.Be.Name()
 	s.info.Store(&pb.ModelInfo{ModelType: "llada2_moe", Fingerprint: s.fingerprint, Vocab: int32(c.Vocab), Hidden: int32(c.Hidden),
-		Layers: int32(c.Layers), Experts: int32(c.Experts), TopK: int32(c.TopK), BlockLength: DefaultBlockLen,
-		MaskId: s.maskID, EosId: s.eosID, Gpus: []*pb.GPUInfo{{Index: -1, Name: "cpu", Backend: s.m.Be.Name()}},
+		Layers: int32(c.Layers), Experts: int32(c.Experts), TopK: int32(c.TopK), BlockLength: diffusion.DefaultBlockLen,
+		MaskId: s.maskID, EosId: s.eosID, Gpus: services.GPUInfo(s.m.Be),
 		Meta: map[string]string{"max_positions": fmt.Sprint(c.MaxPositions)}})
 }

@@ -16,7 +16,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
+	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/errdefs"
+	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/model"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -26,9 +28,6 @@ import (
 
 // TracerName is the instrumentation name of attnd's spans.
 const TracerName = "github.com/dlmesh/dlmesh/attnd"
-
-// DefaultBlockLen is the block length of a session opened without one (LLaDA2.x's).
-const DefaultBlockLen = 32
 
 // ErrNotReady: a call arrived before the weights were loaded.
 var ErrNotReady = errors.New("attnd: weights not loaded")
@@ -237,10 +236,10 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 	}
 	bl := int(req.GetBlockLength())
 	if bl == 0 {
-		bl = DefaultBlockLen
+		bl = diffusion.DefaultBlockLen
 	}
 	if bl < 1 || bl > capLen {
-		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, DefaultBlockLen)
+		return nil, invalid("block_length %d not in [1, capacity %d] (0 = %d)", bl, capLen, diffusion.DefaultBlockLen)
 	}
 	c, err := s.m.NewCache(capLen)
 	if err != nil {
@@ -354,13 +353,8 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 	}
 	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
 	for i, o := range outs {
-		inv := seqs[i].InvTemp
 		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: wire.AppendI32(nil, o.IDs),
-			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false),
-			Probs: make([]float32, len(o.LSE))}
-		for row := range res.Probs {
-			res.Probs[row] = o.Prob(row, 0, inv)
-		}
+			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false)}
 		resp.Results[i] = res
 	}
 	total := time.Since(t0)
@@ -392,9 +386,16 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 	}
 	errs := make([]error, n)
 	fans := make([]*fanout, n)
+	// A backend that is not kernels.Concurrent runs one micro-batch at a time: each holds the
+	// lock for its step but for its expert waits (fanout.wait), so one's attention still overlaps
+	// another's expert calls.
+	var lock sync.Locker
+	if n > 1 && !kernels.IsConcurrent(s.m.Be) {
+		lock = new(sync.Mutex)
+	}
 	var wg sync.WaitGroup
 	for c, chunk := range chunks {
-		fans[c] = &fanout{s: s, r: r, be: s.m.Be}
+		fans[c] = &fanout{s: s, r: r, be: s.m.Be, lock: lock}
 		batch := make([]model.StepSeq, len(chunk))
 		for k, j := range chunk {
 			batch[k] = seqs[j]
@@ -402,7 +403,13 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 		run := func() {
 			mctx, span := s.tracer.Start(ctx, "attnd.microbatch", trace.WithAttributes(attribute.Int("index", c),
 				attribute.Int("sessions", len(batch)), attribute.Int("rows", stepRows(batch))))
+			if lock != nil {
+				lock.Lock()
+			}
 			o, err := s.m.Step(mctx, batch, blockLen, model.StepOptions{Experts: fans[c], Allowed: r.allowed})
+			if lock != nil {
+				lock.Unlock()
+			}
 			if err != nil {
 				span.RecordError(err)
 				span.SetStatus(otcodes.Error, err.Error())

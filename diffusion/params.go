@@ -10,7 +10,9 @@ import (
 
 // Limits of Params fields.
 const (
-	DefaultBlockLen = 32 // LLaDA2.x training block length
+	// DefaultBlockLen is the block length LLaDA2.x models were trained with: the one source of
+	// it (attnd's default session block length, the engine's and gateway's warning threshold).
+	DefaultBlockLen = 32
 	DefaultGenLen   = 64
 	MaxBlockLen     = 4096
 	MaxGenLen       = 1 << 16

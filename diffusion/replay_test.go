@@ -1,36 +1,13 @@
 package diffusion
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
-	"os"
 	"slices"
 	"testing"
-)
 
-// generateFixture is testdata/llada2-tiny-go/generate_cases.json, made by the reference decoder
-// with the bundled tiny model (--trace).
-type generateFixture struct {
-	MaskID int32 `json:"mask_id"`
-	EOSID  int32 `json:"eos_id"`
-	Cases  []struct {
-		PromptIDs  []int32    `json:"prompt_ids"`
-		Mode       string     `json:"mode"`
-		ModeParams []*float64 `json:"mode_params"`
-		GenLength  int        `json:"gen_length"`
-		BlockLen   int        `json:"block_length"`
-		IDs        []int32    `json:"ids"`
-		Forwards   int        `json:"forwards"`
-		Trace      []struct {
-			Block     int      `json:"block"`
-			Unmasked  []int    `json:"unmasked"`
-			Edited    []int    `json:"edited"`
-			Tokens    []int32  `json:"tokens"`
-			MinMargin *float64 `json:"min_margin"`
-		} `json:"trace"`
-	} `json:"cases"`
-}
+	"github.com/dlmesh/dlmesh/internal/fixtures"
+)
 
 // below returns the largest float32 that is not greater than v.
 func below(v float64) float32 {
@@ -48,21 +25,14 @@ func below(v float64) float32 {
 // threshold), and the state must then agree on every step, on where blocks end, on the number
 // of forwards and on the output.
 func TestReplayReferenceTraces(t *testing.T) {
-	raw, err := os.ReadFile("../testdata/llada2-tiny-go/generate_cases.json")
-	if err != nil {
-		t.Fatalf("fixture: %v", err)
-	}
-	var fx generateFixture
-	if err := json.Unmarshal(raw, &fx); err != nil {
-		t.Fatal(err)
-	}
+	fx := fixtures.LoadGen(t)
 	if len(fx.Cases) == 0 {
 		t.Fatal("fixture has no cases")
 	}
 	for ci, c := range fx.Cases {
 		t.Run(fmt.Sprintf("%d-%s", ci, c.Mode), func(t *testing.T) {
 			p := mustPreset(t, c.Mode, nil)
-			p.GenLen, p.BlockLen = c.GenLength, c.BlockLen
+			p.GenLen, p.BlockLen = c.GenLength, c.BlockLength
 			mp := c.ModeParams
 			if len(mp) != 3 || *mp[0] != p.TauMask || (mp[1] == nil) != p.EditOff ||
 				(mp[1] != nil && *mp[1] != p.TauEdit) || int(*mp[2]) != p.MaxPostSteps {

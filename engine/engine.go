@@ -58,7 +58,7 @@ var (
 type Config struct {
 	MaxActive     int   // requests stepped together (DefaultMaxActive)
 	MaxQueue      int   // requests waiting for a slot; beyond it Generate fails with errdefs.ErrOverloaded
-	ModelBlockLen int   // the model's trained block length (32): others are allowed with a warning
+	ModelBlockLen int   // the model's trained block length (0: diffusion.DefaultBlockLen): others are allowed with a warning
 	MaxContext    int   // window limit in tokens (prompt + generation rounded to blocks)
 	MaskID, EOSID int32 // from the tokenizer files
 	Vocab         int   // ids must be below this
@@ -83,7 +83,10 @@ type Change struct {
 
 // StepEvent reports one denoising step of one request.
 type StepEvent struct {
-	Block, Step  int // block index (absolute) and step number within the request (1-based)
+	// Block is the index of the block among the request's generated blocks (0 is the block
+	// holding the first generated position), Step the step number within that block (1-based):
+	// `run` and the gateway's stream (hence `generate`) count alike.
+	Block, Step  int
 	Changes      []Change
 	MaskedBefore int
 	Tokens       []int32 // the current block after the step
@@ -95,7 +98,7 @@ type StepEvent struct {
 
 // BlockEvent reports a finished block.
 type BlockEvent struct {
-	Block  int
+	Block  int     // as StepEvent.Block
 	Tokens []int32 // its generated tokens (prompt positions left out)
 	Text   string
 }
@@ -147,7 +150,7 @@ func New(cfg Config, st Stepper, tok *tokenizer.Tokenizer) *Engine {
 		cfg.MaxQueue = DefaultMaxQueue
 	}
 	if cfg.ModelBlockLen <= 0 {
-		cfg.ModelBlockLen = 32
+		cfg.ModelBlockLen = diffusion.DefaultBlockLen
 	}
 	tp := cfg.TracerProvider
 	if tp == nil {
@@ -185,16 +188,16 @@ func (e *Engine) Queued() int {
 }
 
 type job struct {
-	ctx     context.Context
-	req     Request
-	state   *diffusion.State
-	sampler *diffusion.Sampler
-	session string
-	opened  bool
-	cached  int // positions before this have final K/V in the session's cache
-	steps   int
-	start   time.Time
-	res     Result
+	ctx        context.Context
+	req        Request
+	state      *diffusion.State
+	sampler    *diffusion.Sampler
+	session    string
+	opened     bool
+	cached     int // positions before this have final K/V in the session's cache
+	blockSteps int // steps of the block being denoised
+	start      time.Time
+	res        Result
 
 	evMu   sync.Mutex
 	events []Event
@@ -339,23 +342,12 @@ func (e *Engine) loop(ctx context.Context) {
 		if len(ready) == 0 {
 			continue
 		}
-		// One stepper call per block length (requests may choose their own).
-		byLen := map[int][]*job{}
-		var lens []int
-		for _, j := range ready {
-			bl := j.req.Params.BlockLen
-			if _, ok := byLen[bl]; !ok {
-				lens = append(lens, bl)
-			}
-			byLen[bl] = append(byLen[bl], j)
-		}
-		for _, bl := range lens {
-			e.step(ctx, bl, byLen[bl])
-		}
+		// One stepper call for every request (the sessions were opened with their block lengths).
+		e.step(ctx, ready)
 	}
 }
 
-func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
+func (e *Engine) step(ctx context.Context, jobs []*job) {
 	steps := make([]SeqStep, len(jobs))
 	for i, j := range jobs {
 		lo, hi := j.state.Block()
@@ -380,10 +372,17 @@ func (e *Engine) step(ctx context.Context, blockLen int, jobs []*job) {
 			links = append(links, trace.Link{SpanContext: sc})
 		}
 	}
+	blockLen := jobs[0].req.Params.BlockLen // 0 in the span when the requests' block lengths differ
+	for _, j := range jobs {
+		if j.req.Params.BlockLen != blockLen {
+			blockLen = 0
+			break
+		}
+	}
 	sctx, span := e.tracer.Start(ctx, "engine.step", trace.WithLinks(links...),
 		trace.WithAttributes(attribute.Int("requests", len(jobs)), attribute.Int("block_length", blockLen)))
 	t0 := time.Now()
-	outs, info, err := e.st.Step(sctx, blockLen, steps)
+	outs, info, err := e.st.Step(sctx, steps)
 	dt := time.Since(t0)
 	if err != nil {
 		span.RecordError(err)
@@ -430,14 +429,15 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 		return
 	}
 	j.cached = lo
-	j.steps++
+	j.blockSteps++
 	j.res.StepTime += dt
 	j.res.Degraded = j.res.Degraded || degraded
 	if j.req.Trace {
 		j.res.Trace = append(j.res.Trace, res)
 	}
 	n := len(j.req.Prompt)
-	ev := &StepEvent{Block: res.Block, Step: j.steps, MaskedBefore: maskedBefore, Tokens: res.Tokens, BlockLo: lo,
+	first := n / j.req.Params.BlockLen // the block holding position n, the first generated one
+	ev := &StepEvent{Block: res.Block - first, Step: j.blockSteps, MaskedBefore: maskedBefore, Tokens: res.Tokens, BlockLo: lo,
 		PromptLen: n, StepMs: float64(dt.Microseconds()) / 1000, Degraded: degraded}
 	for _, p := range res.Unmasked {
 		ev.Changes = append(ev.Changes, Change{Pos: p - n, ID: res.Tokens[p-lo]})
@@ -447,12 +447,13 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	}
 	j.push(Event{Step: ev})
 	if res.BlockDone {
+		j.blockSteps = 0
 		j.res.Blocks++
 		gen := res.Committed
 		if start := n - lo; start > 0 {
 			gen = gen[start:]
 		}
-		be := &BlockEvent{Block: res.Block, Tokens: append([]int32(nil), gen...)}
+		be := &BlockEvent{Block: res.Block - first, Tokens: append([]int32(nil), gen...)}
 		if e.tok != nil {
 			be.Text = e.tok.Decode(cutEOS(gen, e.cfg.EOSID))
 		}

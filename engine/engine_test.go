@@ -2,16 +2,15 @@ package engine_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 
 	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/kernels/cuda"
@@ -21,47 +20,12 @@ import (
 
 const tinyDir = "../models/llada2-tiny-go"
 
-type traceStep struct {
-	Block     int      `json:"block"`
-	Unmasked  []int    `json:"unmasked"`
-	Edited    []int    `json:"edited"`
-	Tokens    []int32  `json:"tokens"`
-	MinMargin *float64 `json:"min_margin"`
-}
-
-type genCase struct {
-	Prompt      string      `json:"prompt"`
-	PromptIDs   []int32     `json:"prompt_ids"`
-	Mode        string      `json:"mode"`
-	GenLength   int         `json:"gen_length"`
-	BlockLength int         `json:"block_length"`
-	IDs         []int32     `json:"ids"`
-	Text        string      `json:"text"`
-	Forwards    int         `json:"forwards"`
-	Trace       []traceStep `json:"trace"`
-}
-
-type genFile struct {
-	MaskID int32     `json:"mask_id"`
-	EOSID  int32     `json:"eos_id"`
-	Cases  []genCase `json:"cases"`
-}
-
-func loadGenCases(tb testing.TB) genFile {
-	tb.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "llada2-tiny-go", "generate_cases.json"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var f genFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		tb.Fatal(err)
-	}
-	if len(f.Cases) != 9 {
-		tb.Fatalf("want 9 generate cases, got %d", len(f.Cases))
-	}
-	return f
-}
+// The generation fixtures (internal/fixtures).
+type (
+	traceStep = fixtures.TraceStep
+	genCase   = fixtures.GenCase
+	genFile   = fixtures.GenFile
+)
 
 type fixture struct {
 	m   *model.Model
@@ -95,7 +59,7 @@ func loadFixture(tb testing.TB) fixture {
 	if fixErr != nil {
 		tb.Fatal(fixErr)
 	}
-	fix.gen = loadGenCases(tb)
+	fix.gen = fixtures.LoadGen(tb)
 	return fix
 }
 
@@ -204,17 +168,26 @@ func TestGenerateEvents(t *testing.T) {
 	f := loadFixture(t)
 	e := newEngine(t, f, engine.NewLocalStepper(f.m))
 	c := f.gen.Cases[0]
-	var steps, blocks int
+	var steps, blocks, blockSteps int
 	var text string
 	r, err := e.Generate(context.Background(), request(t, c, "ev"), func(ev engine.Event) {
 		switch {
 		case ev.Step != nil:
 			steps++
+			blockSteps++
 			if len(ev.Step.Changes) == 0 && ev.Step.MaskedBefore > 0 {
 				t.Errorf("step %d with %d masks changed nothing", ev.Step.Step, ev.Step.MaskedBefore)
 			}
+			// counted per generated block: block 0 holds the first generated position
+			if ev.Step.Block != blocks || ev.Step.Step != blockSteps {
+				t.Errorf("step event %d: block %d step %d, want block %d step %d", steps, ev.Step.Block, ev.Step.Step, blocks, blockSteps)
+			}
 		case ev.Block != nil:
+			if ev.Block.Block != blocks {
+				t.Errorf("block event %d: block %d", blocks, ev.Block.Block)
+			}
 			blocks++
+			blockSteps = 0
 			text += ev.Block.Text
 		}
 	})

@@ -26,8 +26,8 @@ type flakyStepper struct {
 
 var errAttndGone = errors.New("attnd-2: connection refused")
 
-func (f *flakyStepper) Step(ctx context.Context, blockLen int, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
-	outs, info, err := f.LocalStepper.Step(ctx, blockLen, steps)
+func (f *flakyStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
+	outs, info, err := f.LocalStepper.Step(ctx, steps)
 	if err != nil {
 		return outs, info, err
 	}
@@ -126,7 +126,7 @@ type failingStepper struct{ *engine.LocalStepper }
 
 var errBackend = errors.New("backend: device lost")
 
-func (f *failingStepper) Step(context.Context, int, []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
+func (f *failingStepper) Step(context.Context, []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
 	return nil, engine.StepInfo{}, errBackend
 }
 
@@ -150,7 +150,7 @@ func TestLocalStepperDegraded(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer st.Close(ctx, "s")
-			_, info, err := st.Step(ctx, 32, []engine.SeqStep{{Session: "s", Tokens: f.gen.Cases[0].PromptIDs[:8], OutRows: 1, TopK: 1, InvTemp: 1}})
+			_, info, err := st.Step(ctx, []engine.SeqStep{{Session: "s", Tokens: f.gen.Cases[0].PromptIDs[:8], OutRows: 1, TopK: 1, InvTemp: 1}})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -35,13 +35,14 @@ func (in StepInfo) degraded(i int) bool { return i < len(in.Degraded) && in.Degr
 // Stepper runs batched forwards over sessions that keep their KV cache between steps. The
 // in-process engine uses LocalStepper; the gateway uses a stepper that calls attnd.
 //
-// Open allocates a session of capacity positions whose steps all use block length blockLen.
+// Open allocates a session of capacity positions whose steps all use block length blockLen
+// (the only place the block length is given: a batch may mix sessions of different lengths).
 // Step runs one batched forward; when it fails for some sessions only (their attnd died, say),
 // it returns a *StepError naming them and valid outputs for all the others; any other error
 // fails the whole step. Close frees a session; closing an unknown one is not an error.
 type Stepper interface {
 	Open(ctx context.Context, session string, capacity, blockLen int) error
-	Step(ctx context.Context, blockLen int, steps []SeqStep) ([]model.StepOut, StepInfo, error)
+	Step(ctx context.Context, steps []SeqStep) ([]model.StepOut, StepInfo, error)
 	Close(ctx context.Context, session string) error
 }
 
@@ -86,20 +87,28 @@ type LocalStepper struct {
 	Allowed []bool             // router mask for degraded serving (nil: all experts)
 
 	mu       sync.Mutex
-	sessions map[string]*model.Cache
+	sessions map[string]*localSession
+}
+
+type localSession struct {
+	cache    *model.Cache
+	blockLen int
 }
 
 // NewLocalStepper returns a stepper over m.
 func NewLocalStepper(m *model.Model) *LocalStepper {
-	return &LocalStepper{M: m, sessions: map[string]*model.Cache{}}
+	return &LocalStepper{M: m, sessions: map[string]*localSession{}}
 }
 
-// Open allocates the session's KV cache (the block length is given at each step).
-func (l *LocalStepper) Open(_ context.Context, session string, capacity, _ int) error {
+// Open allocates the session's KV cache and keeps its block length.
+func (l *LocalStepper) Open(_ context.Context, session string, capacity, blockLen int) error {
+	if blockLen < 1 || blockLen > capacity {
+		return fmt.Errorf("engine: session %q: block length %d not in [1, capacity %d]: %w", session, blockLen, capacity, errdefs.ErrInvalidArgument)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.sessions == nil {
-		l.sessions = map[string]*model.Cache{}
+		l.sessions = map[string]*localSession{}
 	}
 	if _, ok := l.sessions[session]; ok {
 		return fmt.Errorf("engine: open %q: %w", session, errdefs.ErrSessionExists)
@@ -108,7 +117,7 @@ func (l *LocalStepper) Open(_ context.Context, session string, capacity, _ int) 
 	if err != nil {
 		return err
 	}
-	l.sessions[session] = c
+	l.sessions[session] = &localSession{cache: c, blockLen: blockLen}
 	return nil
 }
 
@@ -116,8 +125,8 @@ func (l *LocalStepper) Open(_ context.Context, session string, capacity, _ int) 
 func (l *LocalStepper) Close(_ context.Context, session string) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if c, ok := l.sessions[session]; ok {
-		c.Free()
+	if s, ok := l.sessions[session]; ok {
+		s.cache.Free()
 		delete(l.sessions, session)
 	}
 	return nil
@@ -130,19 +139,46 @@ func (l *LocalStepper) Sessions() int {
 	return len(l.sessions)
 }
 
-// Step runs one batched forward.
-func (l *LocalStepper) Step(ctx context.Context, blockLen int, steps []SeqStep) ([]model.StepOut, StepInfo, error) {
+// Step runs one batched forward per block length among the sessions (one, usually).
+func (l *LocalStepper) Step(ctx context.Context, steps []SeqStep) ([]model.StepOut, StepInfo, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	seqs := make([]model.StepSeq, len(steps))
+	byLen := map[int][]int{}
+	var lens []int
 	for i, s := range steps {
-		c, ok := l.sessions[s.Session]
+		sess, ok := l.sessions[s.Session]
 		if !ok {
 			return nil, StepInfo{}, fmt.Errorf("engine: step %q: %w", s.Session, errdefs.ErrUnknownSession)
 		}
-		seqs[i] = model.StepSeq{Cache: c, Pos: s.StartPos, Tokens: s.Tokens, OutRows: s.OutRows, TopK: s.TopK, InvTemp: s.InvTemp}
+		seqs[i] = model.StepSeq{Cache: sess.cache, Pos: s.StartPos, Tokens: s.Tokens, OutRows: s.OutRows, TopK: s.TopK, InvTemp: s.InvTemp}
+		if _, seen := byLen[sess.blockLen]; !seen {
+			lens = append(lens, sess.blockLen)
+		}
+		byLen[sess.blockLen] = append(byLen[sess.blockLen], i)
 	}
-	outs, err := l.M.Step(ctx, seqs, blockLen, model.StepOptions{Experts: l.Experts, Allowed: l.Allowed})
+	outs := make([]model.StepOut, len(steps))
+	opt := model.StepOptions{Experts: l.Experts, Allowed: l.Allowed}
+	var err error
+	for _, bl := range lens {
+		idx := byLen[bl]
+		if len(lens) == 1 {
+			outs, err = l.M.Step(ctx, seqs, bl, opt)
+			break
+		}
+		part := make([]model.StepSeq, len(idx))
+		for k, i := range idx {
+			part[k] = seqs[i]
+		}
+		var po []model.StepOut
+		if po, err = l.M.Step(ctx, part, bl, opt); err != nil {
+			outs = nil
+			break
+		}
+		for k, i := range idx {
+			outs[i] = po[k]
+		}
+	}
 	info := StepInfo{}
 	if slices.Contains(l.Allowed, false) {
 		info.Degraded = make([]bool, len(steps))

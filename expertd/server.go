@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -44,7 +43,6 @@ type Server struct {
 	mu sync.Mutex // the backend is used by one goroutine at a time
 
 	closeOnce sync.Once
-	calls     atomic.Int64 // Compute calls answered without error
 	meter     *services.LoadMeter
 	closeErr  error
 }
@@ -121,7 +119,7 @@ func (s *Server) load(ctx context.Context) error {
 	for _, l := range m.Cfg.MoELayers() {
 		s.moe = append(s.moe, int32(l))
 	}
-	s.gpus = []*pb.GPUInfo{{Index: -1, Name: "cpu", Backend: be.Name()}}
+	s.gpus = services.GPUInfo(be)
 	return nil
 }
 
@@ -154,7 +152,7 @@ func (s *Server) Instance(id string) services.Instance {
 }
 
 // Calls is the number of Compute calls the server has answered without error.
-func (s *Server) Calls() int64 { return s.calls.Load() }
+func (s *Server) Calls() int64 { return s.meter.Snapshot().Calls }
 
 // SetServing sets the health status the server reports (grpc.health.v1): a replica about to
 // stop reports NOT_SERVING first, so health checks and discovery drop it before it drains.
@@ -204,7 +202,6 @@ func (s *Server) Compute(ctx context.Context, req *pb.ExpertsRequest) (_ *pb.Exp
 		return nil, err
 	}
 	bf16 := req.GetDtype() == pb.DType_DTYPE_BF16
-	s.calls.Add(1)
 	return &pb.ExpertsResponse{Dtype: req.GetDtype(), Y: wire.AppendF32(make([]byte, 0, len(req.GetX())), y, bf16),
 		ComputeMs: float64(time.Since(t0).Microseconds()) / 1000}, nil
 }

@@ -236,7 +236,7 @@ func TestComputeRejectsMalformed(t *testing.T) {
 // TestInfoReportsLoad: Info counts the Compute calls answered and failed, with their latency.
 func TestInfoReportsLoad(t *testing.T) {
 	held := []int32{0, 1, 2, 3, 4, 5, 6, 7}
-	_, c, _ := start(t, expertsOf(held))
+	srv, c, _ := start(t, expertsOf(held))
 	in := randomInput(4, 256, 4, held, 3)
 	ctx := context.Background()
 	for range 3 {
@@ -256,6 +256,9 @@ func TestInfoReportsLoad(t *testing.T) {
 	l := info.GetLoad()
 	if l.GetCalls() != 3 || l.GetErrors() != 1 || l.GetInFlight() != 0 || l.GetWindowCalls() != 3 || l.GetWindowS() != 60 {
 		t.Errorf("load %v: want 3 calls, 1 error, none in flight, 3 in the 60 s window", l)
+	}
+	if srv.Calls() != l.GetCalls() {
+		t.Errorf("Calls() = %d, Info's load %d: one count, want them equal", srv.Calls(), l.GetCalls())
 	}
 	if l.GetP50Ms() <= 0 || l.GetP99Ms() < l.GetP50Ms() {
 		t.Errorf("latency p50 %v ms p99 %v ms: want 0 < p50 <= p99", l.GetP50Ms(), l.GetP99Ms())

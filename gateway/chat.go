@@ -1,42 +1,58 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
+	"github.com/dlmesh/dlmesh/chat"
 	"github.com/dlmesh/dlmesh/errdefs"
 )
 
 // Message is one chat turn.
 type Message struct {
-	Role    string // "system", "user", "assistant" (any lowercase word is accepted)
-	Content string
+	Role    string `json:"role"` // any role the template accepts: system, user, assistant, tool, …
+	Content string `json:"content"`
 }
 
-// RenderChat renders messages with the default LLaDA2 chat template (see the package doc):
-// every turn as `<role>ROLE</role>CONTENT<|role_end|>`, then `<role>assistant</role>` so the
-// model continues as the assistant. A role must be a non-empty word of [a-z_] and must not
-// contain the template's markers; content must not contain `<|role_end|>`.
-func RenderChat(msgs []Message) (string, error) {
+// ChatTemplate renders chat turns into a prompt with a model's chat template (package chat).
+type ChatTemplate struct {
+	tmpl *chat.Template
+}
+
+// LoadChatTemplate reads modelDir's chat template: tokenizer_config.json's chat_template, or
+// the built-in default (see the package doc) when it has none.
+func LoadChatTemplate(modelDir string) (*ChatTemplate, error) {
+	t, err := chat.Load(modelDir)
+	if err != nil {
+		return nil, err
+	}
+	return &ChatTemplate{tmpl: t}, nil
+}
+
+// IsDefault reports whether the model has no template of its own.
+func (c *ChatTemplate) IsDefault() bool { return c.tmpl.IsDefault() }
+
+// Render renders msgs with add_generation_prompt true, so the model continues as the assistant.
+// Errors wrap errdefs.ErrInvalidArgument.
+func (c *ChatTemplate) Render(msgs []Message) (string, error) {
 	if len(msgs) == 0 {
 		return "", fmt.Errorf("gateway: messages is empty: %w", errdefs.ErrInvalidArgument)
 	}
-	var b strings.Builder
+	req := chat.Request{Messages: make([]any, len(msgs)), AddGenerationPrompt: true}
 	for i, m := range msgs {
-		if m.Role == "" || strings.IndexFunc(m.Role, func(r rune) bool { return (r < 'a' || r > 'z') && r != '_' }) >= 0 {
-			return "", fmt.Errorf("gateway: messages[%d].role %q must be a lowercase word ([a-z_]+): %w", i, m.Role, errdefs.ErrInvalidArgument)
-		}
-		if strings.Contains(m.Content, roleEnd) {
-			return "", fmt.Errorf("gateway: messages[%d].content contains the turn marker %s: %w", i, roleEnd, errdefs.ErrInvalidArgument)
-		}
-		b.WriteString("<role>")
-		b.WriteString(m.Role)
-		b.WriteString("</role>")
-		b.WriteString(m.Content)
-		b.WriteString(roleEnd)
+		req.Messages[i] = m
 	}
-	b.WriteString("<role>assistant</role>")
-	return b.String(), nil
+	text, err := c.tmpl.Render(req)
+	if errors.Is(err, chat.ErrBadRequest) {
+		return "", fmt.Errorf("gateway: %s: %w", strings.TrimPrefix(err.Error(), chat.ErrBadRequest.Error()+": "), errdefs.ErrInvalidArgument)
+	}
+	return text, err
 }
 
-const roleEnd = "<|role_end|>"
+var defaultChat = &ChatTemplate{tmpl: chat.Default()}
+
+// RenderChat renders messages with the built-in default template (see the package doc): every
+// turn as `<role>ROLE</role>CONTENT<|role_end|>`, then `<role>assistant</role>`. A role must be
+// a non-empty word of [a-z_]; content must not contain the template's markers.
+func RenderChat(msgs []Message) (string, error) { return defaultChat.Render(msgs) }

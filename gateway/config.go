@@ -7,6 +7,7 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/services"
 )
@@ -18,7 +19,6 @@ const (
 	DefaultMaxQueue    = engine.DefaultMaxQueue
 	DefaultStepTimeout = 60 * time.Second // deadline of one Attention.Step call
 	DefaultCallTimeout = 10 * time.Second // deadline of Attention.Open and Close
-	DefaultBlockLen    = 32               // the model's training block length
 )
 
 // ErrBadConfig wraps every Config.Validate error.
@@ -38,7 +38,7 @@ type Config struct {
 	MaxActive int
 	MaxQueue  int
 	// ModelBlockLen is the block length the model was trained with: others are allowed with a
-	// warning (DefaultBlockLen).
+	// warning (default diffusion.DefaultBlockLen).
 	ModelBlockLen int
 	// StepTimeout is the deadline of one Attention.Step call, CallTimeout of Open and Close.
 	StepTimeout time.Duration
@@ -64,7 +64,7 @@ func (c Config) WithDefaults() Config {
 		c.MaxQueue = DefaultMaxQueue
 	}
 	if c.ModelBlockLen == 0 {
-		c.ModelBlockLen = DefaultBlockLen
+		c.ModelBlockLen = diffusion.DefaultBlockLen
 	}
 	if c.StepTimeout == 0 {
 		c.StepTimeout = DefaultStepTimeout

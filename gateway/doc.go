@@ -5,14 +5,13 @@
 // denoising step (the positions that changed, with token id, text and UNMASK/EDIT), a BlockEvent
 // per frozen block, and one FinalEvent (text, finish reason, usage, degraded flag).
 //
-// Input: `prompt` is tokenised as is. `messages` are rendered with the default LLaDA2 chat
-// template, one turn at a time and then the assistant's opening tag:
+// Input: `prompt` is tokenised as is. `messages` are rendered with the model's chat template
+// (tokenizer_config.json's chat_template, rendered as Hugging Face apply_chat_template does, by
+// package chat) with add_generation_prompt true. A model without a template gets the built-in
+// default, one turn at a time and then the assistant's opening tag:
 //
-//	<role>ROLE</role>CONTENT<|role_end|>   (for every message, ROLE as given: system, user, …)
+//	<role>ROLE</role>CONTENT<|role_end|>   (for every message, ROLE a lowercase word: system, user, …)
 //	<role>assistant</role>
-//
-// The gateway has no Jinja engine, so a chat_template in tokenizer_config.json is not rendered:
-// the default above is always used (a warning is logged at startup when the file has one).
 //
 // Errors: a bad request gets InvalidArgument naming the field and its range (for example
 // "diffusion: invalid tau_mask 2: want a value in (0, 1]"), a full queue ResourceExhausted, a
@@ -26,6 +25,6 @@
 //
 // Client is a small helper that streams one Generate (used by `dlmesh generate`).
 //
-// Who may import: cmd/dlmesh, mesh, tests. It imports engine, diffusion, tokenizer, model (config
-// only), services, wire, errdefs, proto; never another service package.
+// Who may import: cmd/dlmesh, mesh, tests. It imports engine, diffusion, tokenizer, chat, model
+// (config only), services, wire, errdefs, proto; never another service package.
 package gateway

@@ -39,6 +39,7 @@ type Server struct {
 	cfg     Config
 	tracer  trace.Tracer
 	tok     *tokenizer.Tokenizer
+	chat    *ChatTemplate
 	mcfg    *model.Config
 	pool    *services.Pool
 	stepper *RemoteStepper
@@ -67,8 +68,9 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
-	if tok.ChatTemplate() != "" {
-		slog.Warn("gateway: tokenizer_config.json has a chat_template; it is not rendered (no Jinja engine), the default <role>…</role> template is used")
+	chatTmpl, err := LoadChatTemplate(cfg.ModelDir)
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
 	}
 	if tok.MaskID() < 0 || tok.EOSID() < 0 {
 		return nil, fmt.Errorf("gateway: tokenizer in %s has no mask or eos token", cfg.ModelDir)
@@ -80,7 +82,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	tp := services.TracerProvider(cfg.TracerProvider)
 	ccfg := cfg.Client
 	ccfg.TracerProvider = tp
-	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, mcfg: mcfg, reg: reg, watchDone: make(chan struct{})}
+	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, chat: chatTmpl, mcfg: mcfg, reg: reg, watchDone: make(chan struct{})}
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
 		return services.Dial(in.Addr, ccfg)
 	})
@@ -178,7 +180,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 			msgs[i] = Message{Role: m.GetRole(), Content: m.GetContent()}
 		}
 		var err error
-		if text, err = RenderChat(msgs); err != nil {
+		if text, err = s.chat.Render(msgs); err != nil {
 			return err
 		}
 	default:
@@ -198,7 +200,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("prompt_tokens", len(ids)),
 		attribute.Int("gen_length", p.GenLen), attribute.Int("block_length", p.BlockLen))
 
-	ev := &events{s: s, ctx: ctx, stream: stream, firstBlock: len(ids) / p.BlockLen}
+	ev := &events{s: s, ctx: ctx, stream: stream}
 	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p}, ev.on)
 	ev.endBlock()
 	if err != nil {
@@ -227,15 +229,13 @@ func final(r *engine.Result, steps int) *pb.FinalEvent {
 
 // events converts the engine's events of one request into stream messages and spans.
 type events struct {
-	s          *Server
-	ctx        context.Context
-	stream     grpc.ServerStreamingServer[pb.GenerateEvent]
-	firstBlock int // absolute index of the block holding the first generated position
-	steps      int
-	block      int // relative index of the block being denoised, -1 before the first step
-	blockStep  int
-	blockSpan  trace.Span
-	err        error // the first failed Send
+	s         *Server
+	ctx       context.Context
+	stream    grpc.ServerStreamingServer[pb.GenerateEvent]
+	steps     int
+	block     int // the block being denoised (engine.StepEvent.Block)
+	blockSpan trace.Span
+	err       error // the first failed Send
 }
 
 func (e *events) send(ev *pb.GenerateEvent) {
@@ -256,17 +256,16 @@ func (e *events) on(ev engine.Event) {
 	case ev.Step != nil:
 		st := ev.Step
 		e.steps++
-		block := st.Block - e.firstBlock
+		block := st.Block
 		now := time.Now()
 		start := now.Add(-time.Duration(st.StepMs * float64(time.Millisecond)))
 		if e.blockSpan == nil || block != e.block {
 			e.endBlock()
 			_, e.blockSpan = e.s.tracer.Start(e.ctx, "gateway.block", trace.WithTimestamp(start),
 				trace.WithAttributes(attribute.Int("block", block)))
-			e.block, e.blockStep = block, 0
+			e.block = block
 		}
-		e.blockStep++
-		out := &pb.StepEvent{Block: int32(block), Step: int32(e.blockStep), MaskedBefore: int32(st.MaskedBefore), StepMs: float32(st.StepMs),
+		out := &pb.StepEvent{Block: int32(block), Step: int32(st.Step), MaskedBefore: int32(st.MaskedBefore), StepMs: float32(st.StepMs),
 			BlockStart: int32(st.BlockLo - st.PromptLen), BlockLength: int32(len(st.Tokens)), Degraded: st.Degraded}
 		unmasked, edited := 0, 0
 		for _, c := range st.Changes {
@@ -282,14 +281,14 @@ func (e *events) on(ev engine.Event) {
 		}
 		bctx := trace.ContextWithSpan(e.ctx, e.blockSpan)
 		_, span := e.s.tracer.Start(bctx, "gateway.step", trace.WithTimestamp(start), trace.WithAttributes(
-			attribute.Int("block", block), attribute.Int("step", e.blockStep), attribute.Int("masked_before", st.MaskedBefore),
+			attribute.Int("block", block), attribute.Int("step", st.Step), attribute.Int("masked_before", st.MaskedBefore),
 			attribute.Int("unmasked", unmasked), attribute.Int("edited", edited)))
 		span.End(trace.WithTimestamp(now))
 		e.send(&pb.GenerateEvent{Event: &pb.GenerateEvent_Step{Step: out}})
 	case ev.Block != nil:
 		b := ev.Block
 		e.endBlock()
-		e.send(&pb.GenerateEvent{Event: &pb.GenerateEvent_Block{Block: &pb.BlockEvent{Block: int32(b.Block - e.firstBlock),
+		e.send(&pb.GenerateEvent{Event: &pb.GenerateEvent_Block{Block: &pb.BlockEvent{Block: int32(b.Block),
 			Text: b.Text, TokenIds: b.Tokens}}})
 	}
 }

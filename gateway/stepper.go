@@ -104,7 +104,7 @@ func (st *RemoteStepper) Close(ctx context.Context, session string) error {
 // Step implements engine.Stepper: one Attention.Step per attnd holding some of the sessions,
 // in parallel. When some attnd calls fail, the error is an *engine.StepError naming the
 // sessions of those calls; the outputs of the others are valid.
-func (st *RemoteStepper) Step(ctx context.Context, blockLen int, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
+func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]model.StepOut, engine.StepInfo, error) {
 	type call struct {
 		s   *remoteSession
 		idx []int

@@ -161,8 +161,38 @@ type ExpertSet struct {
 	ActDType DType
 }
 
+// Device is the accelerator a device backend computes on, as its driver reports it.
+type Device struct {
+	Index int    // device ordinal in the process (the N of "cuda:N")
+	Name  string // e.g. "NVIDIA H100 80GB HBM3"
+	// UUID is the driver's device UUID in NVML's form, "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+	// ("" when the driver cannot say).
+	UUID                          string
+	MemoryTotalMiB, MemoryFreeMiB uint64
+}
+
+// Describer is implemented by backends that compute on a device (CUDA); the CPU backend has no
+// device to describe.
+type Describer interface {
+	Device() (Device, error)
+}
+
+// Concurrent is implemented by a backend that says whether several goroutines may enqueue ops
+// on it at once (each on its own tensors). A backend without it, or whose Concurrent reports
+// false, is for one goroutine at a time: a caller that overlaps work (attnd's micro-batches)
+// must serialise its use of the backend. Use IsConcurrent to ask.
+type Concurrent interface {
+	Concurrent() bool
+}
+
+// IsConcurrent reports whether be declares that several goroutines may use it at once.
+func IsConcurrent(be Backend) bool {
+	c, ok := be.(Concurrent)
+	return ok && c.Concurrent()
+}
+
 // Backend runs the ops of the forward pass. Implementations are safe for use by one goroutine
-// at a time per Backend value unless they document otherwise.
+// at a time per Backend value, unless they implement Concurrent and report true.
 type Backend interface {
 	// Name identifies the backend ("cpu", "cuda:0").
 	Name() string

@@ -14,6 +14,7 @@ import (
 
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 	"github.com/dlmesh/dlmesh/mesh"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/tokenizer"
@@ -25,7 +26,7 @@ import (
 // every other stream finishes exactly as the reference; a new request is served by the attnd
 // that is left, and no session leaks.
 func TestMeshAttndLossSparesOtherSessions(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	m, err := mesh.Up(ctx, mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0", Attnd: 2})
@@ -137,24 +138,37 @@ func TestMeshBlockLengths(t *testing.T) {
 					t.Fatalf("a step changed %d positions of a %d-token block", n, bl)
 				}
 			}
-			want := engineResult(t, eng, tok, shortRequest("s", 32, bl, "ref"))
+			want, wantSteps := engineResult(t, eng, tok, shortRequest("s", 32, bl, "ref"))
 			if fmt.Sprint(a.final.GetTokenIds()) != fmt.Sprint(want) {
 				t.Errorf("block %d: mesh %v, engine %v", bl, a.final.GetTokenIds(), want)
+			}
+			// `generate` and `run` print "block N · step M" from these: the same numbering
+			var steps [][2]int
+			for _, s := range a.steps {
+				steps = append(steps, [2]int{int(s.GetBlock()), int(s.GetStep())})
+			}
+			if fmt.Sprint(steps) != fmt.Sprint(wantSteps) {
+				t.Errorf("block %d: streamed (block, step) %v, engine's events %v", bl, steps, wantSteps)
 			}
 		})
 	}
 }
 
-// engineResult runs req through eng (see localEngine).
-func engineResult(t *testing.T, eng *engine.Engine, tok *tokenizer.Tokenizer, req *pb.GenerateRequest) []int32 {
+// engineResult runs req through eng (see localEngine): the ids, and each step event's (block, step).
+func engineResult(t *testing.T, eng *engine.Engine, tok *tokenizer.Tokenizer, req *pb.GenerateRequest) ([]int32, [][2]int) {
 	t.Helper()
 	p, err := gateway.Params(req.GetParams())
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := eng.Generate(context.Background(), engine.Request{ID: "ref", Prompt: tok.Encode(req.GetPrompt()), Params: p}, nil)
+	var steps [][2]int
+	r, err := eng.Generate(context.Background(), engine.Request{ID: "ref", Prompt: tok.Encode(req.GetPrompt()), Params: p}, func(ev engine.Event) {
+		if ev.Step != nil {
+			steps = append(steps, [2]int{ev.Step.Block, ev.Step.Step})
+		}
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return r.IDs
+	return r.IDs, steps
 }

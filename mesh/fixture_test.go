@@ -2,10 +2,8 @@ package mesh_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/mesh"
 	"github.com/dlmesh/dlmesh/model"
@@ -25,48 +24,12 @@ import (
 
 const tinyDir = "../models/llada2-tiny-go"
 
-// The generation fixtures, as in engine/engine_test.go.
-type traceStep struct {
-	Block     int      `json:"block"`
-	Unmasked  []int    `json:"unmasked"`
-	Edited    []int    `json:"edited"`
-	Tokens    []int32  `json:"tokens"`
-	MinMargin *float64 `json:"min_margin"`
-}
-
-type genCase struct {
-	Prompt      string      `json:"prompt"`
-	PromptIDs   []int32     `json:"prompt_ids"`
-	Mode        string      `json:"mode"`
-	GenLength   int         `json:"gen_length"`
-	BlockLength int         `json:"block_length"`
-	IDs         []int32     `json:"ids"`
-	Text        string      `json:"text"`
-	Forwards    int         `json:"forwards"`
-	Trace       []traceStep `json:"trace"`
-}
-
-type genFile struct {
-	MaskID int32     `json:"mask_id"`
-	EOSID  int32     `json:"eos_id"`
-	Cases  []genCase `json:"cases"`
-}
-
-func loadGenCases(tb testing.TB) genFile {
-	tb.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "testdata", "llada2-tiny-go", "generate_cases.json"))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var f genFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		tb.Fatal(err)
-	}
-	if len(f.Cases) != 9 {
-		tb.Fatalf("want 9 generate cases, got %d", len(f.Cases))
-	}
-	return f
-}
+// The generation fixtures (internal/fixtures).
+type (
+	traceStep = fixtures.TraceStep
+	genCase   = fixtures.GenCase
+	genFile   = fixtures.GenFile
+)
 
 // shared is the mesh most tests use, started on first use and closed by TestMain.
 var shared struct {

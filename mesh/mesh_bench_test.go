@@ -9,6 +9,7 @@ import (
 
 	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 )
 
 // tally sums what a workload produced.
@@ -55,7 +56,7 @@ func (t *tally) run(n int, fn func(i int)) {
 // cases one after another) and 8 concurrent streams. It reports both throughputs, their ratio,
 // the mean step time of each and the per-step cost of the network hops (mesh − engine).
 func BenchmarkMeshVsEngine(b *testing.B) {
-	f := loadGenCases(b)
+	f := fixtures.LoadGen(b)
 	cases := f.Cases[:8]
 	eng, _ := localEngine(b)
 	ms := sharedMesh(b)

@@ -12,14 +12,18 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/dlmesh/dlmesh/internal/fixtures"
+	"github.com/dlmesh/dlmesh/internal/realformat"
 	"github.com/dlmesh/dlmesh/mesh"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
+
+	"github.com/dlmesh/dlmesh/internal/testutil"
 )
 
 // TestMeshMatchesReference runs the nine fixture cases one at a time through gateway → attnd →
 // two expertd groups over loopback gRPC.
 func TestMeshMatchesReference(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
 	for i, gc := range f.Cases {
@@ -39,7 +43,7 @@ func TestMeshMatchesReference(t *testing.T) {
 // TestMeshConcurrentStreams runs the nine cases (three prompts × three modes) as concurrent
 // streams: every attnd step carries several sessions at different positions and parameters.
 func TestMeshConcurrentStreams(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
 	got := make([]*streamed, len(f.Cases))
@@ -68,23 +72,15 @@ func TestMeshConcurrentStreams(t *testing.T) {
 // by the engine right after the stream ends).
 func waitSessions(t *testing.T, m *mesh.Mesh, n int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		a, g := m.Attnd.Sessions(), m.Gateway.Stepper().Sessions()
-		if a == n && g == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("attnd holds %d sessions and the gateway %d, want %d", a, g, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testutil.WaitFor(t, fmt.Sprintf("attnd and the gateway holding %d sessions", n), 5*time.Second, func() bool {
+		return m.Attnd.Sessions() == n && m.Gateway.Stepper().Sessions() == n
+	})
 }
 
 // TestMeshCancelFreesSession cancels a stream after three steps: the engine drops the request at
 // the next step boundary and the attnd session is closed; the mesh keeps serving.
 func TestMeshCancelFreesSession(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -166,7 +162,7 @@ func TestMeshRaceConcurrentShort(t *testing.T) {
 // TestMeshDeadline: a stream whose deadline passes mid-generation ends with DeadlineExceeded and
 // frees its session.
 func TestMeshDeadline(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := sharedMesh(t)
 	c := dialGateway(t, m)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -236,10 +232,39 @@ func TestMeshChat(t *testing.T) {
 	}
 }
 
+// TestMeshChatRealFormat: a model directory in the real LLaDA2.x formats (possessive split regex,
+// Jinja chat template) starts, and chat messages are rendered with the model's template: the
+// prompt is the one chat_cases.json expects.
+func TestMeshChatRealFormat(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	m, err := mesh.Up(ctx, mesh.Config{ModelDir: realformat.ModelDir(t), Listen: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := m.Close(); err != nil {
+			t.Errorf("mesh close: %v", err)
+		}
+	})
+	c := dialGateway(t, m)
+	req := &pb.GenerateRequest{Input: &pb.GenerateRequest_Messages{Messages: &pb.ChatMessages{Messages: []*pb.ChatMessage{
+		{Role: "user", Content: "Write a Go function that reverses a string."}}}},
+		Params: &pb.DecodeParams{Mode: "s", GenLength: 8, BlockLength: 8}}
+	s, err := generate(ctx, c, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// chat_cases.json case 0: "<role>SYSTEM</role>detailed thinking off<|role_end|><role>HUMAN</role>…" is 38 tokens.
+	if got := s.final.GetUsage().GetPromptTokens(); got != 38 {
+		t.Errorf("prompt tokens %d, want 38 (the real template's rendering)", got)
+	}
+}
+
 // TestMeshQueueFull: with one active slot and one queue place, a third concurrent request is
 // refused with ResourceExhausted.
 func TestMeshQueueFull(t *testing.T) {
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	m := upMesh(t, mesh.Config{MaxActive: 1, MaxQueue: 1})
 	c := dialGateway(t, m)
 	ctx, cancel := context.WithCancel(context.Background())

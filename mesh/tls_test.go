@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 	"github.com/dlmesh/dlmesh/mesh"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -37,7 +38,7 @@ func TestMeshWithMTLS(t *testing.T) {
 	meshTLS.RequireClientCert = true
 	m := upMesh(t, mesh.Config{TLS: newTLS(t, meshTLS)})
 
-	f := loadGenCases(t)
+	f := fixtures.LoadGen(t)
 	gc := f.Cases[0]
 	// an end user: verifies the gateway, presents no certificate
 	user, err := gateway.Dial(m.Addrs().Gateway, services.ClientConfig{TLS: newTLS(t, services.TLSConfig{CAFile: ca.File})})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"time"
 
 	"github.com/dlmesh/dlmesh/errdefs"
 	"github.com/dlmesh/dlmesh/kernels"
@@ -25,7 +24,7 @@ func (m *Model) NewCache(capLen int) (*Cache, error) {
 	if capLen <= 0 || capLen > m.Cfg.MaxPositions && m.Cfg.MaxPositions > 0 {
 		return nil, fmt.Errorf("model: cache capacity %d out of range [1, %d]", capLen, m.Cfg.MaxPositions)
 	}
-	p := m.attnParams(32)
+	p := m.attnParams(0) // the cache's layout does not depend on the block length
 	t, err := m.Be.NewCache(m.Cfg.Layers, capLen, p)
 	if err != nil {
 		return nil, fmt.Errorf("model: new cache: %w", err)
@@ -94,13 +93,6 @@ func (l LocalExperts) Dispatch(_ context.Context, layer int, x, ids, weights *ke
 type StepOptions struct {
 	Experts ExpertRunner // nil: LocalExperts{m}
 	Allowed []bool       // experts the router may choose (nil: all); for degraded serving
-	Stats   *StepStats   // filled when non-nil
-}
-
-// StepStats breaks a step's time down (nanoseconds, host-side).
-type StepStats struct {
-	Rows                             int
-	AttentionNs, ExpertsNs, LMHeadNs int64
 }
 
 func (m *Model) attnParams(blockLen int) kernels.AttnParams {
@@ -124,11 +116,9 @@ func (m *Model) Step(ctx context.Context, seqs []StepSeq, blockLen int, opt Step
 		return nil, err
 	}
 	defer pl.free()
-	t0 := time.Now()
 	if err := m.compute(ctx, pl, opt); err != nil {
 		return nil, err
 	}
-	t1 := time.Now()
 	outs, err := pl.collect()
 	if err != nil {
 		return nil, err
@@ -137,11 +127,6 @@ func (m *Model) Step(ctx context.Context, seqs []StepSeq, blockLen int, opt Step
 		if end := s.Pos + len(s.Tokens); end > s.Cache.Len {
 			s.Cache.Len = end
 		}
-	}
-	if opt.Stats != nil {
-		opt.Stats.Rows = pl.rows
-		opt.Stats.AttentionNs = t1.Sub(t0).Nanoseconds()
-		opt.Stats.LMHeadNs = time.Since(t1).Nanoseconds()
 	}
 	return outs, nil
 }

@@ -20,6 +20,7 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" != "--remote" ]]; then
 	set -e
 	mkdir -p bin
+	export CGO_CFLAGS="${CGO_CFLAGS:--O2 -g} -Wno-deprecated-declarations" # go-nvml's deprecated NVML calls
 	CGO_ENABLED=0 go test -c -ldflags='-s -w' -trimpath -o bin/cuda.test ./kernels/cuda
 	CGO_ENABLED=1 go test -c -ldflags='-s -w' -trimpath -o bin/nvml.test ./kernels/cuda/nvml
 	CGO_ENABLED=0 go test -c -ldflags='-s -w' -trimpath -o bin/model.test ./model

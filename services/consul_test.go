@@ -10,6 +10,8 @@ import (
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
 	"github.com/dlmesh/dlmesh/services/tlstest"
+
+	"github.com/dlmesh/dlmesh/internal/testutil"
 )
 
 // healthServer is a real gRPC server with the standard health service, on loopback.
@@ -27,18 +29,6 @@ func healthServer(t *testing.T) (*services.Server, string) {
 		_ = s.Stop(ctx)
 	})
 	return s, lis.Addr().String()
-}
-
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > d {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return time.Since(start)
 }
 
 func TestConsulRegistryFollowsHealth(t *testing.T) {
@@ -73,7 +63,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 	}
 	srv.SetServing(true)
 	var got []services.Instance
-	d := waitFor(t, "passing instance in the watch", 10*time.Second, func() bool {
+	d := testutil.WaitFor(t, "passing instance in the watch", 10*time.Second, func() bool {
 		select {
 		case got = <-ch:
 		default:
@@ -85,7 +75,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 		t.Fatalf("watched %+v", got[0])
 	}
 	srv.SetServing(false)
-	waitFor(t, "NOT_SERVING instance leaving the watch", 10*time.Second, func() bool {
+	testutil.WaitFor(t, "NOT_SERVING instance leaving the watch", 10*time.Second, func() bool {
 		select {
 		case got = <-ch:
 		default:
@@ -93,7 +83,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 		return len(got) == 0
 	})
 	srv.SetServing(true)
-	waitFor(t, "instance back in the watch", 10*time.Second, func() bool {
+	testutil.WaitFor(t, "instance back in the watch", 10*time.Second, func() bool {
 		select {
 		case got = <-ch:
 		default:
@@ -109,7 +99,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 	if l, _ := reg.Instances(ctx, services.KindExpertd); len(l) != 0 {
 		t.Fatalf("after deregister: %v", l)
 	}
-	d = waitFor(t, "deregistered instance leaving the watch", 5*time.Second, func() bool {
+	d = testutil.WaitFor(t, "deregistered instance leaving the watch", 5*time.Second, func() bool {
 		select {
 		case got = <-ch:
 		default:
@@ -118,7 +108,7 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 	})
 	t.Logf("deregistered instance left the watch after %v", d.Round(time.Millisecond))
 	cancel()
-	waitFor(t, "watch channel closed", 5*time.Second, func() bool {
+	testutil.WaitFor(t, "watch channel closed", 5*time.Second, func() bool {
 		for {
 			select {
 			case _, ok := <-ch:
@@ -167,7 +157,7 @@ func TestConsulRegistryChecksTLSInstances(t *testing.T) {
 				return slices.ContainsFunc(l, func(x services.Instance) bool { return x.ID == in.ID })
 			}
 			if tc.passing {
-				waitFor(t, "tls instance passing", 10*time.Second, listed)
+				testutil.WaitFor(t, "tls instance passing", 10*time.Second, listed)
 				return
 			}
 			time.Sleep(1500 * time.Millisecond)

@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/dlmesh/dlmesh/kernels"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 )
 
 // Registration meta keys saying what device a service computes on (set by DeviceMeta).
@@ -117,4 +120,21 @@ func InstanceDeviceMeta(f func(backend string) map[string]string, backend string
 		out[k] = v
 	}
 	return out
+}
+
+// GPUInfo is what a service's Info reports of the backend it computes on: for a device backend
+// (kernels.Describer) the device's ordinal, name, UUID and memory as its driver reports them now;
+// for the CPU backend one entry with index -1 and name "cpu". Backend is be.Name().
+func GPUInfo(be interface{ Name() string }) []*pb.GPUInfo {
+	d, ok := be.(kernels.Describer)
+	if !ok {
+		return []*pb.GPUInfo{{Index: -1, Name: "cpu", Backend: be.Name()}}
+	}
+	dv, err := d.Device() // on error the ordinal is still known
+	g := &pb.GPUInfo{Index: int32(dv.Index), Name: dv.Name, Uuid: dv.UUID, Backend: be.Name(),
+		MemoryTotalMib: int64(dv.MemoryTotalMiB), MemoryFreeMib: int64(dv.MemoryFreeMiB)}
+	if err != nil && g.Name == "" {
+		g.Name = "unknown"
+	}
+	return []*pb.GPUInfo{g}
 }

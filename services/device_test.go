@@ -4,6 +4,8 @@ import (
 	"maps"
 	"strings"
 	"testing"
+
+	"github.com/dlmesh/dlmesh/kernels"
 )
 
 func TestDeviceMeta(t *testing.T) {
@@ -68,5 +70,33 @@ func TestDeviceString(t *testing.T) {
 		if got := DeviceString(tc.meta); got != tc.want {
 			t.Errorf("DeviceString(%v) = %q, want %q", tc.meta, got, tc.want)
 		}
+	}
+}
+
+type fakeBackend struct {
+	name string
+	dev  *kernels.Device
+}
+
+func (f fakeBackend) Name() string { return f.name }
+
+type fakeDevice struct{ fakeBackend }
+
+func (f fakeDevice) Device() (kernels.Device, error) { return *f.dev, nil }
+
+func TestGPUInfo(t *testing.T) {
+	cpu := GPUInfo(fakeBackend{name: "cpu"})
+	if len(cpu) != 1 || cpu[0].GetIndex() != -1 || cpu[0].GetName() != "cpu" || cpu[0].GetBackend() != "cpu" {
+		t.Errorf("cpu backend: %v, want one entry {index -1, name cpu, backend cpu}", cpu)
+	}
+	dv := &kernels.Device{Index: 1, Name: "NVIDIA H200", UUID: "GPU-1", MemoryTotalMiB: 143771, MemoryFreeMiB: 100000}
+	gpu := GPUInfo(fakeDevice{fakeBackend{name: "cuda:1", dev: dv}})
+	if len(gpu) != 1 {
+		t.Fatalf("cuda backend: %d entries, want 1", len(gpu))
+	}
+	g := gpu[0]
+	if g.GetIndex() != 1 || g.GetName() != "NVIDIA H200" || g.GetUuid() != "GPU-1" || g.GetBackend() != "cuda:1" ||
+		g.GetMemoryTotalMib() != 143771 || g.GetMemoryFreeMib() != 100000 {
+		t.Errorf("cuda backend: %v, want the device's fields", g)
 	}
 }

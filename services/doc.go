@@ -7,5 +7,6 @@
 // Registry interface with its in-process implementation) and the least-outstanding replica Pool.
 //
 // Who may import: the service packages (gateway, attnd, expertd), mesh, cmd/dlmesh, tests. It
-// imports proto and errdefs, never a service package; nothing here is specific to one service.
+// imports proto, errdefs and kernels (for the device a service reports), never a service
+// package; nothing here is specific to one service.
 package services

@@ -15,6 +15,8 @@ type addedToken struct {
 	lstrip  bool // also swallows the whitespace before it
 	rstrip  bool // also swallows the whitespace after it
 	special bool
+	// normalized: with a normalizer, matched in the normalized text rather than the raw text
+	normalized bool
 }
 
 // addedMatcher finds added tokens in text: the leftmost occurrence, the longest token there.

@@ -28,7 +28,7 @@ type bpe struct {
 	cache        wordCache
 }
 
-// linearMax is the longest word merged with the quadratic scan; longer words use a heap.
+// linearMax is the longest word merged with the quadratic scan; longer words use buckets.
 const linearMax = 48
 
 // encodeWord appends the ids of word (raw bytes) to dst.
@@ -62,6 +62,9 @@ func (m *bpe) mergeWord(dst []int32, word string) []int32 {
 	}
 	var buf [linearMax]int32
 	syms := buf[:0]
+	if len(word) > linearMax {
+		syms = make([]int32, 0, len(word))
+	}
 	for k := 0; k < len(word); k++ {
 		id := m.byteIDs[word[k]]
 		if id < 0 {
@@ -75,7 +78,7 @@ func (m *bpe) mergeWord(dst []int32, word string) []int32 {
 	if len(syms) <= linearMax {
 		syms = m.mergeLinear(syms)
 	} else {
-		syms = m.mergeHeap(syms)
+		syms = m.mergeBuckets(syms)
 	}
 	return append(dst, syms...)
 }
@@ -125,73 +128,194 @@ func (m *bpe) mergeLinear(syms []int32) []int32 {
 	return syms
 }
 
-// candidate is a pair waiting in the heap: the merge of the symbol at pos with its right neighbour.
-type candidate struct {
-	rank, pos   int32
-	left, right int32 // symbol ids when queued; a mismatch later means the entry is stale
-	id          int32
+// mergeList is the state of a long word being merged: symbols in a linked list over their
+// original positions (a merged symbol keeps the left one), and for each position the rule of
+// the pair it starts (rank[p], id[p]; rank noRank when none). A position's pair only ever grows
+// (both symbols get longer or stay), so it never returns to a pair it had; as ranks name pairs
+// one to one, a queued (rank, position) whose rank is no longer rank[position] is stale.
+type mergeList struct {
+	m                    *bpe
+	syms                 []int32
+	next, prev, rank, id []int32
 }
 
-func (c candidate) less(d candidate) bool {
-	return c.rank < d.rank || (c.rank == d.rank && c.pos < d.pos)
-}
-
-// mergeHeap gives the same result as mergeLinear in O(n log n), for long words (runs of
-// whitespace, minified text). Symbols form a linked list; merged symbols keep the left position.
-func (m *bpe) mergeHeap(syms []int32) []int32 {
+func (m *bpe) newMergeList(syms []int32) *mergeList {
 	n := len(syms)
-	next := make([]int32, n)
-	prev := make([]int32, n)
+	buf := make([]int32, 4*n)
+	l := &mergeList{m: m, syms: syms, next: buf[:n:n], prev: buf[n : 2*n : 2*n], rank: buf[2*n : 3*n : 3*n], id: buf[3*n:]}
 	for i := range n {
-		next[i], prev[i] = int32(i+1), int32(i-1)
-	}
-	next[n-1] = -1
-	var h candHeap
-	push := func(p int32) {
-		q := next[p]
-		if q < 0 {
-			return
-		}
-		if r := m.rule(syms[p], syms[q]); r.rank != noRank {
-			h.push(candidate{rank: r.rank, pos: p, left: syms[p], right: syms[q], id: r.id})
+		l.next[i], l.prev[i], l.rank[i] = int32(i+1), int32(i-1), noRank
+		if i+1 < n {
+			if r, ok := m.merges[pairKey(syms[i], syms[i+1])]; ok {
+				l.rank[i], l.id[i] = r.rank, r.id
+			}
 		}
 	}
-	for i := range n - 1 {
-		push(int32(i))
+	l.next[n-1] = -1
+	return l
+}
+
+// refresh looks up the rule of the pair that now starts at p.
+func (l *mergeList) refresh(p int32) {
+	l.rank[p] = noRank
+	if q := l.next[p]; q >= 0 {
+		if r, ok := l.m.merges[pairKey(l.syms[p], l.syms[q])]; ok {
+			l.rank[p], l.id[p] = r.rank, r.id
+		}
 	}
-	for len(h) > 0 {
-		c := h.pop()
-		q := next[c.pos]
-		if syms[c.pos] != c.left || q < 0 || syms[q] != c.right {
-			continue
-		}
-		syms[c.pos] = c.id
-		syms[q] = -1
-		next[c.pos] = next[q]
-		if next[q] >= 0 {
-			prev[next[q]] = c.pos
-		}
-		if prev[c.pos] >= 0 {
-			push(prev[c.pos])
-		}
-		push(c.pos)
+}
+
+// apply merges the pair at p and refreshes the pairs at p and before it; it returns the
+// position before p, or -1.
+func (l *mergeList) apply(p int32) int32 {
+	q := l.next[p]
+	l.syms[p] = l.id[p]
+	l.rank[q] = noRank // q is gone: its queued pair is stale
+	l.next[p] = l.next[q]
+	if l.next[q] >= 0 {
+		l.prev[l.next[q]] = p
 	}
-	out := syms[:0]
-	for p := int32(0); p >= 0; p = next[p] {
-		out = append(out, syms[p])
+	l.refresh(p)
+	if b := l.prev[p]; b >= 0 {
+		l.refresh(b)
+		return b
+	}
+	return -1
+}
+
+func (l *mergeList) result() []int32 {
+	out := l.syms[:0]
+	for p := int32(0); p >= 0; p = l.next[p] {
+		out = append(out, l.syms[p])
 	}
 	return out
 }
 
-// candHeap is a binary min-heap of candidates.
-type candHeap []candidate
+// runHeap merges until no rule applies, taking the lowest rank first and the leftmost pair on
+// ties, as mergeLinear does; h holds the queued keys (heapKey), stale ones included.
+func (l *mergeList) runHeap(h keyHeap) []int32 {
+	h.init()
+	for len(h) > 0 {
+		k := h.pop()
+		p := int32(uint32(k))
+		if l.rank[p] != int32(k>>32) {
+			continue
+		}
+		b := l.apply(p)
+		if l.rank[p] != noRank {
+			h.push(heapKey(l.rank[p], p))
+		}
+		if b >= 0 && l.rank[b] != noRank {
+			h.push(heapKey(l.rank[b], b))
+		}
+	}
+	return l.result()
+}
 
-func (h *candHeap) push(c candidate) {
-	*h = append(*h, c)
+// mergeHeap gives the same result as mergeLinear in O(n log n), with a heap of every pair.
+func (m *bpe) mergeHeap(syms []int32) []int32 {
+	l := m.newMergeList(syms)
+	h := make(keyHeap, 0, len(syms))
+	for i, r := range l.rank {
+		if r != noRank {
+			h = append(h, heapKey(r, int32(i)))
+		}
+	}
+	return l.runHeap(h)
+}
+
+// mergeBuckets gives the same result as mergeLinear for long words (runs of whitespace,
+// minified text, a megabyte of one letter), faster than mergeHeap: pairs wait in one bucket
+// per rank, taken in rank order, each bucket in position order. That is the heap's order as
+// long as a merge only makes pairs of a higher rank than its own, as in a trained BPE, where a
+// token is merged further only after it exists. A merge that makes a lower-ranked pair hands
+// everything still queued to runHeap, which needs no such order.
+func (m *bpe) mergeBuckets(syms []int32) []int32 {
+	l := m.newMergeList(syms)
+	buckets := make(map[int32]*bucket)
+	var ranks rankHeap
+	add := func(r, p int32) {
+		b := buckets[r]
+		if b == nil {
+			b = &bucket{}
+			buckets[r] = b
+			ranks.push(r)
+		}
+		if len(b.pos) > 0 && p < b.pos[len(b.pos)-1] {
+			b.unsorted = true
+		}
+		b.pos = append(b.pos, p)
+	}
+	counts := make(map[int32]int32)
+	for _, r := range l.rank {
+		if r != noRank {
+			counts[r]++
+		}
+	}
+	for r, c := range counts { // size the first buckets exactly: a long run fills one
+		buckets[r] = &bucket{pos: make([]int32, 0, c)}
+		ranks.push(r)
+	}
+	for i, r := range l.rank {
+		if r != noRank {
+			add(r, int32(i))
+		}
+	}
+	for len(ranks) > 0 {
+		r := ranks.pop()
+		b := buckets[r]
+		delete(buckets, r)
+		if b.unsorted {
+			slices.Sort(b.pos)
+		}
+		for i, p := range b.pos {
+			if l.rank[p] != r {
+				continue
+			}
+			before := l.apply(p)
+			for _, c := range [2]int32{p, before} {
+				if c < 0 || l.rank[c] == noRank {
+					continue
+				}
+				if l.rank[c] < r { // out of order: finish with the heap
+					h := make(keyHeap, 0, len(syms))
+					for _, q := range b.pos[i+1:] {
+						h = append(h, heapKey(r, q))
+					}
+					for br, ob := range buckets {
+						for _, q := range ob.pos {
+							h = append(h, heapKey(br, q))
+						}
+					}
+					for _, q := range [2]int32{p, before} { // the pairs just made (a duplicate is harmless: stale once used)
+						if q >= 0 && l.rank[q] != noRank {
+							h = append(h, heapKey(l.rank[q], q))
+						}
+					}
+					return l.runHeap(h)
+				}
+				add(l.rank[c], c)
+			}
+		}
+	}
+	return l.result()
+}
+
+// bucket holds the positions queued with one rank.
+type bucket struct {
+	pos      []int32
+	unsorted bool
+}
+
+// rankHeap is a binary min-heap of the ranks that have a bucket.
+type rankHeap []int32
+
+func (h *rankHeap) push(r int32) {
+	*h = append(*h, r)
 	s := *h
 	for i := len(s) - 1; i > 0; {
 		p := (i - 1) / 2
-		if !s[i].less(s[p]) {
+		if s[p] <= s[i] {
 			break
 		}
 		s[i], s[p] = s[p], s[i]
@@ -199,7 +323,7 @@ func (h *candHeap) push(c candidate) {
 	}
 }
 
-func (h *candHeap) pop() candidate {
+func (h *rankHeap) pop() int32 {
 	s := *h
 	top := s[0]
 	last := len(s) - 1
@@ -207,10 +331,10 @@ func (h *candHeap) pop() candidate {
 	s = s[:last]
 	for i := 0; ; {
 		l, small := 2*i+1, i
-		if l < len(s) && s[l].less(s[small]) {
+		if l < len(s) && s[l] < s[small] {
 			small = l
 		}
-		if r := l + 1; r < len(s) && s[r].less(s[small]) {
+		if r := l + 1; r < len(s) && s[r] < s[small] {
 			small = r
 		}
 		if small == i {
@@ -221,4 +345,71 @@ func (h *candHeap) pop() candidate {
 	}
 	*h = s
 	return top
+}
+
+func heapKey(rank, pos int32) uint64 { return uint64(uint32(rank))<<32 | uint64(uint32(pos)) }
+
+// keyHeap is a 4-ary min-heap of keys: half the levels of a binary heap, and the four children
+// of a node share a cache line.
+type keyHeap []uint64
+
+const heapArity = 4
+
+func (h keyHeap) init() {
+	if len(h) < 2 {
+		return
+	}
+	for i := (len(h) - 2) / heapArity; i >= 0; i-- {
+		h.down(i)
+	}
+}
+
+func (h *keyHeap) push(k uint64) {
+	*h = append(*h, k)
+	s := *h
+	i := len(s) - 1
+	for i > 0 {
+		p := (i - 1) / heapArity
+		if s[p] <= k {
+			break
+		}
+		s[i] = s[p]
+		i = p
+	}
+	s[i] = k
+}
+
+func (h *keyHeap) pop() uint64 {
+	s := *h
+	top := s[0]
+	last := len(s) - 1
+	s[0] = s[last]
+	*h = s[:last]
+	if last > 0 {
+		h.down(0)
+	}
+	return top
+}
+
+// down moves h[i] down to its place.
+func (h keyHeap) down(i int) {
+	k := h[i]
+	for {
+		c := heapArity*i + 1
+		if c >= len(h) {
+			break
+		}
+		best := c
+		for j := c + 1; j < min(c+heapArity, len(h)); j++ {
+			if h[j] < h[best] {
+				best = j
+			}
+		}
+		if h[best] >= k {
+			break
+		}
+		h[i] = h[best]
+		i = best
+	}
+	h[i] = k
 }

@@ -26,6 +26,7 @@ type addedJSON struct {
 	LStrip     bool   `json:"lstrip"`
 	RStrip     bool   `json:"rstrip"`
 	Special    bool   `json:"special"`
+	Normalized *bool  `json:"normalized"`
 }
 
 type modelJSON struct {
@@ -52,10 +53,6 @@ type preJSON struct {
 	Invert         bool   `json:"invert"`
 	AddPrefixSpace *bool  `json:"add_prefix_space"`
 	UseRegex       *bool  `json:"use_regex"`
-}
-
-type typeJSON struct {
-	Type string `json:"type"`
 }
 
 func isNull(raw json.RawMessage) bool {
@@ -225,7 +222,7 @@ func parsePre(raw json.RawMessage) (*preTokenizer, error) {
 			default:
 				return malformed(fileTokenizer, path+".pattern: want Regex or String", nil)
 			}
-			if pattern == scannerPattern {
+			if scans(pattern) {
 				st.split = scanSplitter{}
 			} else {
 				sp, err := newRegexSplitter(pattern)

@@ -27,13 +27,18 @@ func (scanSplitter) matches(dst [][2]int, s string) [][2]int {
 }
 
 // regexSplitter runs any other pattern with regexp2 in its default (.NET, backtracking) mode,
-// which has the look-arounds that Hugging Face patterns use.
+// which has the look-arounds that Hugging Face patterns use; possessive quantifiers become
+// atomic groups (atomicPattern).
 type regexSplitter struct {
 	re *regexp2.Regexp
 }
 
 func newRegexSplitter(pattern string) (*regexSplitter, error) {
-	re, err := regexp2.Compile(pattern, regexp2.None)
+	translated, err := atomicPattern(pattern)
+	if err != nil {
+		return nil, err
+	}
+	re, err := regexp2.Compile(translated, regexp2.None)
 	if err != nil {
 		return nil, err
 	}

@@ -5,9 +5,28 @@ import (
 	"unicode/utf8"
 )
 
-// scannerPattern is the Split regex of the LLaDA2.x (Ling 2.0) tokenizer. Pieces for it come from
-// scanPiece, a hand-written equivalent; any other pattern goes to regexp2.
+// scannerPattern is the Split regex of the bundled LLaDA2.x (Ling 2.0) tokenizer. Pieces for it
+// come from scanPiece, a hand-written equivalent; any other pattern goes to regexp2.
 const scannerPattern = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+
+// hubPattern is the Split regex of the LLaDA2.x tokenizer.json on the hub, with possessive
+// quantifiers. It matches exactly what scannerPattern matches, alternative by alternative:
+//   - '(?i:[sdmt]|ll|ve|re) is the same set of contractions; no alternative is a prefix of
+//     another, so their order does not matter;
+//   - [^\r\n\p{L}\p{N}]?+\p{L}+: the optional rune is never a letter, so giving it back (what
+//     ?+ forbids) could never let \p{L}+ match where it did not;
+//   - [^\s\p{L}\p{N}]++[\r\n]*: the run holds no \r or \n, so giving back part of it could
+//     never help [\r\n]*, which cannot fail anyway;
+//   - \s*[\r\n] ends, like \s*[\r\n]+, just after the last \r or \n of the whitespace run
+//     (greedy \s* backs off to it, and [\r\n]+ cannot go further: what follows that rune is
+//     not \r or \n).
+//
+// TestScannerHubRegexp2 and FuzzRoundTrip check this against regexp2 running the pattern
+// through atomicPattern.
+const hubPattern = `'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+`
+
+// scans reports whether scanPiece implements pattern.
+func scans(pattern string) bool { return pattern == scannerPattern || pattern == hubPattern }
 
 // Character classes of the pattern. A rune with none of them ("other") is what
 // [^\s\p{L}\p{N}] matches. Invalid UTF-8 bytes count as other.

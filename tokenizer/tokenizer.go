@@ -1,7 +1,9 @@
 // Package tokenizer implements Hugging Face tokenizer.json files for byte-level BPE models, such
-// as the LLaDA2.x tokenizer, token for token: added tokens matched in the text, a Split/ByteLevel
-// pre-tokenizer (with a fast hand-written scanner for the LLaDA2.x pattern and regexp2 for any
-// other), BPE merges, the ByteLevel decoder and an incremental decoder for streaming.
+// as the LLaDA2.x tokenizer, token for token: added tokens matched in the text, the NFC
+// normalizer, a Split/ByteLevel pre-tokenizer (with a fast hand-written scanner for the LLaDA2.x
+// patterns, the bundled one and the hub's, and regexp2 for any other, possessive quantifiers
+// rewritten to atomic groups), BPE merges, the ByteLevel decoder and an incremental decoder for
+// streaming.
 //
 // A Tokenizer is immutable after loading and safe for concurrent use. The gateway and the tools
 // in cmd/ import this package; it imports nothing from dlmesh.
@@ -29,7 +31,11 @@ const (
 type Tokenizer struct {
 	model *bpe
 	pre   *preTokenizer
-	added addedMatcher
+	norm  normalizer   // nil: none
+	added addedMatcher // every added token; with a normalizer, those matched in the raw text
+	// normAdded holds, with a normalizer, the added tokens marked "normalized", which are
+	// matched in the normalized text, as tokenizers does.
+	normAdded addedMatcher
 
 	ids     map[string]int32 // vocabulary and added tokens (added win)
 	tokens  []string         // id -> vocabulary token, or added content
@@ -65,10 +71,9 @@ func FromJSON(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
 	if err := json.Unmarshal(tokenizerJSON, &fj); err != nil {
 		return nil, malformed(fileTokenizer, "parse", err)
 	}
-	if !isNull(fj.Normalizer) {
-		var tj typeJSON
-		_ = json.Unmarshal(fj.Normalizer, &tj)
-		return nil, unsupported(fileTokenizer, fmt.Sprintf("normalizer.type %q not supported", tj.Type))
+	nz, err := parseNormalizer(fj.Normalizer)
+	if err != nil {
+		return nil, err
 	}
 	model, vocab, err := parseModel(fj.Model)
 	if err != nil {
@@ -81,7 +86,7 @@ func FromJSON(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
 	if err := checkDecoder(fj.Decoder); err != nil {
 		return nil, err
 	}
-	t := &Tokenizer{model: model, pre: pre, ids: make(map[string]int32, len(vocab)+len(fj.AddedTokens))}
+	t := &Tokenizer{model: model, pre: pre, norm: nz, ids: make(map[string]int32, len(vocab)+len(fj.AddedTokens))}
 	size := 0
 	for tok, id := range vocab {
 		t.ids[tok] = id
@@ -100,7 +105,8 @@ func FromJSON(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
 		if a.SingleWord {
 			return nil, unsupported(fileTokenizer, fmt.Sprintf("%s %q: single_word not supported", what, a.Content))
 		}
-		added = append(added, addedToken{content: a.Content, id: id, lstrip: a.LStrip, rstrip: a.RStrip, special: a.Special})
+		added = append(added, addedToken{content: a.Content, id: id, lstrip: a.LStrip, rstrip: a.RStrip, special: a.Special,
+			normalized: a.Normalized == nil || *a.Normalized})
 		size = max(size, int(id)+1)
 	}
 	t.tokens = make([]string, size)
@@ -123,7 +129,20 @@ func FromJSON(tokenizerJSON, configJSON []byte) (*Tokenizer, error) {
 		t.special[a.id] = a.special
 		raw[a.id] = []byte(a.content) // added tokens decode to their text, as in the reference
 	}
-	t.added = newAddedMatcher(added)
+	if t.norm == nil {
+		t.added = newAddedMatcher(added)
+	} else {
+		var raw, normed []addedToken
+		for _, a := range added {
+			if a.normalized {
+				a.content = t.norm(a.content)
+				normed = append(normed, a)
+			} else {
+				raw = append(raw, a)
+			}
+		}
+		t.added, t.normAdded = newAddedMatcher(raw), newAddedMatcher(normed)
+	}
 	t.decOff = make([]uint32, size+1)
 	for id, b := range raw {
 		t.decBuf = append(t.decBuf, b...)
@@ -173,13 +192,35 @@ func (t *Tokenizer) readConfig(configJSON []byte) error {
 }
 
 // Encode returns the token ids of text, like tokenizers' encode(text, add_special_tokens=False):
-// added tokens in the text become their ids, the rest is pre-tokenized and merged. Invalid UTF-8
-// bytes are kept as bytes (each counts as a non-letter, non-digit, non-space character).
+// added tokens in the text become their ids, the rest is normalized (if tokenizer.json says so),
+// pre-tokenized and merged. Invalid UTF-8 bytes are kept as bytes (each counts as a non-letter,
+// non-digit, non-space character).
 func (t *Tokenizer) Encode(text string) []int32 {
 	ids := make([]int32, 0, len(text)/4+4)
-	var words []string
+	if t.norm == nil {
+		return t.encodeSegments(ids, text, &t.added)
+	}
+	// As tokenizers does: added tokens that are not "normalized" are found in the raw text, the
+	// text between them is normalized, and the other added tokens are found in that.
 	for len(text) > 0 {
 		start, end, id := t.added.find(text)
+		if start > 0 {
+			ids = t.encodeSegments(ids, t.norm(text[:start]), &t.normAdded)
+		}
+		if id < 0 {
+			break
+		}
+		ids = append(ids, id)
+		text = text[end:]
+	}
+	return ids
+}
+
+// encodeSegments appends the ids of text: the added tokens of m, and the words between them.
+func (t *Tokenizer) encodeSegments(ids []int32, text string, m *addedMatcher) []int32 {
+	var words []string
+	for len(text) > 0 {
+		start, end, id := m.find(text)
 		if start > 0 {
 			seg := text[:start]
 			if t.pre.fast {

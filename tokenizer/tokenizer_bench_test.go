@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,4 +87,19 @@ func BenchmarkEncodeParallel(b *testing.B) {
 			tok.Encode(text)
 		}
 	})
+}
+
+// BenchmarkLongWord encodes one pre-token of a single repeated letter, the worst case of BPE.
+func BenchmarkLongWord(b *testing.B) {
+	tok := tiny(b)
+	for _, n := range []int{64 << 10, 1 << 20} {
+		text := strings.Repeat("a", n)
+		b.Run(fmt.Sprintf("%dKiB", n>>10), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			b.ReportAllocs()
+			for b.Loop() {
+				tok.Encode(text)
+			}
+		})
+	}
 }

@@ -252,8 +252,16 @@ func TestMalformed(t *testing.T) {
 			return edit(tb, func(m map[string]any) { model(m)["unk_token"] = "<unk>" })
 		}, "", ErrMalformed, "unk_token"},
 		{"normalizer", func(tb testing.TB) []byte {
-			return edit(tb, func(m map[string]any) { m["normalizer"] = map[string]any{"type": "NFC"} })
-		}, "", ErrUnsupported, `normalizer.type "NFC" not supported`},
+			return edit(tb, func(m map[string]any) { m["normalizer"] = map[string]any{"type": "Lowercase"} })
+		}, "", ErrUnsupported, `normalizer.type "Lowercase" not supported`},
+		{"normalizer in a sequence", func(tb testing.TB) []byte {
+			return edit(tb, func(m map[string]any) {
+				m["normalizer"] = map[string]any{"type": "Sequence", "normalizers": []any{map[string]any{"type": "NFC"}, map[string]any{"type": "NFKD"}}}
+			})
+		}, "", ErrUnsupported, `normalizer.normalizers[1].type "NFKD" not supported`},
+		{"possessive regex unbalanced", func(tb testing.TB) []byte {
+			return edit(tb, func(m map[string]any) { pre(m, 0)["pattern"] = map[string]any{"Regex": "[a-z++"} })
+		}, "", ErrMalformed, "missing ]"},
 		{"no pre-tokenizer", func(tb testing.TB) []byte {
 			return edit(tb, func(m map[string]any) { m["pre_tokenizer"] = nil })
 		}, "", ErrUnsupported, "pre_tokenizer null"},
@@ -468,6 +476,9 @@ func TestHeapMatchesLinear(t *testing.T) {
 		}
 		words = append(words, b.String())
 	}
+	for _, n := range []int{49, 1000, 4097} { // runs of one symbol: many equal-rank pairs
+		words = append(words, strings.Repeat("a", n), strings.Repeat(" ", n), strings.Repeat("\t", n), strings.Repeat("ab", n))
+	}
 	for _, w := range words {
 		syms := func() []int32 {
 			var s []int32
@@ -477,16 +488,70 @@ func TestHeapMatchesLinear(t *testing.T) {
 			return s
 		}
 		lin := tok.model.mergeLinear(syms())
-		var heap []int32
+		var heap, buckets []int32
 		if len(w) > 1 {
-			heap = tok.model.mergeHeap(syms())
+			heap, buckets = tok.model.mergeHeap(syms()), tok.model.mergeBuckets(syms())
 		} else {
-			heap = syms()
+			heap, buckets = syms(), syms()
 		}
-		if !slices.Equal(lin, heap) {
-			t.Fatalf("word %q: linear %v, heap %v", w, lin, heap)
+		if !slices.Equal(lin, heap) || !slices.Equal(lin, buckets) {
+			t.Fatalf("word %q: linear %v, heap %v, buckets %v", w, lin, heap, buckets)
 		}
 	}
+}
+
+// TestMergeOutOfOrderRules: merges whose results are merged by lower-ranked rules (not what
+// training makes, but what a tokenizer.json may hold) send mergeBuckets to the heap, with the
+// same result as the quadratic loop.
+func TestMergeOutOfOrderRules(t *testing.T) {
+	// vocab: a b c ab abc bc; rules: rank 0 (ab, c), rank 1 (a, b), rank 2 (b, c).
+	m := &bpe{merges: map[uint64]merge{pairKey(3, 2): {0, 4}, pairKey(0, 1): {1, 3}, pairKey(1, 2): {2, 5}}}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range 300 {
+		n := rng.IntN(200) + 2
+		syms := make([]int32, n)
+		for i := range syms {
+			syms[i] = int32(rng.IntN(3))
+		}
+		lin := m.mergeLinear(slices.Clone(syms))
+		if got := m.mergeBuckets(slices.Clone(syms)); !slices.Equal(got, lin) {
+			t.Fatalf("%v: buckets %v, linear %v", syms, got, lin)
+		}
+		if got := m.mergeHeap(slices.Clone(syms)); !slices.Equal(got, lin) {
+			t.Fatalf("%v: heap %v, linear %v", syms, got, lin)
+		}
+	}
+	if got := m.mergeBuckets([]int32{0, 1, 2, 0, 1, 2}); !slices.Equal(got, []int32{4, 4}) {
+		t.Errorf("abcabc = %v, want [abc abc]", got)
+	}
+}
+
+// FuzzMergeHeap checks the heap and bucket merge loops against the quadratic one on any byte
+// string.
+func FuzzMergeHeap(f *testing.F) {
+	tok := tiny(f)
+	for _, s := range []string{"aaaa", "    \t\t", "func main() {", "inininin", "ééé", "\xff\xfe"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, w []byte) {
+		if len(w) < 2 || len(w) > 512 {
+			return
+		}
+		syms := func() []int32 {
+			s := make([]int32, len(w))
+			for i, b := range w {
+				s[i] = tok.model.byteIDs[b]
+			}
+			return s
+		}
+		lin := tok.model.mergeLinear(syms())
+		if heap := tok.model.mergeHeap(syms()); !slices.Equal(lin, heap) {
+			t.Fatalf("word %q: linear %v, heap %v", w, lin, heap)
+		}
+		if buckets := tok.model.mergeBuckets(syms()); !slices.Equal(lin, buckets) {
+			t.Fatalf("word %q: linear %v, buckets %v", w, lin, buckets)
+		}
+	})
 }
 
 // TestConcurrentEncode encodes from many goroutines with a small cache that keeps emptying;

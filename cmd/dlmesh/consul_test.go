@@ -17,6 +17,10 @@ import (
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
 	"github.com/dlmesh/dlmesh/tracing"
+
+	"github.com/dlmesh/dlmesh/internal/fixtures"
+
+	"github.com/dlmesh/dlmesh/internal/testutil"
 )
 
 // TestConsulMeshFailover runs the mesh as real processes discovering each other through a real
@@ -48,13 +52,13 @@ func TestConsulMeshFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "attnd passing in Consul", 30*time.Second, func() bool {
+	testutil.WaitFor(t, "attnd passing in Consul", 30*time.Second, func() bool {
 		l, _ := reg.Instances(context.Background(), services.KindAttnd)
 		return len(l) == 1
 	})
 	time.Sleep(500 * time.Millisecond) // the gateway's watch
 
-	f := loadGenFixture(t)
+	f := fixtures.LoadGen(t)
 	cases := f.Cases[:8]
 	type result struct {
 		ids      []int32
@@ -178,15 +182,4 @@ func TestConsulMeshFailover(t *testing.T) {
 		t.Errorf("want UNAVAILABLE naming experts 8-15, got: %s", msg)
 	}
 	t.Logf("with group 1 gone the stream failed after %v: %s", took.Round(time.Millisecond), strings.TrimSpace(msg))
-}
-
-func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }

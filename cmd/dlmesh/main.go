@@ -17,20 +17,26 @@ import (
 const defaultModelDir = "models/llada2-tiny-go"
 
 func main() {
+	if err := rootCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "dlmesh:", err)
+		os.Exit(1)
+	}
+}
+
+func rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "dlmesh",
 		Short:         "Serve LLaDA2.x block-diffusion MoE models as a gRPC mesh",
+		Version:       buildVersion(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	root.SetVersionTemplate("dlmesh {{.Version}}\n")
 	root.AddCommand(inspectCmd(), tokenizeCmd())
 	for _, add := range extraCommands {
 		root.AddCommand(add())
 	}
-	if err := root.Execute(); err != nil {
-		fmt.Fprintln(os.Stderr, "dlmesh:", err)
-		os.Exit(1)
-	}
+	return root
 }
 
 // extraCommands is filled by the files of the other subcommands (init functions).

@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 )
 
 // TestMeshAsProcesses starts the mesh as real processes on loopback — two expertd (experts 0-7
@@ -35,7 +37,7 @@ func TestMeshAsProcesses(t *testing.T) {
 	at := startProc(t, bin, addrRE, "attnd serving", "attnd", "--model", model, "--expertd", e0.addr+","+e1.addr)
 	gw := startProc(t, bin, addrRE, "gateway serving", "gateway", "--model", model, "--attnd", at.addr, "--listen", "127.0.0.1:0")
 
-	f := loadGenFixture(t)
+	f := fixtures.LoadGen(t)
 	c := f.Cases[3] // "// Reverse returns s…", quality mode
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -186,28 +188,4 @@ func exitStderr(err error) string {
 		return string(ee.Stderr)
 	}
 	return ""
-}
-
-type genFixture struct {
-	Cases []struct {
-		Prompt    string  `json:"prompt"`
-		Mode      string  `json:"mode"`
-		GenLength int     `json:"gen_length"`
-		IDs       []int32 `json:"ids"`
-		Text      string  `json:"text"`
-		Forwards  int     `json:"forwards"`
-	} `json:"cases"`
-}
-
-func loadGenFixture(t *testing.T) genFixture {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "llada2-tiny-go", "generate_cases.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var f genFixture
-	if err := json.Unmarshal(b, &f); err != nil {
-		t.Fatal(err)
-	}
-	return f
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/tokenizer"
 )
@@ -58,7 +59,7 @@ func runCmd() *cobra.Command {
 			eng := engine.New(engine.Config{MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: m.Cfg.Vocab, MaxContext: m.Cfg.MaxPositions}, engine.NewLocalStepper(m), tok)
 			defer eng.Stop()
 			req := engine.Request{ID: "run", Prompt: tok.Encode(args[0]), Params: p, Trace: df.json}
-			if w := p.BlockWarning(32); w != "" {
+			if w := p.BlockWarning(diffusion.DefaultBlockLen); w != "" {
 				fmt.Fprintln(os.Stderr, "warning:", w)
 			}
 			return runRequest(ctx, eng, tok, req, df.json)

@@ -15,6 +15,8 @@ import (
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
+
+	"github.com/dlmesh/dlmesh/internal/testutil"
 )
 
 // TestStatusShowsCoverage registers expertd instances (gRPC health servers) in a real Consul agent
@@ -167,7 +169,7 @@ func TestStatusShowsLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = reg.Deregister(context.Background(), "attnd-hung") })
-	waitUntil(t, "both attnd passing", 10*time.Second, func() bool {
+	testutil.WaitFor(t, "both attnd passing", 10*time.Second, func() bool {
 		l, _ := reg.Instances(ctx, services.KindAttnd)
 		return len(l) == 2
 	})

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dlmesh/dlmesh/internal/fixtures"
 	"github.com/dlmesh/dlmesh/services/tlstest"
 )
 
@@ -35,7 +36,7 @@ func TestMeshAsProcessesWithMTLS(t *testing.T) {
 	at := startProc(t, bin, addrRE, "attnd serving", with("attnd", "--model", model, "--expertd", e0.addr+","+e1.addr)...)
 	gw := startProc(t, bin, addrRE, "gateway serving", with("gateway", "--model", model, "--attnd", at.addr, "--listen", "127.0.0.1:0")...)
 
-	f := loadGenFixture(t)
+	f := fixtures.LoadGen(t)
 	c := f.Cases[3]
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -62,6 +62,10 @@ type store struct {
 // Name implements kernels.Backend.
 func (b *Backend) Name() string { return "cpu" }
 
+// Concurrent implements kernels.Concurrent: ops are synchronous and keep no state between calls,
+// so several goroutines may use one Backend at once on different tensors.
+func (b *Backend) Concurrent() bool { return true }
+
 // Sync implements kernels.Backend: every op runs to completion before it returns.
 func (b *Backend) Sync() error { return nil }
 

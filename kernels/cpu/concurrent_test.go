@@ -7,6 +7,12 @@ import (
 	"github.com/dlmesh/dlmesh/kernels"
 )
 
+func TestDeclaresConcurrent(t *testing.T) {
+	if !kernels.IsConcurrent(New()) {
+		t.Fatal("the CPU backend does not declare kernels.Concurrent, but it is safe for concurrent use")
+	}
+}
+
 // TestConcurrentUse runs ops from several goroutines on one Backend, sharing the weights, and
 // checks every result equals the serial one bit for bit (the sums do not depend on scheduling).
 func TestConcurrentUse(t *testing.T) {

@@ -4,7 +4,8 @@
 //
 // Tensors live in host memory. BF16/F16 weights stay in their checkpoint bytes (Load may alias an
 // mmap'd region, which is never written) and are widened to float32 a tile at a time inside the
-// ops. A Backend is safe for concurrent use by several goroutines working on different tensors.
+// ops. A Backend is safe for concurrent use by several goroutines working on different tensors
+// (it reports kernels.Concurrent).
 //
 // Who may import: model and the services' wiring (cmd, attnd, expertd), and tests.
 package cpu

@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"unsafe"
@@ -10,12 +11,13 @@ import (
 
 // Backend is kernels.Backend on one CUDA device: its primary context, one non-blocking stream,
 // a memory pool, the llada2 PTX module and a cuBLAS handle, all owned by one locked OS thread.
-// Like every Backend it is for one goroutine at a time.
+// It is for one goroutine at a time (Concurrent reports false): see Concurrent.
 type Backend struct {
 	d    *driver
 	blas *cublas // nil: MatMul and LMHead report ErrUnsupported
 	th   *thread
 	name string
+	idx  int // device ordinal
 	dev  int32
 	ctx  uintptr
 
@@ -40,6 +42,8 @@ var (
 	_ kernels.Backend    = (*Backend)(nil)
 	_ kernels.Randomizer = (*Backend)(nil)
 	_ kernels.Grapher    = (*Backend)(nil)
+	_ kernels.Describer  = (*Backend)(nil)
+	_ kernels.Concurrent = (*Backend)(nil)
 )
 
 // Available reports whether a CUDA driver and at least one device are present.
@@ -71,7 +75,7 @@ func New(deviceIndex int) (*Backend, error) {
 
 // newBackend is New over a given symbol table (tests pass fakes).
 func newBackend(d *driver, blas *cublas, deviceIndex int) (*Backend, error) {
-	b := &Backend{d: d, blas: blas, name: fmt.Sprintf("cuda:%d", deviceIndex),
+	b := &Backend{d: d, blas: blas, name: fmt.Sprintf("cuda:%d", deviceIndex), idx: deviceIndex,
 		scratch: map[string]*devBuf{}, sets: map[*kernels.ExpertSet]*setTable{}}
 	b.pool.d = d
 	th, err := startThread(func() error { return b.open(deviceIndex) })
@@ -165,8 +169,47 @@ func (b *Backend) do(f func() error) error {
 	})
 }
 
+// Concurrent implements kernels.Concurrent: false. Each driver call is made on the context's
+// thread, but a step is a sequence of them on one stream that shares state between calls — the
+// grow-only scratch buffers, the uploaded router mask, and a running graph capture, which would
+// record another goroutine's ops into its graph — so two goroutines interleaving their steps
+// would corrupt each other. (One stream and scratch set per micro-batch would lift this.)
+func (b *Backend) Concurrent() bool { return false }
+
 // Name implements kernels.Backend.
 func (b *Backend) Name() string { return b.name }
+
+// Device implements kernels.Describer: the device's name, UUID and current free/total memory.
+func (b *Backend) Device() (kernels.Device, error) {
+	dv := kernels.Device{Index: b.idx}
+	err := b.do(func() error {
+		d := b.d
+		name := make([]byte, 256)
+		if err := d.check("cuDeviceGetName", d.cuDeviceGetName(&name[0], int32(len(name)), b.dev)); err != nil {
+			return err
+		}
+		if i := bytes.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		dv.Name = string(name)
+		if d.cuDeviceGetUuid != nil {
+			var u [16]byte
+			if d.cuDeviceGetUuid(&u, b.dev) == cudaSuccess {
+				dv.UUID = fmt.Sprintf("GPU-%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+			}
+		}
+		var free, total uint64
+		if err := d.check("cuMemGetInfo", d.cuMemGetInfo(&free, &total)); err != nil {
+			return err
+		}
+		dv.MemoryFreeMiB, dv.MemoryTotalMiB = free>>20, total>>20
+		return nil
+	})
+	if err != nil {
+		return kernels.Device{Index: b.idx}, fmt.Errorf("cuda: device %d: %w", b.idx, err)
+	}
+	return dv, nil
+}
 
 // Close implements kernels.Backend: frees every buffer, the module, stream and context.
 func (b *Backend) Close() error {

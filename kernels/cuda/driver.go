@@ -19,6 +19,7 @@ type driver struct {
 	cuDeviceGetCount            func(n *int32) cuResult
 	cuDeviceGet                 func(dev *int32, ordinal int32) cuResult
 	cuDeviceGetName             func(name *byte, n int32, dev int32) cuResult
+	cuDeviceGetUuid             func(uuid *[16]byte, dev int32) cuResult // optional
 	cuDeviceGetAttribute        func(v *int32, attr int32, dev int32) cuResult
 	cuDevicePrimaryCtxRetain    func(ctx *uintptr, dev int32) cuResult
 	cuDevicePrimaryCtxRelease   func(dev int32) cuResult
@@ -78,6 +79,7 @@ func (d *driver) symbols() []symbol {
 		{&d.cuDeviceGetCount, []string{"cuDeviceGetCount"}, false},
 		{&d.cuDeviceGet, []string{"cuDeviceGet"}, false},
 		{&d.cuDeviceGetName, []string{"cuDeviceGetName"}, false},
+		{&d.cuDeviceGetUuid, []string{"cuDeviceGetUuid_v2", "cuDeviceGetUuid"}, true},
 		{&d.cuDeviceGetAttribute, []string{"cuDeviceGetAttribute"}, false},
 		{&d.cuDevicePrimaryCtxRetain, []string{"cuDevicePrimaryCtxRetain"}, false},
 		{&d.cuDevicePrimaryCtxRelease, []string{"cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease"}, false},

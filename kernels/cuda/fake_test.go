@@ -388,3 +388,46 @@ func TestExpertsDispatch(t *testing.T) {
 		})
 	}
 }
+
+func TestDeviceOverFakeDriver(t *testing.T) {
+	f := &fakeDriver{}
+	d := f.table(0)
+	d.cuDeviceGetName = func(name *byte, n int32, dev int32) cuResult {
+		copy(unsafe.Slice(name, n), "NVIDIA Fake 80GB\x00")
+		return cudaSuccess
+	}
+	d.cuDeviceGetUuid = func(u *[16]byte, dev int32) cuResult {
+		for i := range u {
+			u[i] = byte(0x10 + i)
+		}
+		return cudaSuccess
+	}
+	d.cuMemGetInfo = func(free, total *uint64) cuResult { *free, *total = 60<<30, 80<<30; return cudaSuccess }
+	b, err := newBackend(d, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	dv, err := b.Device()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := kernels.Device{Index: 0, Name: "NVIDIA Fake 80GB", UUID: "GPU-10111213-1415-1617-1819-1a1b1c1d1e1f",
+		MemoryTotalMiB: 80 << 10, MemoryFreeMiB: 60 << 10}
+	if dv != want {
+		t.Errorf("Device() = %+v, want %+v", dv, want)
+	}
+	d.cuMemGetInfo = func(free, total *uint64) cuResult { return cudaErrOutOfMemory }
+	if _, err := b.Device(); err == nil || !strings.Contains(err.Error(), "cuMemGetInfo") {
+		t.Errorf("Device() with a failing cuMemGetInfo: %v, want an error naming it", err)
+	}
+}
+
+// TestNotConcurrent: the CUDA backend shares scratch buffers, the router mask and a running
+// capture between the calls of a step, so it must declare that it is for one goroutine at a time.
+func TestNotConcurrent(t *testing.T) {
+	b, _ := fakeBackend(t, 0)
+	if kernels.IsConcurrent(b) {
+		t.Fatal("the CUDA backend declares kernels.Concurrent, but its steps share state between calls")
+	}
+}

@@ -2,9 +2,6 @@ package failover_test
 
 import (
 	"context"
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -18,20 +15,10 @@ import (
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
-)
 
-func loadCases(t *testing.T) genFile {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join("..", "..", "testdata", "llada2-tiny-go", "generate_cases.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var f genFile
-	if err := json.Unmarshal(b, &f); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
+	"github.com/dlmesh/dlmesh/internal/fixtures"
+	"github.com/dlmesh/dlmesh/internal/testutil"
+)
 
 // startAttnd starts an attnd discovering through reg and dials it.
 func startAttnd(t *testing.T, reg services.Registry, cfg attnd.Config) (*attnd.Server, pb.AttentionClient, healthpb.HealthClient) {
@@ -103,18 +90,18 @@ func TestAttndHealthFollowsCoverageThroughConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	both := []string{"attnd-lenient", "attnd-strict"}
-	waitFor(t, "both attnd passing in Consul", 15*time.Second, func() bool { return slices.Equal(passingAttnd(reg), both) })
+	testutil.WaitFor(t, "both attnd passing in Consul", 15*time.Second, func() bool { return slices.Equal(passingAttnd(reg), both) })
 	if _, err := stepOnce(ctx, sc, "covered"); err != nil {
 		t.Fatalf("step with every expert served: %v", err)
 	}
 
 	lost := time.Now()
 	kill(g1) // stays registered; its gRPC check turns critical
-	waitFor(t, "strict attnd NOT_SERVING", 15*time.Second, func() bool {
+	testutil.WaitFor(t, "strict attnd NOT_SERVING", 15*time.Second, func() bool {
 		return healthOf(t, sh) == healthpb.HealthCheckResponse_NOT_SERVING
 	})
 	notServing := time.Since(lost)
-	waitFor(t, "strict attnd out of Consul's passing list", 15*time.Second, func() bool {
+	testutil.WaitFor(t, "strict attnd out of Consul's passing list", 15*time.Second, func() bool {
 		return slices.Equal(passingAttnd(reg), []string{"attnd-lenient"})
 	})
 	t.Logf("group 1 killed: strict attnd NOT_SERVING after %v, out of discovery after %v",
@@ -133,10 +120,10 @@ func TestAttndHealthFollowsCoverageThroughConsul(t *testing.T) {
 
 	back := time.Now()
 	c.addReplica(t, 1, groups[1])
-	waitFor(t, "strict attnd SERVING again", 15*time.Second, func() bool {
+	testutil.WaitFor(t, "strict attnd SERVING again", 15*time.Second, func() bool {
 		return healthOf(t, sh) == healthpb.HealthCheckResponse_SERVING
 	})
-	waitFor(t, "strict attnd passing in Consul again", 15*time.Second, func() bool { return slices.Equal(passingAttnd(reg), both) })
+	testutil.WaitFor(t, "strict attnd passing in Consul again", 15*time.Second, func() bool { return slices.Equal(passingAttnd(reg), both) })
 	t.Logf("group 1 back: strict attnd passing again after %v", time.Since(back).Round(time.Millisecond))
 	if resp, err := stepOnce(ctx, sc, "back"); err != nil || resp.GetStats().GetDegraded() {
 		t.Errorf("strict step after group 1 returned: degraded %v, err %v", resp.GetStats().GetDegraded(), err)
@@ -152,7 +139,7 @@ func TestDegradedServingEndToEnd(t *testing.T) {
 		t.Skip("starts a Consul agent and a mesh; skipped with -short")
 	}
 	agent := consultest.Start(t)
-	f := loadCases(t)
+	f := fixtures.LoadGen(t)
 	gc := f.Cases[0]
 	full := references(t, f, []genCase{gc})[0]
 
@@ -166,12 +153,12 @@ func TestDegradedServingEndToEnd(t *testing.T) {
 		t.Fatalf("allow-missing attnd with experts 0-7 only: %v", err)
 	}
 	c.startGateway(t, ctx)
-	waitFor(t, "attnd passing in Consul", 15*time.Second, func() bool { return len(passingAttnd(reg)) == 1 })
+	testutil.WaitFor(t, "attnd passing in Consul", 15*time.Second, func() bool { return len(passingAttnd(reg)) == 1 })
 
 	run := func(id string) *pb.FinalEvent {
 		t.Helper()
 		var fin *pb.FinalEvent
-		waitFor(t, "a stream through the gateway", 30*time.Second, func() bool { // the gateway's watch may lag
+		testutil.WaitFor(t, "a stream through the gateway", 30*time.Second, func() bool { // the gateway's watch may lag
 			req := &pb.GenerateRequest{RequestId: id, Input: &pb.GenerateRequest_Prompt{Prompt: gc.Prompt},
 				Params: &pb.DecodeParams{Mode: gc.Mode, GenLength: genLen, BlockLength: int32(gc.BlockLength)}}
 			var err error
@@ -216,7 +203,7 @@ func TestDegradedServingEndToEnd(t *testing.T) {
 	t.Logf("degraded: %q\nfull:     %d ids", d1.GetText(), len(full))
 
 	c.addReplica(t, 1, groups[1])
-	waitFor(t, "attnd routing to both groups", 15*time.Second, func() bool { return len(a.Groups()) == 2 })
+	testutil.WaitFor(t, "attnd routing to both groups", 15*time.Second, func() bool { return len(a.Groups()) == 2 })
 	fin := run("full")
 	if fin.GetDegraded() {
 		t.Error("request after group 1 registered is still degraded")

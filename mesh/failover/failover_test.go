@@ -29,6 +29,10 @@ import (
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
 	"github.com/dlmesh/dlmesh/tokenizer"
+
+	"github.com/dlmesh/dlmesh/internal/fixtures"
+
+	"github.com/dlmesh/dlmesh/internal/testutil"
 )
 
 const tinyDir = "../../models/llada2-tiny-go"
@@ -36,18 +40,10 @@ const tinyDir = "../../models/llada2-tiny-go"
 // genLen keeps the requests short: the tiny model on the CPU backend takes 50–70 ms a step.
 const genLen = 32
 
-type genCase struct {
-	Prompt      string  `json:"prompt"`
-	PromptIDs   []int32 `json:"prompt_ids"`
-	Mode        string  `json:"mode"`
-	BlockLength int     `json:"block_length"`
-}
-
-type genFile struct {
-	MaskID int32     `json:"mask_id"`
-	EOSID  int32     `json:"eos_id"`
-	Cases  []genCase `json:"cases"`
-}
+type (
+	genCase = fixtures.GenCase
+	genFile = fixtures.GenFile
+)
 
 // cluster is the mesh under test; experts[g] are the replicas of group g.
 type cluster struct {
@@ -150,7 +146,7 @@ func TestFailoverThroughConsul(t *testing.T) {
 		t.Skip("starts a Consul agent and a whole mesh; skipped with -short")
 	}
 	agent := consultest.Start(t)
-	f := loadCases(t)
+	f := fixtures.LoadGen(t)
 	cases := f.Cases[:8]
 	refs := references(t, f, cases)
 
@@ -172,12 +168,12 @@ func TestFailoverThroughConsul(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.startGateway(t, ctx)
-	waitFor(t, "the gateway seeing attnd through Consul", 15*time.Second, func() bool {
+	testutil.WaitFor(t, "the gateway seeing attnd through Consul", 15*time.Second, func() bool {
 		l, _ := reg.Instances(ctx, services.KindAttnd)
 		return len(l) == 1
 	})
 	// warm-up: the gateway's watch may lag the health check by a moment
-	waitFor(t, "a first request through the mesh", 30*time.Second, func() bool {
+	testutil.WaitFor(t, "a first request through the mesh", 30*time.Second, func() bool {
 		return c.generate(ctx, cases[0], "warmup").err == nil
 	})
 
@@ -272,18 +268,18 @@ func TestFailoverThroughConsul(t *testing.T) {
 	t.Logf("with group 1 gone the request failed after %v: %v", took.Round(time.Millisecond), r.err)
 
 	// attnd reports NOT_SERVING, so Consul stops listing it; a new group-1 replica brings it back
-	waitFor(t, "attnd out of Consul's passing list", 15*time.Second, func() bool {
+	testutil.WaitFor(t, "attnd out of Consul's passing list", 15*time.Second, func() bool {
 		l, _ := reg.Instances(ctx, services.KindAttnd)
 		return len(l) == 0
 	})
 	back := time.Now()
 	c.addReplica(t, 1, groups[1])
-	waitFor(t, "attnd passing in Consul again", 15*time.Second, func() bool {
+	testutil.WaitFor(t, "attnd passing in Consul again", 15*time.Second, func() bool {
 		l, _ := reg.Instances(ctx, services.KindAttnd)
 		return len(l) == 1
 	})
 	passing := time.Since(back)
-	waitFor(t, "a request through the mesh again", 30*time.Second, func() bool {
+	testutil.WaitFor(t, "a request through the mesh again", 30*time.Second, func() bool {
 		r := c.generate(ctx, cases[0], "back")
 		if r.err != nil {
 			t.Logf("after %v: %v", time.Since(back).Round(time.Millisecond), r.err)
@@ -314,17 +310,6 @@ func stepGaps(rs []timedStream, at time.Time) (median, worst time.Duration) {
 		median = before[len(before)/2]
 	}
 	return median, worst
-}
-
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // newCluster returns an empty cluster over a Consul registry at addr (checks every interval) and

@@ -312,9 +312,7 @@ type SessionResult struct {
 	// f32 LE [out_rows, top_k]: their logits (after inv_temperature).
 	Logits []byte `protobuf:"bytes,3,opt,name=logits,proto3" json:"logits,omitempty"`
 	// f32 LE [out_rows]: log-sum-exp of each row over the vocabulary, so p = exp(logit - lse).
-	Lse []byte `protobuf:"bytes,4,opt,name=lse,proto3" json:"lse,omitempty"`
-	// Argmax probability per row (a convenience copy of exp(logits[r,0] - lse[r])).
-	Probs         []float32 `protobuf:"fixed32,5,rep,packed,name=probs,proto3" json:"probs,omitempty"`
+	Lse           []byte `protobuf:"bytes,4,opt,name=lse,proto3" json:"lse,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -377,20 +375,15 @@ func (x *SessionResult) GetLse() []byte {
 	return nil
 }
 
-func (x *SessionResult) GetProbs() []float32 {
-	if x != nil {
-		return x.Probs
-	}
-	return nil
-}
-
 type StepStats struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Wall time of the whole step and its parts, in milliseconds.
+	// Wall time of the whole step and its parts, in milliseconds: ms_experts is the time the
+	// micro-batches waited for their expert groups (summed), ms_attention the rest of ms_total
+	// (attention, router, LM head and host work; a device backend runs them asynchronously, so
+	// they are not timed apart).
 	MsTotal     float64 `protobuf:"fixed64,1,opt,name=ms_total,json=msTotal,proto3" json:"ms_total,omitempty"`
 	MsAttention float64 `protobuf:"fixed64,2,opt,name=ms_attention,json=msAttention,proto3" json:"ms_attention,omitempty"`
 	MsExperts   float64 `protobuf:"fixed64,3,opt,name=ms_experts,json=msExperts,proto3" json:"ms_experts,omitempty"`
-	MsLmHead    float64 `protobuf:"fixed64,4,opt,name=ms_lm_head,json=msLmHead,proto3" json:"ms_lm_head,omitempty"`
 	// True when an expert group had no healthy replica for some layer of this step.
 	Degraded      bool `protobuf:"varint,5,opt,name=degraded,proto3" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -444,13 +437,6 @@ func (x *StepStats) GetMsAttention() float64 {
 func (x *StepStats) GetMsExperts() float64 {
 	if x != nil {
 		return x.MsExperts
-	}
-	return 0
-}
-
-func (x *StepStats) GetMsLmHead() float64 {
-	if x != nil {
-		return x.MsLmHead
 	}
 	return 0
 }
@@ -711,22 +697,20 @@ const file_dlmesh_v1_attention_proto_rawDesc = "" +
 	"\x0finv_temperature\x18\x06 \x01(\x02R\x0einvTemperature\"n\n" +
 	"\fStepResponse\x122\n" +
 	"\aresults\x18\x01 \x03(\v2\x18.dlmesh.v1.SessionResultR\aresults\x12*\n" +
-	"\x05stats\x18\x02 \x01(\v2\x14.dlmesh.v1.StepStatsR\x05stats\"\x80\x01\n" +
+	"\x05stats\x18\x02 \x01(\v2\x14.dlmesh.v1.StepStatsR\x05stats\"w\n" +
 	"\rSessionResult\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x10\n" +
 	"\x03ids\x18\x02 \x01(\fR\x03ids\x12\x16\n" +
 	"\x06logits\x18\x03 \x01(\fR\x06logits\x12\x10\n" +
-	"\x03lse\x18\x04 \x01(\fR\x03lse\x12\x14\n" +
-	"\x05probs\x18\x05 \x03(\x02R\x05probs\"\xa2\x01\n" +
+	"\x03lse\x18\x04 \x01(\fR\x03lseJ\x04\b\x05\x10\x06R\x05probs\"\x96\x01\n" +
 	"\tStepStats\x12\x19\n" +
 	"\bms_total\x18\x01 \x01(\x01R\amsTotal\x12!\n" +
 	"\fms_attention\x18\x02 \x01(\x01R\vmsAttention\x12\x1d\n" +
 	"\n" +
-	"ms_experts\x18\x03 \x01(\x01R\tmsExperts\x12\x1c\n" +
-	"\n" +
-	"ms_lm_head\x18\x04 \x01(\x01R\bmsLmHead\x12\x1a\n" +
-	"\bdegraded\x18\x05 \x01(\bR\bdegraded\"-\n" +
+	"ms_experts\x18\x03 \x01(\x01R\tmsExperts\x12\x1a\n" +
+	"\bdegraded\x18\x05 \x01(\bR\bdegradedJ\x04\b\x04\x10\x05R\n" +
+	"ms_lm_head\"-\n" +
 	"\fCloseRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x0f\n" +

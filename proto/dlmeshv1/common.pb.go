@@ -128,7 +128,7 @@ type GPUInfo struct {
 	// Total and currently free device memory in MiB (0 when unknown).
 	MemoryTotalMib int64 `protobuf:"varint,4,opt,name=memory_total_mib,json=memoryTotalMib,proto3" json:"memory_total_mib,omitempty"`
 	MemoryFreeMib  int64 `protobuf:"varint,5,opt,name=memory_free_mib,json=memoryFreeMib,proto3" json:"memory_free_mib,omitempty"`
-	// Kernel backend serving on this device: "cpu" or "cuda".
+	// Kernel backend serving on this device: "cpu" or "cuda:N" (its Name()).
 	Backend       string `protobuf:"bytes,6,opt,name=backend,proto3" json:"backend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
