@@ -31,17 +31,21 @@ func init() { extraCommands = append(extraCommands, soakCmd) }
 
 // soakReport is what `dlmesh soak` measures.
 type soakReport struct {
-	Streams     int            `json:"streams"`
-	DurationS   float64        `json:"duration_s"`
-	Completed   int            `json:"completed"`
-	Failed      map[string]int `json:"failed_by_code"`
-	P50Ms       float64        `json:"p50_ms"`
-	P99Ms       float64        `json:"p99_ms"`
-	FirstP50Ms  float64        `json:"first_event_p50_ms"`
-	FirstP99Ms  float64        `json:"first_event_p99_ms"`
-	PerSecond   float64        `json:"requests_per_s"`
-	Processes   []soakProc     `json:"processes"`
-	FirstErrors []string       `json:"first_errors,omitempty"`
+	Streams    int            `json:"streams"`
+	DurationS  float64        `json:"duration_s"`
+	Completed  int            `json:"completed"`
+	Failed     map[string]int `json:"failed_by_code"`
+	P50Ms      float64        `json:"p50_ms"`
+	P99Ms      float64        `json:"p99_ms"`
+	FirstP50Ms float64        `json:"first_event_p50_ms"`
+	FirstP99Ms float64        `json:"first_event_p99_ms"`
+	PerSecond  float64        `json:"requests_per_s"`
+	Processes  []soakProc     `json:"processes"`
+	// AttndSessions and AttndKVTokens are what attnd holds --settle after the load (0 and 0
+	// unless a request leaked its session).
+	AttndSessions int32    `json:"attnd_sessions_after"`
+	AttndKVTokens int64    `json:"attnd_kv_capacity_tokens_after"`
+	FirstErrors   []string `json:"first_errors,omitempty"`
 }
 
 // soakProc is one process's resident memory before and after the load.
@@ -319,6 +323,13 @@ func runSoak(ctx context.Context, addr string, procs []*soakChild, streams int, 
 	case <-time.After(settle):
 	case <-ctx.Done():
 	}
+	for _, p := range procs {
+		if p.name == "attnd" {
+			if err := attndLoadInto(ctx, p.addr, rep); err != nil {
+				return nil, err
+			}
+		}
+	}
 	for i, p := range procs {
 		pr := &rep.Processes[i]
 		pr.RSSEndKiB = procRSSKiB(p.cmd.Process.Pid)
@@ -328,6 +339,21 @@ func runSoak(ctx context.Context, addr string, procs []*soakChild, streams int, 
 		}
 	}
 	return rep, nil
+}
+
+// attndLoadInto reads the sessions and KV capacity an attnd holds into rep.
+func attndLoadInto(ctx context.Context, addr string, rep *soakReport) error {
+	cc, err := services.Dial(addr, services.ClientConfig{})
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	info, err := pb.NewAttentionClient(cc).Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		return fmt.Errorf("soak: attnd %s info: %w", addr, err)
+	}
+	rep.AttndSessions, rep.AttndKVTokens = info.GetLoad().GetSessions(), info.GetLoad().GetKvCapacityTokens()
+	return nil
 }
 
 // quantile is the q-quantile of v (nearest rank); 0 for no values.
@@ -344,6 +370,7 @@ func quantile(v []float64, q float64) float64 {
 func writeSoak(w io.Writer, r *soakReport) error {
 	fmt.Fprintf(w, "%d streams for %.1f s: %d completed (%.2f/s), failed %v\n", r.Streams, r.DurationS, r.Completed, r.PerSecond, r.Failed)
 	fmt.Fprintf(w, "latency p50 %.0f ms, p99 %.0f ms; first event p50 %.0f ms, p99 %.0f ms\n", r.P50Ms, r.P99Ms, r.FirstP50Ms, r.FirstP99Ms)
+	fmt.Fprintf(w, "attnd after the load: %d sessions open, %d KV positions reserved\n", r.AttndSessions, r.AttndKVTokens)
 	for _, e := range r.FirstErrors {
 		fmt.Fprintf(w, "error: %s\n", e)
 	}

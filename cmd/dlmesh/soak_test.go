@@ -28,6 +28,9 @@ func TestSoakAgainstProcesses(t *testing.T) {
 	if rep.Completed < 2 || len(rep.Failed) != 0 {
 		t.Errorf("%d completed, failed %v (%v)", rep.Completed, rep.Failed, rep.FirstErrors)
 	}
+	if rep.AttndSessions != 0 || rep.AttndKVTokens != 0 {
+		t.Errorf("after the load attnd holds %d sessions, %d KV positions", rep.AttndSessions, rep.AttndKVTokens)
+	}
 	if len(rep.Processes) != 4 {
 		t.Fatalf("%d processes, want 4", len(rep.Processes))
 	}
