@@ -63,6 +63,7 @@ func soakCmd() *cobra.Command {
 		dir, bin, prompt, mode string
 		streams, gen           int
 		duration, settle       time.Duration
+		drain                  time.Duration
 		asJSON                 bool
 	)
 	cmd := &cobra.Command{
@@ -72,8 +73,8 @@ func soakCmd() *cobra.Command {
 split in halves, one attnd, one gateway), then runs --streams concurrent Generate loops for
 --duration. It reports the requests completed, the failures by gRPC code, the p50/p99 latency
 of a request and of its first event, and every process's VmRSS (/proc) before the load, at its
-peak and --settle after it. The load stops by itself; in-flight requests get 2 minutes to
-finish; the processes are stopped (SIGTERM) at the end, or killed with this one.`,
+peak and --settle after it. The load stops by itself; in-flight requests get --drain to
+finish (then they fail with DeadlineExceeded); the processes are stopped (SIGTERM) at the end, or killed with this one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if streams < 1 || streams > 4096 {
@@ -104,7 +105,10 @@ finish; the processes are stopped (SIGTERM) at the end, or killed with this one.
 				return err
 			}
 			gw := procs[len(procs)-1].addr
-			rep, err := runSoak(ctx, gw, procs, streams, duration, settle, &pb.GenerateRequest{
+			if drain <= 0 {
+				return fmt.Errorf("--drain %v: want > 0", drain)
+			}
+			rep, err := runSoak(ctx, gw, procs, streams, duration, settle, drain, &pb.GenerateRequest{
 				Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: &pb.DecodeParams{Mode: mode, GenLength: int32(gen)}})
 			if err != nil {
 				return err
@@ -120,6 +124,7 @@ finish; the processes are stopped (SIGTERM) at the end, or killed with this one.
 	f.StringVar(&bin, "bin", "", "dlmesh binary to start the services from (default: this one)")
 	f.IntVar(&streams, "streams", 64, "concurrent streams")
 	f.DurationVar(&duration, "duration", 60*time.Second, "how long new requests are started")
+	f.DurationVar(&drain, "drain", 2*time.Minute, "how long requests in flight at the end of --duration may take to finish")
 	f.DurationVar(&settle, "settle", 10*time.Second, "wait after the load before the last memory reading")
 	f.IntVar(&gen, "gen", 32, "gen_length of every request")
 	f.StringVar(&mode, "mode", "q", "decoding mode of every request")
@@ -237,7 +242,7 @@ func startSoakChild(ctx context.Context, bin, ready string, args ...string) (*so
 
 // runSoak runs streams Generate loops against the gateway at addr for d and reads the
 // processes' memory before, during and settle after the load.
-func runSoak(ctx context.Context, addr string, procs []*soakChild, streams int, d, settle time.Duration, req *pb.GenerateRequest) (*soakReport, error) {
+func runSoak(ctx context.Context, addr string, procs []*soakChild, streams int, d, settle, drain time.Duration, req *pb.GenerateRequest) (*soakReport, error) {
 	cl, err := gateway.Dial(addr, services.ClientConfig{})
 	if err != nil {
 		return nil, err
@@ -259,8 +264,8 @@ func runSoak(ctx context.Context, addr string, procs []*soakChild, streams int, 
 		loadCtx, lc = context.WithTimeout(ctx, d)
 	)
 	defer lc()
-	// in-flight requests may finish after the load window, within 2 minutes
-	reqCtx, rc := context.WithTimeout(context.WithoutCancel(ctx), d+2*time.Minute)
+	// in-flight requests may finish after the load window, within drain
+	reqCtx, rc := context.WithTimeout(context.WithoutCancel(ctx), d+drain)
 	defer rc()
 	t0 := time.Now()
 	for i := range streams {
