@@ -120,15 +120,21 @@ func checkPolicy(t *testing.T, seed uint64, mode, bl, gen, plen, post uint8) {
 	if st.Forwards() != wantFwd || !slices.Equal(out, wantOut) {
 		t.Fatalf("forwards %d output %v, reference %d %v", st.Forwards(), out, wantFwd, wantOut)
 	}
+	if len(out) > p.GenLen {
+		t.Fatalf("output of %d tokens, over gen_length %d", len(out), p.GenLen)
+	}
 	switch st.FinishReason() {
-	case FinishEOS:
-		lo, hi := st.Block()
-		if !slices.Contains(st.Tokens()[max(lo, n):hi], eos) {
-			t.Fatalf("eos finish without EOS in the last block")
+	case FinishStop:
+		if !slices.Contains(st.Tokens()[n:n+p.GenLen], eos) {
+			t.Fatalf("stop finish without EOS in the first gen_length positions")
 		}
 	case FinishLength:
-		if _, hi := st.Block(); hi != len(st.Tokens()) {
-			t.Fatalf("length finish before the last block")
+		lo, hi := st.Block()
+		if hi != len(st.Tokens()) && !slices.Contains(st.Tokens()[max(lo, n):hi], eos) {
+			t.Fatalf("length finish before the last block without EOS")
+		}
+		if len(out) != p.GenLen {
+			t.Fatalf("length finish with %d tokens, want gen_length %d", len(out), p.GenLen)
 		}
 	default:
 		t.Fatalf("reason %q", st.FinishReason())

@@ -18,6 +18,7 @@ const (
 	MaxGenLen       = 1 << 16
 	MaxPostSteps    = 1024
 	MaxTemperature  = 10
+	MaxTopK         = 1000 // the LM head returns at most 1024 candidates per position
 	MaxStopStrings  = 16
 	MaxStopBytes    = 256
 )
@@ -51,7 +52,7 @@ type Params struct {
 	BlockLen     int      // tokens per block (the model's training block length, 32); 1..4096
 	GenLen       int      // tokens to generate, before rounding the window up to whole blocks; 1..MaxGenLen
 	Temperature  float64  // 0 = greedy; 0..10
-	TopK         int      // keep the K most probable candidates; 0 = off
+	TopK         int      // keep the K most probable candidates; 0 = off; 0..MaxTopK
 	TopP         float64  // keep the smallest prefix of candidates whose probability reaches TopP; 1 = off; (0, 1]
 	Seed         uint64   // sampler seed (Temperature > 0)
 	StopStrings  []string // checked by the driver on decoded text (see State.Stop); up to 16, each 1..256 bytes
@@ -100,8 +101,8 @@ func (p Params) Validate() error {
 		return bad("gen_length", d(p.GenLen), fmt.Sprintf("want a value in [1, %d]", MaxGenLen))
 	case !(p.Temperature >= 0 && p.Temperature <= MaxTemperature):
 		return bad("temperature", f(p.Temperature), fmt.Sprintf("want a value in [0, %d]", MaxTemperature))
-	case p.TopK < 0:
-		return bad("top_k", d(p.TopK), "want 0 (off) or a positive count")
+	case p.TopK < 0 || p.TopK > MaxTopK:
+		return bad("top_k", d(p.TopK), fmt.Sprintf("want 0 (off) or a count up to %d", MaxTopK))
 	case !(p.TopP > 0 && p.TopP <= 1):
 		return bad("top_p", f(p.TopP), "want a value in (0, 1]")
 	case len(p.StopStrings) > MaxStopStrings:

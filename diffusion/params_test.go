@@ -61,6 +61,7 @@ func TestValidate(t *testing.T) {
 		{"temperature", func(p *Params) { p.Temperature = 10.5 }},
 		{"temperature", func(p *Params) { p.Temperature = nan }},
 		{"top_k", func(p *Params) { p.TopK = -1 }},
+		{"top_k", func(p *Params) { p.TopK = MaxTopK + 1 }},
 		{"top_p", func(p *Params) { p.TopP = 0 }},
 		{"top_p", func(p *Params) { p.TopP = 1.1 }},
 		{"stop_strings", func(p *Params) { p.StopStrings = make([]string, 17) }},

@@ -16,7 +16,8 @@ type refStep struct {
 
 // refGenerate transliterates generate from shared/tools/reference/llada2_ref.py line by line,
 // with the model replaced by predict (called with the window and the block bounds, returning one
-// Pred per block position). It is the oracle of the differential tests.
+// Pred per block position). It is the oracle of the differential tests. Its output is cut at
+// GenLen, as the Hugging Face generate (the reference script returns the whole window).
 func refGenerate(prompt []int32, p Params, maskID, eosID int32, predict func(x []int32, lo, hi int) []Pred) (out []int32, forwards int, trace []refStep) {
 	thr, maxPost, block := p.TauMask, p.MaxPostSteps, p.BlockLen
 	n := len(prompt)
@@ -96,7 +97,7 @@ func refGenerate(prompt []int32, p Params, maskID, eosID int32, predict func(x [
 			break
 		}
 	}
-	rest := x[n:]
+	rest := x[n : n+p.GenLen] // as HF's generate returns x[:, prompt_len : prompt_len+gen_length]
 	if i := slices.Index(rest, eosID); i >= 0 {
 		rest = rest[:i]
 	}

@@ -1,7 +1,9 @@
 package diffusion
 
 import (
+	"cmp"
 	"math"
+	"math/rand/v2"
 	"slices"
 	"testing"
 )
@@ -48,31 +50,39 @@ func probs(p ...float64) Candidates {
 
 func TestPickSampling(t *testing.T) {
 	c := probs(0.15, 0.5, 0.3) // 0.05 of the mass lies outside the K candidates
+	raw := map[int32]float64{1: .5, 2: .3, 0: .15}
 	for _, tc := range []struct {
 		name string
 		topK int
 		topP float64
-		want map[int32]float64 // renormalised probabilities of the kept candidates
+		want map[int32]float64 // how often each kept candidate is drawn: its share of the kept ones
+		prob map[int32]float64 // its Prob, when not want (the kept set is the whole vocabulary)
 	}{
-		{"all", 0, 1, map[int32]float64{1: .5 / .95, 2: .3 / .95, 0: .15 / .95}},
-		{"top-k 1", 1, 1, map[int32]float64{1: 1}},
-		{"top-k 2", 2, 1, map[int32]float64{1: .5 / .8, 2: .3 / .8}},
-		{"top-p 0.75", 0, 0.75, map[int32]float64{1: .5 / .8, 2: .3 / .8}},
-		{"top-p 0.4", 0, 0.4, map[int32]float64{1: 1}},
-		{"top-p beyond the candidates' mass", 0, 0.99, map[int32]float64{1: .5 / .95, 2: .3 / .95, 0: .15 / .95}},
-		{"top-k then top-p", 2, 0.99, map[int32]float64{1: .5 / .8, 2: .3 / .8}},
+		{"all", 0, 1, map[int32]float64{1: .5 / .95, 2: .3 / .95, 0: .15 / .95}, raw},
+		{"top-k 1", 1, 1, map[int32]float64{1: 1}, nil},
+		{"top-k 2", 2, 1, map[int32]float64{1: .5 / .8, 2: .3 / .8}, nil},
+		{"top-p 0.75", 0, 0.75, map[int32]float64{1: .5 / .8, 2: .3 / .8}, nil},
+		{"top-p 0.4", 0, 0.4, map[int32]float64{1: 1}, nil},
+		{"top-p beyond the candidates' mass", 0, 0.99, map[int32]float64{1: .5 / .95, 2: .3 / .95, 0: .15 / .95}, raw},
+		{"top-k then top-p", 2, 0.99, map[int32]float64{1: .5 / .8, 2: .3 / .8}, nil},
+		// top-p measures the renormalised top-k set (0.625, 0.375), not the vocabulary (0.5, 0.3):
+		// 0.625 > 0.6 cuts the second candidate.
+		{"top-p over the renormalised top-k", 2, 0.6, map[int32]float64{1: 1}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := samplerFor(t, 1, tc.topK, tc.topP, 7)
+			prob := tc.prob
+			if prob == nil {
+				prob = tc.want
+			}
 			const draws = 20000
 			count := map[int32]int{}
 			for range draws {
 				got := s.Pick(c)
-				want, ok := tc.want[got.ID]
-				if !ok {
+				if _, ok := tc.want[got.ID]; !ok {
 					t.Fatalf("picked %d, not kept", got.ID)
 				}
-				if !near(float64(got.Prob), want, 1e-5) {
+				if want := prob[got.ID]; !near(float64(got.Prob), want, 1e-5) {
 					t.Fatalf("picked %d with prob %v, want %v", got.ID, got.Prob, want)
 				}
 				count[got.ID]++
@@ -84,6 +94,85 @@ func TestPickSampling(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Greedy decoding takes the argmax, and its confidence is renormalised over what top-k and top-p
+// keep, as HF's sample_tokens does with temperature 0.
+func TestPickGreedyFiltered(t *testing.T) {
+	c := probs(0.15, 0.5, 0.3)
+	for _, tc := range []struct {
+		name string
+		topK int
+		topP float64
+		prob float64
+	}{
+		{"none", 0, 1, .5},
+		{"top-k 2", 2, 1, .5 / .8},
+		{"top-k 1", 1, 1, 1},
+		{"top-p 0.75", 0, 0.75, .5 / .8},
+		{"top-p 0.4", 0, 0.4, 1},
+		{"top-p beyond the candidates", 0, 0.99, .5},
+		{"top-k 2 then top-p 0.6", 2, 0.6, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := samplerFor(t, 0, tc.topK, tc.topP, 1).Pick(c)
+			if got.ID != 1 || !near(float64(got.Prob), tc.prob, 1e-6) {
+				t.Fatalf("got %+v, want id 1 prob %v", got, tc.prob)
+			}
+		})
+	}
+}
+
+// The number of candidates the LM head returns is an implementation detail: a greedy pick is the
+// same with 1, 2, … or every candidate, as long as there are as many as Params.Candidates asks.
+func TestPickGreedyCandidateCount(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	const vocab = 300
+	for trial := range 200 {
+		logits := make([]float32, vocab)
+		for i := range logits {
+			logits[i] = float32(rng.NormFloat64() * 3)
+		}
+		all := Candidates{LSE: lse(logits, 1)}
+		order := make([]int, vocab)
+		for i := range order {
+			order[i] = i
+		}
+		slices.SortStableFunc(order, func(a, b int) int { return cmp.Compare(logits[b], logits[a]) })
+		for _, j := range order {
+			all.IDs = append(all.IDs, int32(j))
+			all.Logits = append(all.Logits, logits[j])
+		}
+		for _, f := range []struct {
+			topK int
+			topP float64
+		}{{0, 1}, {5, 1}, {40, 0.9}, {0, 0.5}, {0, 0.95}} {
+			p, _ := Preset("q")
+			p.TopK, p.TopP = f.topK, f.topP
+			want := NewSampler(p).Pick(all)
+			for _, k := range []int{p.Candidates(64), p.Candidates(64) + 1, 100, vocab} {
+				c := Candidates{IDs: all.IDs[:k], Logits: all.Logits[:k], LSE: all.LSE}
+				if f.topK == 0 && f.topP < 1 && !nucleusWithin(all, f.topP, k) {
+					continue // fewer candidates than the nucleus: documented as truncated
+				}
+				if got := NewSampler(p).Pick(c); got != want {
+					t.Fatalf("trial %d top_k %d top_p %v: %d candidates give %+v, all %d give %+v", trial, f.topK, f.topP, k, got, vocab, want)
+				}
+			}
+		}
+	}
+}
+
+// nucleusWithin reports whether the top-p nucleus of sorted candidates c closes within k of them.
+func nucleusWithin(c Candidates, topP float64, k int) bool {
+	cum := 0.0
+	for i := range k {
+		cum += math.Exp(float64(c.Logits[i]) - float64(c.LSE))
+		if cum > topP {
+			return true
+		}
+	}
+	return false
 }
 
 func TestPickTemperature(t *testing.T) {

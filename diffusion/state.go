@@ -7,11 +7,14 @@ import (
 	"slices"
 )
 
-// Finish reasons reported by State.FinishReason.
+// Finish reasons reported by State.FinishReason, as OpenAI and Hugging Face name them.
 const (
-	FinishEOS    = "eos"    // a finished block held EOS in its generated part
-	FinishLength = "length" // the last block of the window finished
-	FinishStop   = "stop"   // the driver called Stop (a stop string matched)
+	// FinishStop: the output ends at EOS (a finished block held EOS within the first GenLen
+	// generated positions), or the driver called Stop (a stop string matched).
+	FinishStop = "stop"
+	// FinishLength: GenLen tokens without EOS; the output is cut there (the window's last block
+	// may hold more positions, decoded but not returned).
+	FinishLength = "length"
 )
 
 var (
@@ -109,17 +112,19 @@ func (s *State) Tokens() []int32 { return s.x }
 // Forwards returns the number of Step calls so far (one model forward each).
 func (s *State) Forwards() int { return s.forwards }
 
-// FinishReason returns FinishEOS, FinishLength or FinishStop once Done, else "".
+// FinishReason returns FinishStop or FinishLength once Done, else "".
 func (s *State) FinishReason() string { return s.reason }
 
 // Params returns the request's parameters.
 func (s *State) Params() Params { return s.p }
 
-// Output returns the generated ids: the window after the prompt, cut at the first EOS, with
-// masked positions removed, as the reference's return value. Before Done it is a snapshot that
-// later steps may still change. After Stop it ends at the last finished block.
+// Output returns the generated ids as Hugging Face's generate returns them: the window's
+// positions [len(prompt), len(prompt)+GenLen) (at most GenLen tokens, although the window is
+// decoded in whole blocks), cut at the first EOS, with masked positions removed. Before Done it
+// is a snapshot that later steps may still change. After Stop it ends at the last finished
+// block.
 func (s *State) Output() []int32 {
-	out := s.x[s.n:s.end]
+	out := s.x[s.n:min(s.end, s.n+s.p.GenLen)]
 	if i := slices.Index(out, s.eosID); i >= 0 {
 		out = out[:i]
 	}
@@ -155,8 +160,9 @@ func (s *State) Stop() {
 //     prompt and whose predicted token differs from its token with prob > TauEdit is rewritten;
 //   - the block finishes when a step with no masked positions edits nothing, or when it has no
 //     masks left and MaxPostSteps editing steps have already run;
-//   - a finished block holding EOS in its generated part ends the request (FinishEOS), as does
-//     finishing the last block (FinishLength); otherwise the next block starts.
+//   - a finished block holding EOS in its generated part ends the request, as does finishing the
+//     last block; otherwise the next block starts. The reason is FinishStop when an EOS lies in
+//     the first GenLen generated positions, else FinishLength.
 //
 // Step fails without changing the state if the request is done, len(preds) != hi-lo, a
 // non-prompt position has a NaN probability, or a position would be written with the mask
@@ -237,12 +243,11 @@ func (s *State) Step(preds []Pred) (StepResult, error) {
 // block starts, or the request ends after the last one.
 func (s *State) finishBlock() {
 	lo, hi := s.Block()
-	if slices.Contains(s.x[max(lo, s.n):hi], s.eosID) {
-		s.done, s.reason = true, FinishEOS
-		return
-	}
-	if s.b+1 >= s.nblocks {
+	if slices.Contains(s.x[max(lo, s.n):hi], s.eosID) || s.b+1 >= s.nblocks {
 		s.done, s.reason = true, FinishLength
+		if slices.Contains(s.x[s.n:s.n+s.p.GenLen], s.eosID) {
+			s.reason = FinishStop
+		}
 		return
 	}
 	s.b++

@@ -139,7 +139,7 @@ func TestStepSequences(t *testing.T) {
 				{preds: []Pred{pr(10, .9), pr(tEOS, .9), pr(12, .9), pr(tEOS, .9)}, unmasked: []int{4, 5, 6, 7}},
 				{preds: []Pred{pr(10, .9), pr(tEOS, .9), pr(12, .9), pr(tEOS, .9)}, blockDone: true, done: true},
 			},
-			output: []int32{10}, reason: FinishEOS,
+			output: []int32{10}, reason: FinishStop,
 		},
 		{
 			name: "EOS edited away before the block ends does not stop", preset: "q", mod: blockLen(2, 4),
@@ -151,7 +151,7 @@ func TestStepSequences(t *testing.T) {
 				{preds: []Pred{pr(12, .9), pr(tEOS, .9)}, unmasked: []int{4, 5}},
 				{preds: []Pred{pr(12, .9), pr(tEOS, .9)}, blockDone: true, done: true},
 			},
-			output: []int32{10, 11, 12}, reason: FinishEOS,
+			output: []int32{10, 11, 12}, reason: FinishStop,
 		},
 		{
 			name: "EOS in the prompt part of the first block does not stop; window rounds up", preset: "v20", mod: blockLen(4, 4),
@@ -161,7 +161,25 @@ func TestStepSequences(t *testing.T) {
 					tokens: []int32{1, tEOS, 10, 11}},
 				{preds: []Pred{pr(12, .99), pr(13, .99), pr(14, .99), pr(15, .99)}, unmasked: []int{4, 5, 6, 7}, blockDone: true, done: true},
 			},
-			output: []int32{10, 11, 12, 13, 14, 15}, reason: FinishLength,
+			output: []int32{10, 11, 12, 13}, reason: FinishLength, // gen_length 4 of the 6 positions decoded
+		},
+		{
+			name: "EOS after gen_length is decoded but not returned: length", preset: "v20", mod: blockLen(4, 2),
+			prompt: []int32{1},
+			steps: []wantStep{
+				{preds: []Pred{pr(50, 1), pr(10, .99), pr(11, .99), pr(tEOS, .99)}, unmasked: []int{1, 2, 3}, blockDone: true, done: true,
+					tokens: []int32{1, 10, 11, tEOS}},
+			},
+			output: []int32{10, 11}, reason: FinishLength,
+		},
+		{
+			name: "EOS at the gen_length boundary: stop", preset: "v20", mod: blockLen(4, 3),
+			prompt: []int32{1},
+			steps: []wantStep{
+				{preds: []Pred{pr(50, 1), pr(10, .99), pr(11, .99), pr(tEOS, .99)}, unmasked: []int{1, 2, 3}, blockDone: true, done: true,
+					tokens: []int32{1, 10, 11, tEOS}},
+			},
+			output: []int32{10, 11}, reason: FinishStop,
 		},
 	}
 	for _, c := range cases {

@@ -27,7 +27,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -72,6 +71,9 @@ type Request struct {
 	Prompt []int32
 	Params diffusion.Params
 	Trace  bool // keep every step's StepResult in the Result
+	// KeepSpecial keeps special tokens (added tokens marked special, such as <|role_end|>) in
+	// the text; by default they are skipped, as Hugging Face's decode(skip_special_tokens=True).
+	KeepSpecial bool
 }
 
 // Change is one position that a step changed.
@@ -99,8 +101,12 @@ type StepEvent struct {
 // BlockEvent reports a finished block.
 type BlockEvent struct {
 	Block  int     // as StepEvent.Block
-	Tokens []int32 // its generated tokens (prompt positions left out)
-	Text   string
+	Tokens []int32 // its generated tokens (prompt positions left out), as decoded, before any cut
+	// Text is the output text this block commits, append-only: the Texts of a request's blocks
+	// joined are its Result.Text. It is cut at gen_length, EOS and the first stop string, and
+	// holds back a tail that could be the start of a stop string (or of a UTF-8 sequence) until
+	// a later block settles it, so it may be empty.
+	Text string
 }
 
 // Event is one item of a request's stream: exactly one field is set.
@@ -111,9 +117,15 @@ type Event struct {
 
 // Result is the outcome of a request.
 type Result struct {
-	IDs          []int32
-	Text         string
-	FinishReason string // "eos", "length", "stop"
+	// IDs are the generated tokens as Hugging Face returns them: at most gen_length (the window
+	// is decoded in whole blocks, the rest is dropped), cut at the first EOS and, with a stop
+	// string, after the token where it begins.
+	IDs []int32
+	// Text is the text of IDs (special tokens skipped unless Request.KeepSpecial), cut before
+	// the first stop string.
+	Text string
+	// FinishReason is "stop" (EOS or a stop string) or "length" (gen_length tokens).
+	FinishReason string
 	PromptTokens int
 	Forwards     int
 	Blocks       int
@@ -198,6 +210,7 @@ type job struct {
 	blockSteps int // steps of the block being denoised
 	start      time.Time
 	res        Result
+	out        outText
 
 	evMu   sync.Mutex
 	events []Event
@@ -260,6 +273,7 @@ func (e *Engine) Generate(ctx context.Context, req Request, onEvent func(Event))
 	}
 	j := &job{ctx: ctx, req: req, state: st, sampler: diffusion.NewSampler(req.Params), start: time.Now(),
 		notify: make(chan struct{}, 1), fin: make(chan struct{})}
+	j.out = newOutText(e.tok, req, e.cfg.EOSID)
 	j.res.Warning = warn
 	j.res.PromptTokens = len(req.Prompt)
 	e.mu.Lock()
@@ -356,7 +370,7 @@ func (e *Engine) step(ctx context.Context, jobs []*job) {
 		// leave the position masked forever), so a position whose argmax is the mask token takes
 		// its runner-up.
 		p := j.req.Params
-		k, inv := wantCandidates(p)+1, float32(1)
+		k, inv := p.Candidates(DefaultCandidates)+1, float32(1)
 		if p.Temperature > 0 {
 			inv = float32(1 / p.Temperature)
 		}
@@ -421,7 +435,7 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	}
 	preds := make([]diffusion.Pred, len(cands))
 	for i, c := range cands {
-		preds[i] = j.sampler.Pick(withoutMask(c, e.cfg.MaskID, wantCandidates(j.req.Params)))
+		preds[i] = j.sampler.Pick(withoutMask(c, e.cfg.MaskID, j.req.Params.Candidates(DefaultCandidates)))
 	}
 	res, err := j.state.Step(preds)
 	if err != nil {
@@ -449,56 +463,28 @@ func (e *Engine) apply(ctx context.Context, j *job, cands []diffusion.Candidates
 	if res.BlockDone {
 		j.blockSteps = 0
 		j.res.Blocks++
-		gen := res.Committed
+		gen, at := res.Committed, lo
 		if start := n - lo; start > 0 {
-			gen = gen[start:]
+			gen, at = gen[start:], n
 		}
-		be := &BlockEvent{Block: res.Block - first, Tokens: append([]int32(nil), gen...)}
-		if e.tok != nil {
-			be.Text = e.tok.Decode(cutEOS(gen, e.cfg.EOSID))
+		text, stopped := j.out.commit(gen, at, res.Done)
+		if stopped && !res.Done {
+			j.state.Stop()
+			text += j.out.finish()
 		}
-		j.push(Event{Block: be})
-		if !res.Done && e.tok != nil && len(j.req.Params.StopStrings) > 0 {
-			if _, ok := findStop(e.tok.Decode(j.state.Output()), j.req.Params.StopStrings); ok {
-				j.state.Stop()
-			}
-		}
+		j.push(Event{Block: &BlockEvent{Block: res.Block - first, Tokens: append([]int32(nil), gen...), Text: text}})
 	}
 	if j.state.Done() {
 		r := j.res
-		r.IDs = j.state.Output()
+		r.IDs, r.Text = j.out.result()
 		r.FinishReason = j.state.FinishReason()
-		r.Forwards = j.state.Forwards()
-		if e.tok != nil {
-			r.Text = e.tok.Decode(r.IDs)
-			if cut, ok := findStop(r.Text, j.req.Params.StopStrings); ok {
-				r.Text = r.Text[:cut]
-				r.FinishReason = "stop"
-			}
+		if j.out.stopped {
+			r.FinishReason = diffusion.FinishStop
 		}
+		r.Forwards = j.state.Forwards()
 		r.Elapsed = time.Since(j.start)
 		e.end(ctx, j, &r, nil)
 	}
-}
-
-func cutEOS(ids []int32, eos int32) []int32 {
-	for i, t := range ids {
-		if t == eos {
-			return ids[:i]
-		}
-	}
-	return ids
-}
-
-// findStop returns the byte offset of the earliest stop string in text.
-func findStop(text string, stops []string) (int, bool) {
-	best, ok := len(text), false
-	for _, s := range stops {
-		if i := strings.Index(text, s); i >= 0 && i <= best {
-			best, ok = i, true
-		}
-	}
-	return best, ok
 }
 
 // end removes j from the queue, closes its session and completes it.
@@ -565,16 +551,4 @@ func withoutMask(c diffusion.Candidates, mask int32, want int) diffusion.Candida
 	keep := min(want, len(c.IDs))
 	c.IDs, c.Logits = c.IDs[:keep], c.Logits[:keep]
 	return c
-}
-
-// wantCandidates is how many candidates a position's pick looks at: 1 when greedy, top_k when
-// set, else DefaultCandidates.
-func wantCandidates(p diffusion.Params) int {
-	switch {
-	case p.Temperature == 0:
-		return 1
-	case p.TopK > 0:
-		return p.TopK
-	}
-	return DefaultCandidates
 }

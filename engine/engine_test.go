@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -83,7 +84,7 @@ func request(tb testing.TB, c genCase, id string) engine.Request {
 
 // checkCase compares a result with the reference, step by step. A divergence is excused only at
 // a step whose smallest masked-confidence distance to the threshold is under 1e-4 (a tie).
-func checkCase(t *testing.T, c genCase, r *engine.Result) {
+func checkCase(t *testing.T, tok *tokenizer.Tokenizer, c genCase, r *engine.Result) {
 	t.Helper()
 	for i, s := range c.Trace {
 		if i >= len(r.Trace) {
@@ -105,12 +106,32 @@ func checkCase(t *testing.T, c genCase, r *engine.Result) {
 	if r.Forwards != c.Forwards {
 		t.Errorf("%d forwards, reference %d", r.Forwards, c.Forwards)
 	}
-	if !slices.Equal(r.IDs, c.IDs) {
-		t.Errorf("ids\n got %v\nwant %v", r.IDs, c.IDs)
+	// The fixture's ids are the reference's whole window: a request returns the first
+	// gen_length, their text decoded without special tokens.
+	ids, text := cutCase(tok, c)
+	if !slices.Equal(r.IDs, ids) {
+		t.Errorf("ids\n got %v\nwant %v", r.IDs, ids)
 	}
-	if r.Text != c.Text {
-		t.Errorf("text\n got %q\nwant %q", r.Text, c.Text)
+	if r.Text != text {
+		t.Errorf("text\n got %q\nwant %q", r.Text, text)
 	}
+	if want := map[bool]string{true: "length", false: "stop"}[len(ids) == c.GenLength]; r.FinishReason != want {
+		t.Errorf("finish reason %q, want %q", r.FinishReason, want)
+	}
+}
+
+// cutCase returns what a request for fixture case c returns: the first gen_length of the
+// fixture's ids and their text without special tokens, which is a prefix of the fixture's text
+// (the reference decodes every id of the window).
+func cutCase(tok *tokenizer.Tokenizer, c genCase) ([]int32, string) {
+	ids := c.IDs[:min(len(c.IDs), c.GenLength)]
+	var plain []int32
+	for _, id := range ids {
+		if !tok.IsSpecial(id) {
+			plain = append(plain, id)
+		}
+	}
+	return ids, tok.Decode(plain)
 }
 
 func nonNil(v []int) []int {
@@ -129,7 +150,7 @@ func TestGenerateMatchesReference(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			checkCase(t, c, r)
+			checkCase(t, f.tok, c, r)
 		})
 	}
 }
@@ -156,7 +177,7 @@ func TestGenerateBatchedMatchesReference(t *testing.T) {
 			if errs[i] != nil {
 				t.Fatal(errs[i])
 			}
-			checkCase(t, c, results[i])
+			checkCase(t, f.tok, c, results[i])
 		})
 	}
 	if n := st.Sessions(); n != 0 {
@@ -228,7 +249,7 @@ func TestGenerateCancel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkCase(t, f.gen.Cases[0], r)
+	checkCase(t, f.tok, f.gen.Cases[0], r)
 }
 
 func TestGenerateRejectsBadRequests(t *testing.T) {
@@ -249,5 +270,42 @@ func TestGenerateRejectsBadRequests(t *testing.T) {
 				t.Fatal("want an error")
 			}
 		})
+	}
+}
+
+// A stop string cuts the text before it, in the final result and in the block texts a live
+// view shows, and ends the request at the block where it appears.
+func TestGenerateStopString(t *testing.T) {
+	f := loadFixture(t)
+	e := newEngine(t, f, engine.NewLocalStepper(f.m))
+	c := f.gen.Cases[0]
+	_, full := cutCase(f.tok, c)
+	const stop = `"strings"`
+	cut := strings.Index(full, stop)
+	if cut < 0 {
+		t.Fatalf("fixture text %q has no %s", full, stop)
+	}
+	req := request(t, c, "stop")
+	req.Params.StopStrings = []string{stop}
+	var blocks []string
+	r, err := e.Generate(context.Background(), req, func(ev engine.Event) {
+		if ev.Block != nil {
+			blocks = append(blocks, ev.Block.Text)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Text != full[:cut] || r.FinishReason != "stop" {
+		t.Errorf("text %q finish %q, want %q stop", r.Text, r.FinishReason, full[:cut])
+	}
+	if joined := strings.Join(blocks, ""); joined != r.Text {
+		t.Errorf("block texts %q joined %q, final %q", blocks, joined, r.Text)
+	}
+	if got := f.tok.Decode(r.IDs); !strings.HasPrefix(got, r.Text) || len(r.IDs) > len(c.IDs) {
+		t.Errorf("ids %v decode to %q, not covering %q", r.IDs, got, r.Text)
+	}
+	if r.Forwards > c.Forwards {
+		t.Errorf("%d forwards, more than the whole window's %d", r.Forwards, c.Forwards)
 	}
 }

@@ -86,7 +86,7 @@ func TestStepFailureSparesOtherRequests(t *testing.T) {
 			if errs[i] != nil {
 				t.Fatal(errs[i])
 			}
-			checkCase(t, c, results[i])
+			checkCase(t, f.tok, c, results[i])
 		})
 	}
 	if st.steps < st.failAt {

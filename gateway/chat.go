@@ -56,3 +56,25 @@ var defaultChat = &ChatTemplate{tmpl: chat.Default()}
 // turn as `<role>ROLE</role>CONTENT<|role_end|>`, then `<role>assistant</role>`. A role must be
 // a non-empty word of [a-z_]; content must not contain the template's markers.
 func RenderChat(msgs []Message) (string, error) { return defaultChat.Render(msgs) }
+
+// RenderMessages renders messages as the Jinja template sees them (role, content and whatever
+// else a message carries: tool_calls, tool_call_id, name, …) with the request's tool
+// definitions, as the OpenAI-compatible API hands them over. Errors wrap
+// errdefs.ErrInvalidArgument.
+func (c *ChatTemplate) RenderMessages(messages []map[string]any, tools []map[string]any, addGenerationPrompt bool) (string, error) {
+	if len(messages) == 0 {
+		return "", fmt.Errorf("gateway: messages is empty: %w", errdefs.ErrInvalidArgument)
+	}
+	req := chat.Request{Messages: make([]any, len(messages)), AddGenerationPrompt: addGenerationPrompt}
+	for i, m := range messages {
+		req.Messages[i] = m
+	}
+	for _, t := range tools {
+		req.Tools = append(req.Tools, t)
+	}
+	text, err := c.tmpl.Render(req)
+	if errors.Is(err, chat.ErrBadRequest) {
+		return "", fmt.Errorf("gateway: %s: %w", strings.TrimPrefix(err.Error(), chat.ErrBadRequest.Error()+": "), errdefs.ErrInvalidArgument)
+	}
+	return text, err
+}

@@ -48,6 +48,9 @@ type Config struct {
 	Server  services.ServerConfig
 	Client  services.ClientConfig
 	Breaker services.BreakerConfig
+	// APIKey, when set, is required on Generate as gRPC metadata "authorization: Bearer KEY"
+	// (health checks stay open).
+	APIKey string
 	// TracerProvider traces requests, blocks and steps; nil means the global provider. Set in code.
 	TracerProvider trace.TracerProvider
 }

@@ -13,6 +13,14 @@
 //	<role>ROLE</role>CONTENT<|role_end|>   (for every message, ROLE a lowercase word: system, user, …)
 //	<role>assistant</role>
 //
+// Output: as Hugging Face's generate, at most gen_length tokens, cut at EOS, the text without
+// special tokens (keep_special_tokens keeps them) and cut before the first stop string;
+// finish_reason "stop" or "length". BlockEvent texts are append-only pieces of the final text.
+//
+// Front ends: gRPC Generate and the OpenAI-compatible HTTP API (gateway/httpapi) both run on the
+// in-process API of api.go (Run, Tokenizer, RenderMessages, Ready), so they share the engine. Config.APIKey
+// requires "authorization: Bearer KEY" metadata on Generate.
+//
 // Errors: a bad request gets InvalidArgument naming the field and its range (for example
 // "diffusion: invalid tau_mask 2: want a value in (0, 1]"), a full queue ResourceExhausted, a
 // missing attnd Unavailable. A cancelled or expired call leaves the batch at the next step

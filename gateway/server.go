@@ -89,7 +89,11 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp}, s.stepper, tok)
-	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "gateway", Listen: cfg.Listen, Server: cfg.Server,
+	scfg := cfg.Server
+	if cfg.APIKey != "" {
+		scfg.StreamInterceptors = append(scfg.StreamInterceptors, services.APIKeyStreamInterceptor(cfg.APIKey, pb.Gateway_Generate_FullMethodName))
+	}
+	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "gateway", Listen: cfg.Listen, Server: scfg,
 		Codes: Codes, TracerProvider: tp, Registry: reg},
 		func(r grpc.ServiceRegistrar) { pb.RegisterGatewayServer(r, s) }, nil)
 	if err != nil {
@@ -175,12 +179,12 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 	case *pb.GenerateRequest_Prompt:
 		text = in.Prompt
 	case *pb.GenerateRequest_Messages:
-		msgs := make([]Message, len(in.Messages.GetMessages()))
+		msgs := make([]map[string]any, len(in.Messages.GetMessages()))
 		for i, m := range in.Messages.GetMessages() {
-			msgs[i] = Message{Role: m.GetRole(), Content: m.GetContent()}
+			msgs[i] = map[string]any{"role": m.GetRole(), "content": m.GetContent()}
 		}
 		var err error
-		if text, err = s.chat.Render(msgs); err != nil {
+		if text, err = s.chat.RenderMessages(msgs, nil, true); err != nil {
 			return err
 		}
 	default:
@@ -201,7 +205,7 @@ func (s *Server) generate(ctx context.Context, id string, req *pb.GenerateReques
 		attribute.Int("gen_length", p.GenLen), attribute.Int("block_length", p.BlockLen))
 
 	ev := &events{s: s, ctx: ctx, stream: stream}
-	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p}, ev.on)
+	res, err := s.eng.Generate(ctx, engine.Request{ID: id, Prompt: ids, Params: p, KeepSpecial: req.GetKeepSpecialTokens()}, ev.on)
 	ev.endBlock()
 	if err != nil {
 		return err

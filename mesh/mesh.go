@@ -5,9 +5,10 @@
 // the mesh's end-to-end tests and benchmarks.
 //
 // Every service registers and deregisters itself (its services.Node); Close shuts them down in
-// the order gateway, attnd, expertd.
+// the order HTTP API, gateway, attnd, expertd.
 //
-// Who may import: cmd/dlmesh, tests. It imports attnd, expertd, gateway, services, kernels, model.
+// Who may import: cmd/dlmesh, tests. It imports attnd, expertd, gateway (and its httpapi), services,
+// kernels, model.
 package mesh
 
 import (
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/dlmesh/dlmesh/attnd"
 	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/gateway/httpapi"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/model"
 	"github.com/dlmesh/dlmesh/services"
@@ -55,6 +58,10 @@ type Config struct {
 	Attnd int
 	// Listen is the gateway's address (DefaultListen).
 	Listen string
+	// HTTPListen is the address of the gateway's OpenAI-compatible HTTP API (httpapi); empty
+	// serves none. APIKey, when set, is required on it and on gRPC Generate.
+	HTTPListen string
+	APIKey     string
 	// AttndListen and ExpertdListen are the base addresses of the attnd instances and of the
 	// expertd replicas (DefaultServiceListen: a free loopback port each). With a non-zero port P
 	// the i-th instance (expertd in Experts order) listens on port P+i.
@@ -167,11 +174,13 @@ type Mesh struct {
 	Attnd    *attnd.Server     // Attnds[0]
 	Attnds   []*attnd.Server   // attnd-0, attnd-1, …
 	Gateway  *gateway.Server
+	HTTP     *httpapi.Server // nil without Config.HTTPListen
 }
 
 // Addrs are the listen addresses of a mesh's services.
 type Addrs struct {
 	Gateway string
+	HTTP    string   // the OpenAI-compatible API; empty when not served
 	Attnd   string   // Attnds[0]
 	Attnds  []string // in Mesh.Attnds order
 	Expertd []string // in Mesh.Experts order
@@ -231,10 +240,24 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 		}
 	}
 	if m.Gateway, err = gateway.New(ctx, gateway.Config{ModelDir: cfg.ModelDir, ID: "gateway-0", Listen: cfg.Listen, Server: gwSrv, Client: client,
-		MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
+		MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, APIKey: cfg.APIKey, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
+	if cfg.HTTPListen != "" {
+		if m.HTTP, err = httpapi.New(httpapi.Config{Listen: cfg.HTTPListen, Model: ModelName(cfg.ModelDir), APIKey: cfg.APIKey,
+			StopTimeout: cfg.StopTimeout}, m.Gateway); err != nil {
+			return nil, fmt.Errorf("mesh: %w", err)
+		}
+	}
 	return m, nil
+}
+
+// ModelName is the model id the HTTP API serves a model directory under: the directory's name.
+func ModelName(dir string) string {
+	if name := filepath.Base(filepath.Clean(dir)); name != "." && name != string(filepath.Separator) {
+		return name
+	}
+	return "dlmesh"
 }
 
 // Addrs returns the services' listen addresses.
@@ -242,6 +265,9 @@ func (m *Mesh) Addrs() Addrs {
 	a := Addrs{}
 	if m.Gateway != nil {
 		a.Gateway = m.Gateway.Addr()
+	}
+	if m.HTTP != nil {
+		a.HTTP = m.HTTP.Addr()
 	}
 	for _, s := range m.Attnds {
 		a.Attnds = append(a.Attnds, s.Addr())
@@ -263,6 +289,9 @@ func (m *Mesh) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), m.cfg.StopTimeout)
 		defer cancel()
 		errs = append(errs, f(ctx))
+	}
+	if m.HTTP != nil {
+		stop(m.HTTP.Shutdown)
 	}
 	if m.Gateway != nil {
 		stop(m.Gateway.Shutdown)

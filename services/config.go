@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -75,6 +76,9 @@ type ServerConfig struct {
 	// TracerProvider traces the server's calls; nil means the global provider. It is set in code
 	// (several services in one process each have their own), never from flags.
 	TracerProvider trace.TracerProvider
+	// StreamInterceptors run after the error-mapping interceptor on every streaming call (the
+	// gateway's API key check, APIKeyStreamInterceptor). Set in code.
+	StreamInterceptors []grpc.StreamServerInterceptor
 }
 
 // WithDefaults returns c with every zero field set to its default.

@@ -68,7 +68,7 @@ func NewServer(cfg ServerConfig, opts ...grpc.ServerOption) *Server {
 	}
 	base = append(base,
 		grpc.ChainUnaryInterceptor(cfg.Codes.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(cfg.Codes.StreamServerInterceptor()),
+		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{cfg.Codes.StreamServerInterceptor()}, cfg.StreamInterceptors...)...),
 	)
 	if cfg.MaxConcurrentStreams > 0 {
 		base = append(base, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams))

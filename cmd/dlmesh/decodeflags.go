@@ -22,12 +22,13 @@ type decodeFlags struct {
 	seed        uint64
 	stop        []string
 	json        bool
+	keepSpecial bool
 }
 
 func (f *decodeFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.mode, "mode", "q", "preset: q (LLaDA2.1 quality 0.7/0.5), s (speedy 0.5/0.0), v20 (LLaDA2.0 0.95, no editing)")
-	fl.IntVar(&f.gen, "gen", 64, "tokens to generate (rounded up to whole blocks)")
+	fl.IntVar(&f.gen, "gen", 64, "tokens to generate (at most this many are returned; the window is decoded in whole blocks)")
 	fl.IntVar(&f.block, "block", 0, "block length (default: the model's, 32)")
 	fl.Float64Var(&f.tauMask, "tau-mask", 0, "Mask-to-Token threshold (overrides the preset)")
 	fl.Float64Var(&f.tauEdit, "tau-edit", 0, "Token-to-Token edit threshold (overrides the preset)")
@@ -38,7 +39,8 @@ func (f *decodeFlags) register(cmd *cobra.Command) {
 	fl.Float64Var(&f.topP, "top-p", 1, "nucleus sampling mass (1 = off)")
 	fl.Uint64Var(&f.seed, "seed", 0, "sampling seed (the same seed gives the same output)")
 	fl.StringArrayVar(&f.stop, "stop", nil, "stop string (repeatable)")
-	fl.BoolVar(&f.json, "json", false, `print one JSON object: {"ids", "text", "forwards", "steps"}`)
+	fl.BoolVar(&f.json, "json", false, `print one JSON object: {"ids", "text", "forwards", "steps", "finish_reason"}`)
+	fl.BoolVar(&f.keepSpecial, "keep-special", false, "keep special tokens (<|role_end|>, …) in the output text")
 }
 
 // params builds the decoding parameters: the preset, then every flag the user set.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/gateway"
@@ -22,7 +23,7 @@ func init() { extraCommands = append(extraCommands, generateCmd) }
 
 func generateCmd() *cobra.Command {
 	var df decodeFlags
-	var addr string
+	var addr, apiKey string
 	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "generate [--addr 127.0.0.1:7070] [--mode q|s|v20] [--gen N] [flags] PROMPT",
@@ -35,11 +36,12 @@ func generateCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return generateTo(ctx, cmd, addr, ccfg, args[0], &df)
+			return generateTo(ctx, cmd, addr, ccfg, apiKey, args[0], &df)
 		},
 	}
 	tf.register(cmd, false)
 	cmd.Flags().StringVar(&addr, "addr", gateway.DefaultListen, "gateway address")
+	cmd.Flags().StringVar(&apiKey, "api-key", os.Getenv("DLMESH_API_KEY"), "the gateway's API key, sent as authorization: Bearer KEY (default $DLMESH_API_KEY)")
 	df.register(cmd)
 	return cmd
 }
@@ -74,6 +76,7 @@ func (f *decodeFlags) decodeParams(cmd *cobra.Command) (*pb.DecodeParams, error)
 // liveBlock follows the block being denoised from step events, for the live view.
 type liveBlock struct {
 	block, start int32
+	gen          int32 // gen_length: positions from it on are not returned
 	cells        []cell
 }
 
@@ -86,6 +89,7 @@ func (b *liveBlock) apply(s *pb.StepEvent) []cell {
 			if int32(i)+s.BlockStart < 0 {
 				b.cells[i] = cell{prompt: true, text: "·"}
 			}
+			b.cells[i].beyond = b.gen > 0 && int32(i)+s.BlockStart >= b.gen
 		}
 	}
 	for i := range b.cells {
@@ -100,7 +104,7 @@ func (b *liveBlock) apply(s *pb.StepEvent) []cell {
 		if c.Kind == pb.TokenChange_KIND_EDIT {
 			m = markEdit
 		}
-		b.cells[i] = cell{text: c.TokenText, mark: m}
+		b.cells[i] = cell{text: c.TokenText, mark: m, beyond: b.cells[i].beyond}
 	}
 	return b.cells
 }
@@ -112,24 +116,29 @@ type jsonChangeStep struct {
 	Edited   []int32 `json:"edited"`
 }
 
-// generateTo streams one generation from the gateway at addr (dialled with ccfg) to stdout.
-func generateTo(ctx context.Context, cmd *cobra.Command, addr string, ccfg services.ClientConfig, prompt string, df *decodeFlags) error {
+// generateTo streams one generation from the gateway at addr (dialled with ccfg) to stdout;
+// apiKey (may be empty) goes along as the authorization metadata.
+func generateTo(ctx context.Context, cmd *cobra.Command, addr string, ccfg services.ClientConfig, apiKey, prompt string, df *decodeFlags) error {
 	params, err := df.decodeParams(cmd)
 	if err != nil {
 		return err
+	}
+	if apiKey != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+apiKey)
 	}
 	cl, err := gateway.Dial(addr, ccfg)
 	if err != nil {
 		return fmt.Errorf("gateway %s: %w", addr, err)
 	}
 	defer cl.Close()
-	req := &pb.GenerateRequest{RequestId: fmt.Sprintf("cli-%d", time.Now().UnixNano()), Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: params}
+	req := &pb.GenerateRequest{RequestId: fmt.Sprintf("cli-%d", time.Now().UnixNano()), Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: params,
+		KeepSpecialTokens: df.keepSpecial}
 	var v *view
 	if !df.json {
 		v = newView(os.Stdout)
 		v.commit(prompt)
 	}
-	var lb liveBlock
+	lb := liveBlock{gen: int32(df.gen)}
 	var steps []jsonChangeStep
 	start := time.Now()
 	final, err := cl.Generate(ctx, req, func(ev *pb.GenerateEvent) error {

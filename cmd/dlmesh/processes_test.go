@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/dlmesh/dlmesh/internal/fixtures"
+	"github.com/dlmesh/dlmesh/tokenizer"
 )
 
 // TestMeshAsProcesses starts the mesh as real processes on loopback — two expertd (experts 0-7
@@ -35,7 +36,7 @@ func TestMeshAsProcesses(t *testing.T) {
 	e0 := startProc(t, bin, addrRE, "expertd serving", "expertd", "--model", model, "--experts", "0-7")
 	e1 := startProc(t, bin, addrRE, "expertd serving", "expertd", "--model", model, "--experts", "8-15")
 	at := startProc(t, bin, addrRE, "attnd serving", "attnd", "--model", model, "--expertd", e0.addr+","+e1.addr)
-	gw := startProc(t, bin, addrRE, "gateway serving", "gateway", "--model", model, "--attnd", at.addr, "--listen", "127.0.0.1:0")
+	gw := startProc(t, bin, addrRE, "gateway serving", "gateway", "--model", model, "--attnd", at.addr, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")
 
 	f := fixtures.LoadGen(t)
 	c := f.Cases[3] // "// Reverse returns s…", quality mode
@@ -53,8 +54,14 @@ func TestMeshAsProcesses(t *testing.T) {
 	if err := json.Unmarshal(out, &got); err != nil {
 		t.Fatalf("generate --json: %v\n%s", err, out)
 	}
-	if !slices.Equal(got.IDs, c.IDs) || got.Text != c.Text || got.Forwards != c.Forwards {
-		t.Errorf("through the processes: %d forwards, ids %v\nreference: %d forwards, ids %v", got.Forwards, got.IDs, c.Forwards, c.IDs)
+	// The fixture holds the reference's whole window; a request returns its first gen_length.
+	tok, err := tokenizer.Load(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := c.IDs[:min(len(c.IDs), c.GenLength)]
+	if !slices.Equal(got.IDs, ids) || got.Text != tok.Decode(ids) || got.Forwards != c.Forwards {
+		t.Errorf("through the processes: %d forwards, ids %v %q\nreference: %d forwards, ids %v", got.Forwards, got.IDs, got.Text, c.Forwards, ids)
 	}
 	for _, p := range []*proc{e0, e1, at, gw} {
 		t.Logf("%-8s pid %d  VmRSS %6d KiB  (%s)", p.name, p.cmd.Process.Pid, rssKiB(p.cmd.Process.Pid), p.addr)

@@ -58,7 +58,7 @@ func runCmd() *cobra.Command {
 			}
 			eng := engine.New(engine.Config{MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: m.Cfg.Vocab, MaxContext: m.Cfg.MaxPositions}, engine.NewLocalStepper(m), tok)
 			defer eng.Stop()
-			req := engine.Request{ID: "run", Prompt: tok.Encode(args[0]), Params: p, Trace: df.json}
+			req := engine.Request{ID: "run", Prompt: tok.Encode(args[0]), Params: p, Trace: df.json, KeepSpecial: df.keepSpecial}
 			if w := p.BlockWarning(diffusion.DefaultBlockLen); w != "" {
 				fmt.Fprintln(os.Stderr, "warning:", w)
 			}
@@ -164,7 +164,7 @@ func stepCells(tok *tokenizer.Tokenizer, s *engine.StepEvent, req engine.Request
 	cells := make([]cell, len(s.Tokens))
 	for i, t := range s.Tokens {
 		pos := s.BlockLo + i
-		cells[i] = cell{mark: marks[pos], prompt: pos < s.PromptLen}
+		cells[i] = cell{mark: marks[pos], prompt: pos < s.PromptLen, beyond: pos >= s.PromptLen+req.Params.GenLen}
 		if t == tok.MaskID() {
 			cells[i].masked = true
 		} else {

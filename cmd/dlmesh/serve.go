@@ -14,6 +14,7 @@ import (
 	"github.com/dlmesh/dlmesh/attnd"
 	"github.com/dlmesh/dlmesh/expertd"
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/gateway/httpapi"
 	"github.com/dlmesh/dlmesh/kernels"
 	"github.com/dlmesh/dlmesh/mesh"
 	"github.com/dlmesh/dlmesh/model"
@@ -144,8 +145,9 @@ func upCmd() *cobra.Command {
 	var exit bool
 	var df decodeFlags
 	var pf precisionFlags
+	var apiKey string
 	cmd := &cobra.Command{
-		Use:   "up [--groups 2] [--listen 127.0.0.1:7070] [PROMPT]",
+		Use:   "up [--groups 2] [--listen 127.0.0.1:7070] [--http-listen 127.0.0.1:8000] [PROMPT]",
 		Short: "Run the whole mesh in one process: gateway, attnd and one expertd per group on loopback",
 		Long: `Runs the gateway, one attnd and one expertd per expert group (each a real gRPC server on its
 own loopback port), wired through an in-process registry, on the bundled model and the CPU
@@ -169,6 +171,7 @@ cancels it and stops the mesh.`,
 				return err
 			}
 			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
+			cfg.APIKey = apiKey
 			cfg.Reflection = c.reflection
 			fmt.Fprintf(os.Stderr, "starting the mesh on %s (%d expert groups × %d replicas, %s backend)...\n", c.dir, max(cfg.Groups, 1), max(cfg.Replicas, 1), c.backend)
 			m, err := mesh.Up(ctx, cfg)
@@ -183,6 +186,9 @@ cancels it and stops the mesh.`,
 			}()
 			a := m.Addrs()
 			fmt.Fprintf(os.Stderr, "gateway  %s\n", a.Gateway)
+			if a.HTTP != "" {
+				fmt.Fprintf(os.Stderr, "openai   http://%s/v1\n", a.HTTP)
+			}
 			for _, at := range a.Attnds {
 				fmt.Fprintf(os.Stderr, "attnd    %s\n", at)
 			}
@@ -200,7 +206,7 @@ cancels it and stops the mesh.`,
 			}
 			defer stopMetrics()
 			if len(args) == 1 {
-				if err := generateTo(ctx, cmd, a.Gateway, services.ClientConfig{}, args[0], &df); err != nil {
+				if err := generateTo(ctx, cmd, a.Gateway, services.ClientConfig{}, apiKey, args[0], &df); err != nil {
 					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
 						fmt.Fprintln(os.Stderr, "\ninterrupted")
 						return nil
@@ -225,6 +231,8 @@ cancels it and stops the mesh.`,
 	f.StringVar(&cfg.Listen, "listen", mesh.DefaultListen, "gateway listen address")
 	f.StringVar(&cfg.AttndListen, "attnd-listen", mesh.DefaultServiceListen, "attnd listen address; with a non-zero port P, attnd i listens on P+i")
 	f.StringVar(&cfg.ExpertdListen, "expertd-listen", mesh.DefaultServiceListen, "expertd listen address; with a non-zero port P, replica i (group-major) listens on P+i")
+	f.StringVar(&cfg.HTTPListen, "http-listen", httpapi.DefaultListen, "OpenAI-compatible HTTP API listen address (empty: none)")
+	f.StringVar(&apiKey, "api-key", os.Getenv("DLMESH_API_KEY"), "require this key (Authorization: Bearer KEY) on the HTTP API and gRPC Generate (default $DLMESH_API_KEY)")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")
 	f.BoolVar(&cfg.WireBF16, "wire-bf16", false, "send hidden rows to the experts as bf16")
@@ -236,9 +244,9 @@ cancels it and stops the mesh.`,
 func gatewayCmd() *cobra.Command {
 	var c common
 	var cfg gateway.Config
-	var attndAddrs string
+	var attndAddrs, httpListen string
 	cmd := &cobra.Command{
-		Use:   "gateway (--attnd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7070]",
+		Use:   "gateway (--attnd HOST:PORT[,…] | --consul ADDR) [--listen 127.0.0.1:7070] [--http-listen 127.0.0.1:8000]",
 		Short: "Run the gateway: tokenise, validate, batch requests and stream Generate",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -260,13 +268,25 @@ func gatewayCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "gateway serving on %s\n", s.Addr())
-			return c.serve(ctx, s.Shutdown, gatewayMetrics(s)...)
+			shutdown := s.Shutdown
+			if httpListen != "" {
+				api, err := httpapi.New(httpapi.Config{Listen: httpListen, Model: mesh.ModelName(c.dir), APIKey: cfg.APIKey,
+					StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second}, s)
+				if err != nil {
+					return errors.Join(err, s.Shutdown(context.Background()))
+				}
+				fmt.Fprintf(os.Stderr, "OpenAI-compatible API on http://%s/v1\n", api.Addr())
+				shutdown = func(ctx context.Context) error { return errors.Join(api.Shutdown(ctx), s.Shutdown(ctx)) }
+			}
+			return c.serve(ctx, shutdown, gatewayMetrics(s)...)
 		},
 	}
 	c.register(cmd, "gateway")
 	f := cmd.Flags()
 	f.StringVar(&attndAddrs, "attnd", "", "attnd addresses, comma-separated")
 	f.StringVar(&cfg.Listen, "listen", gateway.DefaultListen, "listen address")
+	f.StringVar(&httpListen, "http-listen", httpapi.DefaultListen, "OpenAI-compatible HTTP API listen address (empty: none)")
+	f.StringVar(&cfg.APIKey, "api-key", os.Getenv("DLMESH_API_KEY"), "require this key (Authorization: Bearer KEY) on the HTTP API and gRPC Generate (default $DLMESH_API_KEY)")
 	f.StringVar(&cfg.ID, "id", "", "instance id (default: from the listen address)")
 	f.IntVar(&cfg.MaxActive, "max-active", 0, "requests stepped together (default 32)")
 	f.IntVar(&cfg.MaxQueue, "max-queue", 0, "requests waiting beyond max-active (default 256)")

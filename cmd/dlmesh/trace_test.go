@@ -22,7 +22,7 @@ func TestTraceHTMLFromUp(t *testing.T) {
 	dir := t.TempDir()
 	spansPath, htmlPath := filepath.Join(dir, "t.jsonl"), filepath.Join(dir, "report.html")
 	up := upCmd()
-	up.SetArgs([]string{"--model", filepath.Join("..", "..", "models", "llada2-tiny-go"), "--listen", "127.0.0.1:0",
+	up.SetArgs([]string{"--model", filepath.Join("..", "..", "models", "llada2-tiny-go"), "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
 		"--trace-file", spansPath, "--exit", "--json", "--gen", "8", "--block", "8", "func Reverse(s string) string {"})
 	if err := up.Execute(); err != nil {
 		t.Fatalf("up: %v", err)

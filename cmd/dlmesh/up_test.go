@@ -38,7 +38,7 @@ func TestUpInterruptStopsMesh(t *testing.T) {
 	}
 	bin := buildBinary(t)
 	model := filepath.Join("..", "..", "models", "llada2-tiny-go")
-	cmd := exec.Command(bin, "up", "--model", model, "--listen", "127.0.0.1:0", "--mode", "v20", "--gen", "2048", "func main() {")
+	cmd := exec.Command(bin, "up", "--model", model, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--mode", "v20", "--gen", "2048", "func main() {")
 	var stderr syncBuffer
 	cmd.Stderr, cmd.Stdout = &stderr, nil
 	if err := cmd.Start(); err != nil {

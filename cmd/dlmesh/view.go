@@ -16,7 +16,8 @@ type cell struct {
 	text   string
 	masked bool
 	prompt bool
-	mark   int // markNone, markUnmask, markEdit: what the last step did here
+	beyond bool // past gen_length: decoded with its block but not returned (drawn dim)
+	mark   int  // markNone, markUnmask, markEdit: what the last step did here
 }
 
 const (
@@ -92,6 +93,8 @@ func (v *view) draw(cells []cell, status string) {
 			switch {
 			case c.prompt:
 				b.WriteString(v.style("2;3", s))
+			case c.beyond:
+				b.WriteString(v.style("2", s))
 			case c.mark == markUnmask:
 				b.WriteString(v.style("1;32", s))
 			case c.mark == markEdit:

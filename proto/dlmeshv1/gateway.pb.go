@@ -80,10 +80,13 @@ type GenerateRequest struct {
 	//
 	//	*GenerateRequest_Prompt
 	//	*GenerateRequest_Messages
-	Input         isGenerateRequest_Input `protobuf_oneof:"input"`
-	Params        *DecodeParams           `protobuf:"bytes,4,opt,name=params,proto3" json:"params,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Input  isGenerateRequest_Input `protobuf_oneof:"input"`
+	Params *DecodeParams           `protobuf:"bytes,4,opt,name=params,proto3" json:"params,omitempty"`
+	// Keep special tokens (such as <|role_end|>) in the output text; by default they are skipped,
+	// as Hugging Face's decode(skip_special_tokens=True).
+	KeepSpecialTokens bool `protobuf:"varint,5,opt,name=keep_special_tokens,json=keepSpecialTokens,proto3" json:"keep_special_tokens,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GenerateRequest) Reset() {
@@ -153,6 +156,13 @@ func (x *GenerateRequest) GetParams() *DecodeParams {
 		return x.Params
 	}
 	return nil
+}
+
+func (x *GenerateRequest) GetKeepSpecialTokens() bool {
+	if x != nil {
+		return x.KeepSpecialTokens
+	}
+	return false
 }
 
 type isGenerateRequest_Input interface {
@@ -283,7 +293,8 @@ type DecodeParams struct {
 	EditOff *bool `protobuf:"varint,4,opt,name=edit_off,json=editOff,proto3,oneof" json:"edit_off,omitempty"`
 	// Editing steps after a block has no masks left (default 16).
 	MaxPostSteps *int32 `protobuf:"varint,5,opt,name=max_post_steps,json=maxPostSteps,proto3,oneof" json:"max_post_steps,omitempty"`
-	// Tokens to generate (the window is rounded up to whole blocks) and the block length.
+	// Tokens to generate and the block length. The window is rounded up to whole blocks and
+	// decoded in whole blocks, but at most gen_length tokens are returned.
 	GenLength   int32 `protobuf:"varint,6,opt,name=gen_length,json=genLength,proto3" json:"gen_length,omitempty"`
 	BlockLength int32 `protobuf:"varint,7,opt,name=block_length,json=blockLength,proto3" json:"block_length,omitempty"`
 	// Sampling: temperature 0 is argmax; otherwise temperature, then top_k (0 = off), then top_p
@@ -292,7 +303,8 @@ type DecodeParams struct {
 	TopK        int32   `protobuf:"varint,9,opt,name=top_k,json=topK,proto3" json:"top_k,omitempty"`
 	TopP        float64 `protobuf:"fixed64,10,opt,name=top_p,json=topP,proto3" json:"top_p,omitempty"`
 	Seed        uint64  `protobuf:"varint,11,opt,name=seed,proto3" json:"seed,omitempty"`
-	// Stop strings: the output is cut before the first occurrence of any of them.
+	// Stop strings: the output is cut before the first occurrence of any of them, and decoding
+	// ends after the block where it appears.
 	Stop          []string `protobuf:"bytes,12,rep,name=stop,proto3" json:"stop,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -689,10 +701,15 @@ func (x *TokenChange) GetKind() TokenChange_Kind {
 
 // BlockEvent reports a frozen block: its tokens never change again.
 type BlockEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Block         int32                  `protobuf:"varint,1,opt,name=block,proto3" json:"block,omitempty"`
-	Text          string                 `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
-	TokenIds      []int32                `protobuf:"varint,3,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Block int32                  `protobuf:"varint,1,opt,name=block,proto3" json:"block,omitempty"`
+	// The output text this block commits, append-only: the texts of all blocks joined are
+	// FinalEvent.text. Cut at gen_length, EOS and the first stop string; a tail that could still
+	// become a stop string (or an unfinished UTF-8 sequence) waits for a later block, so it may be
+	// empty.
+	Text string `protobuf:"bytes,2,opt,name=text,proto3" json:"text,omitempty"`
+	// The block's generated tokens as decoded (before any cut).
+	TokenIds      []int32 `protobuf:"varint,3,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -751,10 +768,12 @@ func (x *BlockEvent) GetTokenIds() []int32 {
 // FinalEvent ends the stream.
 type FinalEvent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The output, cut at the first EOS or stop string.
+	// The output as Hugging Face's generate returns it: at most gen_length tokens, cut at the first
+	// EOS; the text without special tokens (unless keep_special_tokens), cut before the first stop
+	// string, and the ids up to the token where that stop string begins.
 	Text     string  `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
 	TokenIds []int32 `protobuf:"varint,2,rep,packed,name=token_ids,json=tokenIds,proto3" json:"token_ids,omitempty"`
-	// "eos", "length" or "stop".
+	// "stop" (EOS or a stop string) or "length" (gen_length tokens), as OpenAI names them.
 	FinishReason string `protobuf:"bytes,3,opt,name=finish_reason,json=finishReason,proto3" json:"finish_reason,omitempty"`
 	// True when some step ran with a missing expert group (failover in progress).
 	Degraded      bool   `protobuf:"varint,4,opt,name=degraded,proto3" json:"degraded,omitempty"`
@@ -933,13 +952,14 @@ var File_dlmesh_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_dlmesh_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x17dlmesh/v1/gateway.proto\x12\tdlmesh.v1\"\xbb\x01\n" +
+	"\x17dlmesh/v1/gateway.proto\x12\tdlmesh.v1\"\xeb\x01\n" +
 	"\x0fGenerateRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x18\n" +
 	"\x06prompt\x18\x02 \x01(\tH\x00R\x06prompt\x125\n" +
 	"\bmessages\x18\x03 \x01(\v2\x17.dlmesh.v1.ChatMessagesH\x00R\bmessages\x12/\n" +
-	"\x06params\x18\x04 \x01(\v2\x17.dlmesh.v1.DecodeParamsR\x06paramsB\a\n" +
+	"\x06params\x18\x04 \x01(\v2\x17.dlmesh.v1.DecodeParamsR\x06params\x12.\n" +
+	"\x13keep_special_tokens\x18\x05 \x01(\bR\x11keepSpecialTokensB\a\n" +
 	"\x05input\"B\n" +
 	"\fChatMessages\x122\n" +
 	"\bmessages\x18\x01 \x03(\v2\x16.dlmesh.v1.ChatMessageR\bmessages\";\n" +
