@@ -245,7 +245,7 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	}
 	if cfg.HTTPListen != "" {
 		if m.HTTP, err = httpapi.New(httpapi.Config{Listen: cfg.HTTPListen, Model: ModelName(cfg.ModelDir), APIKey: cfg.APIKey,
-			StopTimeout: cfg.StopTimeout}, m.Gateway); err != nil {
+			StopTimeout: cfg.StopTimeout, TLS: cfg.TLS.ClientCertOptional()}, m.Gateway); err != nil {
 			return nil, fmt.Errorf("mesh: %w", err)
 		}
 	}

@@ -271,11 +271,15 @@ func gatewayCmd() *cobra.Command {
 			shutdown := s.Shutdown
 			if httpListen != "" {
 				api, err := httpapi.New(httpapi.Config{Listen: httpListen, Model: mesh.ModelName(c.dir), APIKey: cfg.APIKey,
-					StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second}, s)
+					StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second, TLS: c.mtls}, s)
 				if err != nil {
 					return errors.Join(err, s.Shutdown(context.Background()))
 				}
-				fmt.Fprintf(os.Stderr, "OpenAI-compatible API on http://%s/v1\n", api.Addr())
+				scheme := "http"
+				if c.mtls != nil {
+					scheme = "https"
+				}
+				fmt.Fprintf(os.Stderr, "OpenAI-compatible API on %s://%s/v1\n", scheme, api.Addr())
 				shutdown = func(ctx context.Context) error { return errors.Join(api.Shutdown(ctx), s.Shutdown(ctx)) }
 			}
 			return c.serve(ctx, shutdown, gatewayMetrics(s)...)
