@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"runtime/debug"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -18,6 +20,8 @@ type usage struct {
 	sessions   atomic.Int64
 	kvTokens   atomic.Int64 // cache positions holding K/V, summed over the sessions
 	kvCapacity atomic.Int64 // cache positions reserved by the sessions' windows
+	// lastRelease is when releaseIdle last returned memory to the OS (unix ns).
+	lastRelease atomic.Int64
 }
 
 // opened counts a new session of capacity positions. s.mu is held.
@@ -31,6 +35,22 @@ func (s *Server) closed(ss *session) {
 	s.usage.sessions.Add(-1)
 	s.usage.kvCapacity.Add(-int64(ss.cache.Cap))
 	s.usage.kvTokens.Add(-int64(ss.counted))
+}
+
+// idleReleaseEvery bounds how often an attnd that fell idle returns freed memory to the OS.
+const idleReleaseEvery = 10 * time.Second
+
+// releaseIdle returns the memory of the freed KV caches to the operating system (a GC and a
+// scavenge) when the last session closed, at most once per idleReleaseEvery: after a burst of
+// load an idle attnd's resident memory goes back to its baseline instead of staying at the
+// peak. s.mu must not be held.
+func (s *Server) releaseIdle() {
+	now := time.Now().UnixNano()
+	last := s.usage.lastRelease.Load()
+	if now-last < int64(idleReleaseEvery) || !s.usage.lastRelease.CompareAndSwap(last, now) {
+		return
+	}
+	debug.FreeOSMemory()
 }
 
 // written counts the K/V the sessions of a step wrote. s.mu is held.

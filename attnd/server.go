@@ -318,8 +318,8 @@ func (s *Server) Open(_ context.Context, req *pb.OpenRequest) (*pb.OpenResponse,
 // is not an error. (Shutdown stops the server.)
 func (s *Server) Close(_ context.Context, req *pb.CloseRequest) (*pb.CloseResponse, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if ss, ok := s.sessions[req.GetSessionId()]; ok {
+	ss, ok := s.sessions[req.GetSessionId()]
+	if ok {
 		s.closed(ss)
 		delete(s.sessions, req.GetSessionId())
 		if ss.inStep {
@@ -327,6 +327,11 @@ func (s *Server) Close(_ context.Context, req *pb.CloseRequest) (*pb.CloseRespon
 		} else {
 			s.freeCache(ss.cache)
 		}
+	}
+	idle := ok && len(s.sessions) == 0
+	s.mu.Unlock()
+	if idle {
+		s.releaseIdle()
 	}
 	return &pb.CloseResponse{}, nil
 }

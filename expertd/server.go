@@ -287,10 +287,11 @@ func (s *Server) validate(req *pb.ExpertsRequest, sc *scratch) (*batch, error) {
 	if err := wire.DecodeF32(b.weights, req.GetWeights(), false); err != nil {
 		return nil, bad("weights: %v", err)
 	}
-	for i, w := range b.weights {
-		if math.IsNaN(float64(w)) || math.IsInf(float64(w), 0) {
-			return nil, bad("weights[%d,%d] = %v: want a finite routing weight", i/topK, i%topK, w)
-		}
+	if i := firstNonFinite(b.x); i >= 0 {
+		return nil, bad("x[%d,%d] = %v: want a finite value", i/hidden, i%hidden, b.x[i])
+	}
+	if i := firstNonFinite(b.weights); i >= 0 {
+		return nil, bad("weights[%d,%d] = %v: want a finite value", i/topK, i%topK, b.weights[i])
 	}
 	for i, e := range b.ids {
 		if e == -1 || (e >= 0 && int(e) < len(s.isHeld) && s.isHeld[e]) {
@@ -299,4 +300,14 @@ func (s *Server) validate(req *pb.ExpertsRequest, sc *scratch) (*batch, error) {
 		return nil, bad("ids[%d,%d] = %d: want -1 or a held expert (%s)", i/topK, i%topK, e, model.FormatExperts(s.Experts()))
 	}
 	return b, nil
+}
+
+// firstNonFinite is the index of the first NaN or ±Inf in v, or -1.
+func firstNonFinite(v []float32) int {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return i
+		}
+	}
+	return -1
 }

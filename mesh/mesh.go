@@ -69,6 +69,10 @@ type Config struct {
 	ExpertdListen string
 	// Reflection registers the gRPC reflection service on every server (off by default).
 	Reflection bool
+	// TLS, when set, is every service's identity and mesh CA: all servers serve TLS, attnd and
+	// expertd require client certificates when it says so (mTLS), and attnd and the gateway
+	// dial their peers with it. The gateway verifies a client certificate only when given.
+	TLS *services.TLS
 	// MaxActive and MaxQueue bound the gateway's engine (gateway defaults).
 	MaxActive int
 	MaxQueue  int
@@ -201,7 +205,10 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	m := &Mesh{cfg: cfg, Registry: services.NewMemRegistry()}
-	srv := services.ServerConfig{Reflection: cfg.Reflection, StopTimeout: cfg.StopTimeout}
+	srv := services.ServerConfig{Reflection: cfg.Reflection, StopTimeout: cfg.StopTimeout, TLS: cfg.TLS}
+	gwSrv := srv
+	gwSrv.TLS = cfg.TLS.ClientCertOptional()
+	client := services.ClientConfig{TLS: cfg.TLS}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, m.Close())
@@ -220,7 +227,7 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	}
 	for i := range cfg.Attnd {
 		a, err := attnd.New(ctx, attnd.Config{ModelDir: cfg.ModelDir, ID: fmt.Sprint("attnd-", i), WireBF16: cfg.WireBF16,
-			Listen: nthAddr(cfg.AttndListen, i), Server: srv, NewBackend: cfg.Backend, KVDType: cfg.KVDType,
+			Listen: nthAddr(cfg.AttndListen, i), Server: srv, Client: client, NewBackend: cfg.Backend, KVDType: cfg.KVDType,
 			TracerProvider: cfg.TracerProvider, DrainTimeout: cfg.DrainTimeout}, m.Registry)
 		if err != nil {
 			return nil, fmt.Errorf("mesh: %w", err)
@@ -235,13 +242,13 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 			return nil, fmt.Errorf("mesh: %w", err)
 		}
 	}
-	if m.Gateway, err = gateway.New(ctx, gateway.Config{ModelDir: cfg.ModelDir, ID: "gateway-0", Listen: cfg.Listen, Server: srv,
+	if m.Gateway, err = gateway.New(ctx, gateway.Config{ModelDir: cfg.ModelDir, ID: "gateway-0", Listen: cfg.Listen, Server: gwSrv, Client: client,
 		MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, APIKey: cfg.APIKey, TracerProvider: cfg.TracerProvider}, m.Registry); err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	if cfg.HTTPListen != "" {
 		if m.HTTP, err = httpapi.New(httpapi.Config{Listen: cfg.HTTPListen, Model: ModelName(cfg.ModelDir), APIKey: cfg.APIKey,
-			StopTimeout: cfg.StopTimeout}, m.Gateway); err != nil {
+			StopTimeout: cfg.StopTimeout, TLS: cfg.TLS.ClientCertOptional()}, m.Gateway); err != nil {
 			return nil, fmt.Errorf("mesh: %w", err)
 		}
 	}

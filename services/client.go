@@ -13,8 +13,9 @@ import (
 
 // Dial makes a client connection to addr ("host:port" or any grpc target) with the mesh's options:
 // keepalive pings also on idle connections, message size limits, the OpenTelemetry stats handler
-// and a default deadline for unary calls without one. The connection is plaintext: the mesh runs
-// on loopback or a private network for now (TLS will come as an extra DialOption). Like
+// and a default deadline for unary calls without one. The connection is TLS with cfg.TLS (the
+// server verified against its CA, the client's certificate presented when it has one), else
+// plaintext (loopback or a private network). Like
 // grpc.NewClient it does not connect until the first call. Extra options go after the mesh's own.
 func Dial(addr string, cfg ClientConfig, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
 	cfg = cfg.WithDefaults()
@@ -22,8 +23,12 @@ func Dial(addr string, cfg ClientConfig, opts ...grpc.DialOption) (*grpc.ClientC
 	if cfg.TracerProvider != nil {
 		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(cfg.TracerProvider))
 	}
+	creds := insecure.NewCredentials()
+	if cfg.TLS != nil {
+		creds = cfg.TLS.ClientCreds()
+	}
 	base := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(
 			grpc.MaxCallRecvMsgSize(cfg.MaxRecvMsgBytes),
 			grpc.MaxCallSendMsgSize(cfg.MaxSendMsgBytes),

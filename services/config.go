@@ -67,8 +67,11 @@ type ServerConfig struct {
 	Reflection bool
 	// Codes is the service's error → status table (the shared entries follow it).
 	Codes CodeTable
-	// Creds are the server's transport credentials (TLS, mTLS); nil serves plaintext. This is
-	// where TLS plugs in; no flag sets it yet.
+	// TLS serves TLS with its certificate (reloaded on change) and, when it requires client
+	// certificates, refuses every call but health without a verified one (Unauthenticated);
+	// nil serves plaintext unless Creds is set.
+	TLS *TLS
+	// Creds are other transport credentials; TLS wins when both are set.
 	Creds credentials.TransportCredentials
 	// TracerProvider traces the server's calls; nil means the global provider. It is set in code
 	// (several services in one process each have their own), never from flags.
@@ -138,6 +141,9 @@ type ClientConfig struct {
 	// CallTimeout is the deadline of a unary call whose context has none (DefaultCallTimeout);
 	// negative means no default deadline. Streaming calls never get one.
 	CallTimeout time.Duration
+	// TLS verifies the server against its CA and presents its certificate when it has one; nil
+	// dials plaintext.
+	TLS *TLS
 	// TracerProvider traces the client's calls; nil means the global provider. Set in code.
 	TracerProvider trace.TracerProvider
 }

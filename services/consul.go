@@ -42,6 +42,13 @@ type ConsulConfig struct {
 	Fingerprint string
 	// WatchWait is the blocking-query wait of Watch (DefaultWatchWait).
 	WatchWait time.Duration
+	// CheckTLS makes the health checks speak TLS (GRPCUseTLS), for instances serving TLS. The
+	// health service needs no client certificate, so an mTLS instance passes too.
+	CheckTLS bool
+	// CheckTLSServerName is the name Consul verifies in the instance's certificate, against
+	// the agent's own CA (its tls ca_file must hold the mesh CA); empty: Consul does not verify
+	// the certificate (TLSSkipVerify), it only reads the health status.
+	CheckTLSServerName string
 }
 
 // ConsulRegistry is the Registry backed by a Consul agent: instances are Consul services named
@@ -114,6 +121,11 @@ func (r *ConsulRegistry) Register(ctx context.Context, in Instance) error {
 			Timeout:                        r.cfg.CheckTimeout.String(),
 			DeregisterCriticalServiceAfter: r.cfg.DeregisterAfter.String(),
 		},
+	}
+	if r.cfg.CheckTLS {
+		reg.Check.GRPCUseTLS = true
+		reg.Check.TLSServerName = r.cfg.CheckTLSServerName
+		reg.Check.TLSSkipVerify = r.cfg.CheckTLSServerName == ""
 	}
 	if err := r.c.Agent().ServiceRegisterOpts(reg, api.ServiceRegisterOpts{}.WithContext(ctx)); err != nil {
 		return fmt.Errorf("%w: register %s: %w", ErrConsul, in.ID, err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
+	"github.com/dlmesh/dlmesh/services/tlstest"
 
 	"github.com/dlmesh/dlmesh/internal/testutil"
 )
@@ -124,5 +125,45 @@ func TestConsulRegistryFollowsHealth(t *testing.T) {
 func TestConsulRegistryRefusesDeadAgent(t *testing.T) {
 	if _, err := services.NewConsulRegistry(services.ConsulConfig{Addr: "127.0.0.1:1"}); err == nil {
 		t.Fatal("no error for an agent that does not answer")
+	}
+}
+
+// A TLS instance that requires client certificates passes Consul's check with CheckTLS: the
+// check speaks TLS (GRPCUseTLS, no verification without a server name) and health needs no
+// client certificate. A plaintext check against the same server never passes.
+func TestConsulRegistryChecksTLSInstances(t *testing.T) {
+	agent := consultest.Start(t)
+	ca := tlstest.NewCA(t, "mesh")
+	cert, key := ca.Issue(t, "expertd")
+	ctx := t.Context()
+	addr := tlsServer(t, services.TLSConfig{CertFile: cert, KeyFile: key, CAFile: ca.File, RequireClientCert: true})
+	for _, tc := range []struct {
+		name    string
+		tls     bool
+		passing bool
+	}{{"tls check", true, true}, {"plaintext check", false, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			reg, err := services.NewConsulRegistry(services.ConsulConfig{Addr: agent.Addr, CheckInterval: 200 * time.Millisecond, CheckTLS: tc.tls})
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := services.Instance{ID: "expertd-tls-" + tc.name, Kind: services.KindExpertd, Addr: addr}
+			if err := reg.Register(ctx, in); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = reg.Deregister(context.Background(), in.ID) })
+			listed := func() bool {
+				l, _ := reg.Instances(ctx, services.KindExpertd)
+				return slices.ContainsFunc(l, func(x services.Instance) bool { return x.ID == in.ID })
+			}
+			if tc.passing {
+				testutil.WaitFor(t, "tls instance passing", 10*time.Second, listed)
+				return
+			}
+			time.Sleep(1500 * time.Millisecond)
+			if listed() {
+				t.Fatal("a plaintext check passed against a TLS server")
+			}
+		})
 	}
 }

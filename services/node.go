@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -73,6 +74,7 @@ func StartNode(ctx context.Context, cfg NodeConfig, register func(grpc.ServiceRe
 	if err != nil {
 		return nil, fmt.Errorf("%s: listen: %w", cfg.Name, err)
 	}
+	WarnExposed(cfg.Name, "gRPC", lis.Addr().String(), cfg.Server.TLS != nil || cfg.Server.Creds != nil)
 	n := &Node{cfg: cfg, srv: NewServer(cfg.Server), lis: lis, served: make(chan error, 1)}
 	register(n.srv)
 	go func() { n.served <- n.srv.Serve(lis) }()
@@ -143,6 +145,19 @@ func (n *Node) Stop(ctx context.Context) error {
 		n.stopErr = errors.Join(errs...)
 	})
 	return n.stopErr
+}
+
+// WarnExposed logs a warning when a service (a Node, the HTTP API) binds a non-loopback address without TLS (anyone
+// who reaches the network reaches it in clear text) and an info line when it binds one with TLS.
+func WarnExposed(name, what, addr string, tls bool) {
+	if IsLoopback(addr) {
+		return
+	}
+	if !tls {
+		slog.Warn(name+": serving "+what+" on a non-loopback address without TLS; pass --tls-cert and --tls-key (and --tls-ca for mTLS)", "service", name, "addr", addr)
+		return
+	}
+	slog.Info(name+": serving "+what+" with TLS on a non-loopback address", "service", name, "addr", addr)
 }
 
 // TracerProvider is tp, or the global provider when tp is nil: what a service traces with.

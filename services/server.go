@@ -62,13 +62,21 @@ func NewServer(cfg ServerConfig, opts ...grpc.ServerOption) *Server {
 			PermitWithoutStream: true,
 		}),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
+	}
+	if cfg.TLS.RequireClientCert() { // before the code table: the refusal is Unauthenticated
+		base = append(base, grpc.ChainUnaryInterceptor(clientCertUnary), grpc.ChainStreamInterceptor(clientCertStream))
+	}
+	base = append(base,
 		grpc.ChainUnaryInterceptor(cfg.Codes.UnaryServerInterceptor()),
 		grpc.ChainStreamInterceptor(append([]grpc.StreamServerInterceptor{cfg.Codes.StreamServerInterceptor()}, cfg.StreamInterceptors...)...),
-	}
+	)
 	if cfg.MaxConcurrentStreams > 0 {
 		base = append(base, grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams))
 	}
-	if cfg.Creds != nil { // nil: plaintext (insecure), the default until TLS is configured
+	switch {
+	case cfg.TLS != nil:
+		base = append(base, grpc.Creds(cfg.TLS.ServerCreds()))
+	case cfg.Creds != nil: // neither: plaintext (insecure)
 		base = append(base, grpc.Creds(cfg.Creds))
 	}
 	s := &Server{

@@ -24,6 +24,7 @@ func init() { extraCommands = append(extraCommands, generateCmd) }
 func generateCmd() *cobra.Command {
 	var df decodeFlags
 	var addr, apiKey string
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "generate [--addr 127.0.0.1:7070] [--mode q|s|v20] [--gen N] [flags] PROMPT",
 		Short: "Stream a generation from a gateway, with the same live view as 'dlmesh run'",
@@ -31,9 +32,14 @@ func generateCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			return generateTo(ctx, cmd, addr, apiKey, args[0], &df)
+			ccfg, err := tf.client()
+			if err != nil {
+				return err
+			}
+			return generateTo(ctx, cmd, addr, ccfg, apiKey, args[0], &df)
 		},
 	}
+	tf.register(cmd, false)
 	cmd.Flags().StringVar(&addr, "addr", gateway.DefaultListen, "gateway address")
 	cmd.Flags().StringVar(&apiKey, "api-key", os.Getenv("DLMESH_API_KEY"), "the gateway's API key, sent as authorization: Bearer KEY (default $DLMESH_API_KEY)")
 	df.register(cmd)
@@ -110,9 +116,9 @@ type jsonChangeStep struct {
 	Edited   []int32 `json:"edited"`
 }
 
-// generateTo streams one generation from the gateway at addr to stdout; apiKey (may be empty)
-// goes along as the authorization metadata.
-func generateTo(ctx context.Context, cmd *cobra.Command, addr, apiKey, prompt string, df *decodeFlags) error {
+// generateTo streams one generation from the gateway at addr (dialled with ccfg) to stdout;
+// apiKey (may be empty) goes along as the authorization metadata.
+func generateTo(ctx context.Context, cmd *cobra.Command, addr string, ccfg services.ClientConfig, apiKey, prompt string, df *decodeFlags) error {
 	params, err := df.decodeParams(cmd)
 	if err != nil {
 		return err
@@ -120,7 +126,7 @@ func generateTo(ctx context.Context, cmd *cobra.Command, addr, apiKey, prompt st
 	if apiKey != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+apiKey)
 	}
-	cl, err := gateway.Dial(addr, services.ClientConfig{})
+	cl, err := gateway.Dial(addr, ccfg)
 	if err != nil {
 		return fmt.Errorf("gateway %s: %w", addr, err)
 	}

@@ -21,6 +21,7 @@ var errNotServing = errors.New("not serving")
 func healthCmd() *cobra.Command {
 	var addr, service string
 	var timeout time.Duration
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "health --addr HOST:PORT [--service NAME]",
 		Short: "Exit 0 when a gateway, attnd or expertd reports SERVING on grpc.health.v1, else 1",
@@ -36,7 +37,11 @@ up at all (SERVING until it stops).`,
 			if timeout <= 0 {
 				return fmt.Errorf("--timeout %s: want > 0", timeout)
 			}
-			cc, err := services.Dial(addr, services.ClientConfig{})
+			ccfg, err := tf.client()
+			if err != nil {
+				return err
+			}
+			cc, err := services.Dial(addr, ccfg)
 			if err != nil {
 				return err
 			}
@@ -58,5 +63,6 @@ up at all (SERVING until it stops).`,
 	f.StringVar(&addr, "addr", "", "server address HOST:PORT")
 	f.StringVar(&service, "service", "", `health service name ("" is the server's overall status)`)
 	f.DurationVar(&timeout, "timeout", 2*time.Second, "deadline of the check")
+	tf.register(cmd, false)
 	return cmd
 }

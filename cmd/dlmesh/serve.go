@@ -38,6 +38,9 @@ type common struct {
 	stopTimeoutSec int
 	metrics        string
 	reflection     bool
+	tls            tlsFlags
+	// mtls is the loaded TLS material (setup loads it): nil without TLS flags.
+	mtls *services.TLS
 }
 
 func (c *common) register(cmd *cobra.Command, service string) {
@@ -49,6 +52,9 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
 	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none)")
 	f.BoolVar(&c.reflection, "reflection", false, "register the gRPC reflection service (for grpcurl) on every server")
+	if service != "up" {
+		c.tls.register(cmd, true)
+	}
 	if service != "up" {
 		f.StringVar(&c.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent address for discovery and health (default $CONSUL_HTTP_ADDR; empty: static peers)")
 		f.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
@@ -64,7 +70,8 @@ func (c *common) registry(ctx context.Context, kind, flag, peers string) (servic
 		if err != nil {
 			return nil, err
 		}
-		return services.NewConsulRegistry(services.ConsulConfig{Addr: c.consul, Token: c.consulToken, Datacenter: c.consulDC, Fingerprint: fp})
+		return services.NewConsulRegistry(services.ConsulConfig{Addr: c.consul, Token: c.consulToken, Datacenter: c.consulDC, Fingerprint: fp,
+			CheckTLS: c.mtls != nil, CheckTLSServerName: c.tls.serverName})
 	}
 	if peers == "" {
 		return nil, fmt.Errorf("no peers: pass --consul ADDR (or set CONSUL_HTTP_ADDR) or the static %s address(es)", flag)
@@ -79,6 +86,11 @@ func (c *common) setup(ctx context.Context, service string) (func(), error) {
 		return nil, err
 	}
 	c.dir = d
+	// attnd and expertd require mesh client certificates when a CA is given; the gateway
+	// verifies them when presented (its clients authenticate with an API key).
+	if c.mtls, err = c.tls.load(service == "attnd" || service == "expertd"); err != nil {
+		return nil, err
+	}
 	shutdown, err := tracing.Setup(ctx, tracing.Config{ServiceName: service, OTLPEndpoint: strings.TrimPrefix(c.otlp, "http://"), File: c.traceFile})
 	if err != nil {
 		return nil, err
@@ -97,7 +109,7 @@ func (c *common) backendFactory() func() (kernels.Backend, error) {
 
 // server is the gRPC server configuration the flags set.
 func (c *common) server() services.ServerConfig {
-	return services.ServerConfig{Reflection: c.reflection, StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second}
+	return services.ServerConfig{Reflection: c.reflection, StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second, TLS: c.mtls}
 }
 
 // serve exports the started service's metrics until ctx ends (SIGINT, SIGTERM), then shuts it
@@ -215,7 +227,7 @@ cancels it and stops the mesh.`,
 			defer stopMetrics()
 			if len(args) == 1 {
 				release := logOut.Hold() // the live view owns the terminal until the generation ends
-				err := generateTo(ctx, cmd, a.Gateway, apiKey, args[0], &df)
+				err := generateTo(ctx, cmd, a.Gateway, services.ClientConfig{}, apiKey, args[0], &df)
 				release()
 				if err != nil {
 					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
@@ -275,6 +287,7 @@ func gatewayCmd() *cobra.Command {
 			streams := cfg.Server.MaxConcurrentStreams
 			cfg.ModelDir, cfg.Server = c.dir, c.server()
 			cfg.Server.MaxConcurrentStreams = streams
+			cfg.Client.TLS = c.mtls
 			s, err := gateway.New(ctx, cfg, reg)
 			if err != nil {
 				return err
@@ -284,11 +297,15 @@ func gatewayCmd() *cobra.Command {
 			shutdown := s.Shutdown
 			if httpListen != "" {
 				api, err := httpapi.New(httpapi.Config{Listen: httpListen, Model: mesh.ModelName(c.dir), APIKey: cfg.APIKey,
-					StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second}, s)
+					StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second, TLS: c.mtls}, s)
 				if err != nil {
 					return errors.Join(err, s.Shutdown(context.Background()))
 				}
-				slog.Info("OpenAI-compatible API", "url", "http://"+api.Addr()+"/v1")
+				scheme := "http"
+				if c.mtls != nil {
+					scheme = "https"
+				}
+				slog.Info("OpenAI-compatible API", "url", scheme+"://"+api.Addr()+"/v1")
 				shutdown = func(ctx context.Context) error { return errors.Join(api.Shutdown(ctx), s.Shutdown(ctx)) }
 			}
 			return c.serve(ctx, shutdown, gatewayMetrics(s)...)
@@ -333,6 +350,7 @@ func attndCmd() *cobra.Command {
 				return err
 			}
 			cfg.ModelDir, cfg.Server = c.dir, c.server()
+			cfg.Client.TLS = c.mtls
 			cfg.NewBackend = c.backendFactory()
 			if cfg.KVDType, _, err = pf.dtypes(); err != nil {
 				return err

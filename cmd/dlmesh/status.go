@@ -38,6 +38,7 @@ type statusEntry struct {
 func statusCmd() *cobra.Command {
 	var addr, token, dir string
 	var timeout time.Duration
+	var tf tlsFlags
 	cmd := &cobra.Command{
 		Use:   "status [--consul ADDR]",
 		Short: "List the mesh as Consul sees it: services, health, devices, load, expert coverage",
@@ -82,7 +83,11 @@ expert coverage of the passing expertd instances.`,
 					entries = append(entries, &statusEntry{kind: kind, svc: e.Service, health: h})
 				}
 			}
-			queryLoads(cmd.Context(), entries, timeout)
+			ccfg, err := tf.client()
+			if err != nil {
+				return err
+			}
+			queryLoads(cmd.Context(), entries, ccfg, timeout)
 			out := cmd.OutOrStdout()
 			if err := writeStatus(out, entries); err != nil {
 				return err
@@ -118,12 +123,13 @@ expert coverage of the passing expertd instances.`,
 	cmd.Flags().StringVar(&token, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
 	cmd.Flags().StringVar(&dir, "model", "", "model whose expert count coverage is checked against (default: the bundled model)")
 	cmd.Flags().DurationVar(&timeout, "timeout", defaultStatusTimeout, "deadline of each instance's Info call; slower ones show as unreachable")
+	tf.register(cmd, false)
 	return cmd
 }
 
 // queryLoads asks every attnd and expertd entry for its load, all at once, each call within
 // timeout.
-func queryLoads(ctx context.Context, entries []*statusEntry, timeout time.Duration) {
+func queryLoads(ctx context.Context, entries []*statusEntry, ccfg services.ClientConfig, timeout time.Duration) {
 	var wg sync.WaitGroup
 	for _, e := range entries {
 		if e.kind != services.KindAttnd && e.kind != services.KindExpertd {
@@ -132,15 +138,15 @@ func queryLoads(ctx context.Context, entries []*statusEntry, timeout time.Durati
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			e.load, e.err = instanceLoad(ctx, e.kind, fmt.Sprintf("%s:%d", e.svc.Address, e.svc.Port), timeout)
+			e.load, e.err = instanceLoad(ctx, e.kind, fmt.Sprintf("%s:%d", e.svc.Address, e.svc.Port), ccfg, timeout)
 		}()
 	}
 	wg.Wait()
 }
 
 // instanceLoad calls Info on one attnd or expertd.
-func instanceLoad(ctx context.Context, kind, addr string, timeout time.Duration) (*pb.LoadStats, error) {
-	cc, err := services.Dial(addr, services.ClientConfig{})
+func instanceLoad(ctx context.Context, kind, addr string, ccfg services.ClientConfig, timeout time.Duration) (*pb.LoadStats, error) {
+	cc, err := services.Dial(addr, ccfg)
 	if err != nil {
 		return nil, err
 	}

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"fmt"
+	"github.com/dlmesh/dlmesh/services"
 	"time"
 )
 
@@ -32,6 +33,9 @@ type Config struct {
 	MaxTokens int
 	// StopTimeout bounds Shutdown's wait for running requests (DefaultStopTimeout).
 	StopTimeout time.Duration
+	// TLS, when set, serves HTTPS (HTTP/2 and HTTP/1.1) with its certificate, reloaded on
+	// change; nil serves plain HTTP.
+	TLS *services.TLS
 }
 
 // WithDefaults returns c with every zero field set to its default.

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -44,6 +45,10 @@ func New(cfg Config, b Backend) (*Server, error) {
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("httpapi: listen: %w", err)
+	}
+	services.WarnExposed("httpapi", "the HTTP API", lis.Addr().String(), cfg.TLS != nil)
+	if cfg.TLS != nil {
+		lis = tls.NewListener(lis, cfg.TLS.ServerTLSConfig("h2", "http/1.1"))
 	}
 	s.lis = lis
 	s.srv = &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
