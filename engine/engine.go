@@ -27,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -543,6 +544,8 @@ func (e *Engine) step(ctx context.Context, jobs []*job) {
 			trace.SpanFromContext(j.ctx).AddEvent("engine.reprefilled", trace.WithAttributes(
 				attribute.Int("migration", j.res.Migrations), attribute.Int("tokens", steps[i].StartPos+len(steps[i].Tokens)),
 				attribute.Float64("reprefill_ms", float64(j.reprefill.Microseconds())/1000)))
+			slog.InfoContext(j.ctx, "session migrated", "id", j.req.ID, "migration", j.res.Migrations,
+				"session", j.session, "reprefill_ms", float64(j.reprefill.Microseconds())/1000)
 			j.reprefill = 0
 		}
 		e.apply(ctx, j, candidates(outs[i]), info.degraded(i), dt)
@@ -573,6 +576,8 @@ func (e *Engine) migrate(ctx context.Context, j *job, cause error) {
 	trace.SpanFromContext(j.ctx).AddEvent("engine.migrate", trace.WithAttributes(
 		attribute.Int("migration", j.res.Migrations), attribute.String("from_session", old),
 		attribute.String("cause", cause.Error()), attribute.Int("frozen_tokens", lo)))
+	slog.WarnContext(j.ctx, "session migrates: reopening it elsewhere and re-prefilling its window", "id", j.req.ID,
+		"migration", j.res.Migrations, "from_session", old, "frozen_tokens", lo, "cause", cause)
 	j.opened, j.cached, j.migrated, j.reprefill = false, 0, true, 0
 	e.closing.Add(1)
 	go func() {

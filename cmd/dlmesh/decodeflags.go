@@ -6,10 +6,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dlmesh/dlmesh/diffusion"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 )
 
 // decodeFlags are the decoding flags shared by `run` and `generate`.
 type decodeFlags struct {
+	messages    []*pb.ChatMessage // generate --chat: sent instead of a prompt
 	mode        string
 	gen, block  int
 	tauMask     float64

@@ -23,22 +23,41 @@ func init() { extraCommands = append(extraCommands, generateCmd) }
 
 func generateCmd() *cobra.Command {
 	var df decodeFlags
-	var addr, apiKey string
+	var addr, apiKey, chat string
 	var tf tlsFlags
 	cmd := &cobra.Command{
-		Use:   "generate [--addr 127.0.0.1:7070] [--mode q|s|v20] [--gen N] [flags] PROMPT",
+		Use:   "generate [--addr 127.0.0.1:7070] [--mode q|s|v20] [--gen N] [flags] (PROMPT | - | --chat FILE)",
 		Short: "Stream a generation from a gateway, with the same live view as 'dlmesh run'",
-		Args:  cobra.ExactArgs(1),
+		Long: `Streams one generation from a gateway. PROMPT "-" reads the prompt from stdin; --chat FILE
+(or - for stdin) sends {"messages": [{"role", "content"}, …]}, which the gateway renders with
+the model's chat template.`,
+		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
+			if (chat == "") == (len(args) == 0) {
+				return fmt.Errorf("give a PROMPT (or - for stdin) or --chat FILE, not both")
+			}
 			ccfg, err := tf.client()
 			if err != nil {
 				return err
 			}
-			return generateTo(ctx, cmd, addr, ccfg, apiKey, args[0], &df)
+			if chat != "" {
+				msgs, err := chatFile(chat, cmd.InOrStdin())
+				if err != nil {
+					return err
+				}
+				df.messages = msgs
+				return generateTo(ctx, cmd, addr, ccfg, apiKey, "", &df)
+			}
+			prompt, err := promptArg(args[0], cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			return generateTo(ctx, cmd, addr, ccfg, apiKey, prompt, &df)
 		},
 	}
+	cmd.Flags().StringVar(&chat, "chat", "", "send chat messages from this JSON file (- reads stdin) instead of a PROMPT")
 	tf.register(cmd, false)
 	cmd.Flags().StringVar(&addr, "addr", gateway.DefaultListen, "gateway address")
 	cmd.Flags().StringVar(&apiKey, "api-key", os.Getenv("DLMESH_API_KEY"), "the gateway's API key, sent as authorization: Bearer KEY (default $DLMESH_API_KEY)")
@@ -133,6 +152,9 @@ func generateTo(ctx context.Context, cmd *cobra.Command, addr string, ccfg servi
 	defer cl.Close()
 	req := &pb.GenerateRequest{RequestId: fmt.Sprintf("cli-%d", time.Now().UnixNano()), Input: &pb.GenerateRequest_Prompt{Prompt: prompt}, Params: params,
 		KeepSpecialTokens: df.keepSpecial}
+	if df.messages != nil {
+		req.Input = &pb.GenerateRequest_Messages{Messages: &pb.ChatMessages{Messages: df.messages}}
+	}
 	var v *view
 	if !df.json {
 		v = newView(os.Stdout)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -62,6 +63,26 @@ func TestMeshAsProcesses(t *testing.T) {
 	ids := c.IDs[:min(len(c.IDs), c.GenLength)]
 	if !slices.Equal(got.IDs, ids) || got.Text != tok.Decode(ids) || got.Forwards != c.Forwards {
 		t.Errorf("through the processes: %d forwards, ids %v %q\nreference: %d forwards, ids %v", got.Forwards, got.IDs, got.Text, c.Forwards, ids)
+	}
+	// The same prompt from stdin ("-"), and a chat read from stdin (--chat -): the first must give
+	// the same output, the second a rendered prompt the gateway accepts.
+	stdinRun := func(stdin string, args ...string) []byte {
+		cmd := exec.CommandContext(ctx, bin, append([]string{"generate", "--addr", gw.addr, "--mode", c.Mode, "--gen", fmt.Sprint(c.GenLength), "--json"}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("generate %v: %v (%s)", args, err, exitStderr(err))
+		}
+		return out
+	}
+	if again := stdinRun(c.Prompt, "-"); !bytes.Equal(again, out) {
+		t.Errorf("generate - (prompt on stdin):\n%s\nwant the output of the prompt as an argument:\n%s", again, out)
+	}
+	var chat struct {
+		IDs []int32 `json:"ids"`
+	}
+	if err := json.Unmarshal(stdinRun(`{"messages": [{"role": "user", "content": "Write Reverse in Go."}]}`, "--chat", "-"), &chat); err != nil || len(chat.IDs) == 0 {
+		t.Errorf("generate --chat -: %v, %d ids", err, len(chat.IDs))
 	}
 	for _, p := range []*proc{e0, e1, at, gw} {
 		t.Logf("%-8s pid %d  VmRSS %6d KiB  (%s)", p.name, p.cmd.Process.Pid, rssKiB(p.cmd.Process.Pid), p.addr)

@@ -22,11 +22,15 @@ func runCmd() *cobra.Command {
 	var pf precisionFlags
 	var dir, backend string
 	cmd := &cobra.Command{
-		Use:   "run [--model DIR] [--mode q|s|v20] [--gen N] [flags] PROMPT",
+		Use:   "run [--model DIR] [--mode q|s|v20] [--gen N] [flags] PROMPT|-",
 		Short: "Generate in-process with a live view of the block being denoised",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := df.params(cmd)
+			if err != nil {
+				return err
+			}
+			prompt, err := promptArg(args[0], cmd.InOrStdin()) // "-": stdin
 			if err != nil {
 				return err
 			}
@@ -58,7 +62,7 @@ func runCmd() *cobra.Command {
 			}
 			eng := engine.New(engine.Config{MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: m.Cfg.Vocab, MaxContext: m.Cfg.MaxPositions}, engine.NewLocalStepper(m), tok)
 			defer eng.Stop()
-			req := engine.Request{ID: "run", Prompt: tok.Encode(args[0]), Params: p, Trace: df.json, KeepSpecial: df.keepSpecial}
+			req := engine.Request{ID: "run", Prompt: tok.Encode(prompt), Params: p, Trace: df.json, KeepSpecial: df.keepSpecial}
 			if w := p.BlockWarning(diffusion.DefaultBlockLen); w != "" {
 				fmt.Fprintln(os.Stderr, "warning:", w)
 			}
