@@ -50,8 +50,8 @@ func TestServices(t *testing.T) {
 		methods []string
 	}{
 		{"dlmesh.v1.Gateway", []string{"Generate"}},
-		{"dlmesh.v1.Attention", []string{"Open", "Step", "Close", "Info"}},
-		{"dlmesh.v1.Experts", []string{"Compute", "Info"}},
+		{"dlmesh.v1.Attention", []string{"Open", "Step", "Close", "Info", "Renew"}},
+		{"dlmesh.v1.Experts", []string{"Compute", "ComputeStream", "Info"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.service, func(t *testing.T) {
