@@ -16,7 +16,6 @@ import (
 
 	"github.com/dlmesh/dlmesh/services"
 	"github.com/dlmesh/dlmesh/services/consultest"
-	"github.com/dlmesh/dlmesh/tracing"
 
 	"github.com/dlmesh/dlmesh/internal/fixtures"
 
@@ -96,6 +95,12 @@ func TestConsulMeshFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	traceFile := filepath.Join(t.TempDir(), "g1c.jsonl")
+	before := map[string]bool{}
+	if l, err := reg.Instances(context.Background(), services.KindExpertd); err == nil {
+		for _, in := range l {
+			before[in.ID] = true
+		}
+	}
 	joined := time.Now()
 	g1c := expert("g1", "8-15", "--trace-file", traceFile)
 	joinReady := time.Since(joined)
@@ -114,16 +119,29 @@ func TestConsulMeshFailover(t *testing.T) {
 		}
 	}
 	t.Logf("failed streams: %d of %d", failed, len(cases))
-	// the third replica took traffic: its expertd.compute spans
-	spans, err := tracing.ReadSpans(traceFile)
+	// the third replica took traffic: the calls it reports (expertd.compute spans exist only
+	// for sampled traces, and attnd's expert streams carry none here)
+	lctx, lcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer lcancel()
+	l, err := reg.Instances(lctx, services.KindExpertd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
-	for _, s := range spans {
-		if s.Name == "expertd.compute" {
-			n++
+	var n int64
+	joinedIDs := 0
+	for _, in := range l {
+		if before[in.ID] || !strings.Contains(in.ID, "g1") {
+			continue
 		}
+		joinedIDs++
+		load, err := instanceLoad(lctx, services.KindExpertd, in.Addr, services.ClientConfig{}, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += load.GetCalls()
+	}
+	if joinedIDs != 1 {
+		t.Fatalf("%d group-1 instances joined mid-run in Consul, want 1", joinedIDs)
 	}
 	if n == 0 {
 		t.Error("the replica added mid-run served no expert call")
