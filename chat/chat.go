@@ -23,6 +23,8 @@ import (
 	"strings"
 
 	"github.com/ardanlabs/jinja"
+
+	"github.com/dlmesh/dlmesh/tokenizer"
 )
 
 // ErrBadRequest wraps every error caused by the request being rendered (a message or tool that
@@ -117,7 +119,7 @@ func FromConfig(config []byte) (*Template, error) {
 	if err := json.Unmarshal(config, &cfg); err != nil {
 		return nil, fmt.Errorf("chat: tokenizer_config.json: %w", err)
 	}
-	source, err := templateField(cfg.ChatTemplate)
+	source, err := tokenizer.ChatTemplateSource(cfg.ChatTemplate)
 	if err != nil {
 		return nil, err
 	}
@@ -140,29 +142,6 @@ func FromConfig(config []byte) (*Template, error) {
 func isNull(raw json.RawMessage) bool {
 	raw = bytes.TrimSpace(raw)
 	return len(raw) == 0 || string(raw) == "null"
-}
-
-func templateField(raw json.RawMessage) (string, error) {
-	if isNull(raw) {
-		return "", nil
-	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err == nil {
-		return s, nil
-	}
-	var list []struct {
-		Name     string `json:"name"`
-		Template string `json:"template"`
-	}
-	if err := json.Unmarshal(raw, &list); err != nil {
-		return "", fmt.Errorf("chat: tokenizer_config.json: chat_template: want a string or a list of {name, template}")
-	}
-	for _, t := range list {
-		if t.Name == "default" {
-			return t.Template, nil
-		}
-	}
-	return "", nil
 }
 
 func tokenField(raw json.RawMessage, field string) (string, error) {

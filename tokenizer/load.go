@@ -297,8 +297,9 @@ func configToken(raw json.RawMessage, field string) (string, bool, error) {
 	return *obj.Content, true, nil
 }
 
-// chatTemplate reads "chat_template": a string, or a list of {name, template} (the "default" one).
-func chatTemplate(raw json.RawMessage) (string, error) {
+// ChatTemplateSource reads tokenizer_config.json's "chat_template" value: a string, or a list
+// of {name, template} (the "default" one); "" when absent or null.
+func ChatTemplateSource(raw json.RawMessage) (string, error) {
 	if isNull(raw) {
 		return "", nil
 	}

@@ -183,7 +183,7 @@ func (t *Tokenizer) readConfig(configJSON []byte) error {
 			*f.dst = id
 		}
 	}
-	tmpl, err := chatTemplate(cj.ChatTemplate)
+	tmpl, err := ChatTemplateSource(cj.ChatTemplate)
 	if err != nil {
 		return err
 	}
