@@ -330,6 +330,17 @@ type Grapher interface {
 	Capture(fn func() error) (Graph, error)
 }
 
+// SegmentGrapher is a Grapher whose recording can be cut: BeginCapture records the ops that
+// follow instead of running them, EndCapture stops and returns them as a Graph. Between an End
+// and the next Begin the caller does host work (transfers, a remote call): a step whose routed
+// experts are remote is recorded as one graph per segment between its expert hops
+// (model.Prepared).
+type SegmentGrapher interface {
+	Grapher
+	BeginCapture() error
+	EndCapture() (Graph, error)
+}
+
 // Graph is a recorded sequence of ops.
 type Graph interface {
 	Launch() error

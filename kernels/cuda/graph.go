@@ -7,6 +7,8 @@ import (
 	"github.com/dlmesh/dlmesh/kernels"
 )
 
+var _ kernels.SegmentGrapher = (*Backend)(nil)
+
 // graph is a captured, instantiated CUDA graph (kernels.Graph). Buffers freed while it was
 // being recorded stay allocated until Close, since its nodes may point at them.
 type graph struct {
@@ -20,7 +22,23 @@ type graph struct {
 // capture mode) and instantiated. fn must enqueue device work only: Upload, Download, Sync,
 // NewBatch and a first use of an ExpertSet or router mask do host transfers and belong before.
 func (b *Backend) Capture(fn func() error) (kernels.Graph, error) {
-	g := &graph{b: b}
+	if err := b.BeginCapture(); err != nil {
+		return nil, err
+	}
+	fnErr := fn()
+	g, err := b.EndCapture()
+	if fnErr != nil {
+		if g != nil {
+			g.Close()
+		}
+		return nil, fmt.Errorf("cuda: capture: %w", fnErr)
+	}
+	return g, err
+}
+
+// BeginCapture implements kernels.SegmentGrapher: the ops that follow are recorded on the
+// backend's stream (relaxed mode) until EndCapture, under the rules of Capture.
+func (b *Backend) BeginCapture() error {
 	err := b.do(func() error {
 		if b.capture != nil {
 			return errors.New("cuda: capture: already capturing")
@@ -28,25 +46,32 @@ func (b *Backend) Capture(fn func() error) (kernels.Graph, error) {
 		if err := b.d.check("cuStreamBeginCapture", b.d.cuStreamBeginCapture(b.stream, captureModeRelaxed)); err != nil {
 			return err
 		}
-		b.capture = g
+		b.capture = &graph{b: b}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("cuda: capture: %w", err)
+		return fmt.Errorf("cuda: capture: %w", err)
 	}
-	fnErr := fn()
-	err = b.do(func() error {
-		b.capture = nil
-		err := b.d.check("cuStreamEndCapture", b.d.cuStreamEndCapture(b.stream, &g.g))
-		if fnErr != nil || err != nil {
+	return nil
+}
+
+// EndCapture implements kernels.SegmentGrapher: it stops the recording BeginCapture started
+// and instantiates it.
+func (b *Backend) EndCapture() (kernels.Graph, error) {
+	var g *graph
+	err := b.do(func() error {
+		if b.capture == nil {
+			return errors.New("cuda: capture: not capturing")
+		}
+		g, b.capture = b.capture, nil
+		if err := b.d.check("cuStreamEndCapture", b.d.cuStreamEndCapture(b.stream, &g.g)); err != nil {
 			return err
 		}
 		return b.d.check("cuGraphInstantiateWithFlags", b.d.cuGraphInstantiateWithFlags(&g.exec, g.g, 0))
 	})
-	if fnErr != nil || err != nil {
-		g.Close()
-		if fnErr != nil {
-			return nil, fmt.Errorf("cuda: capture: %w", fnErr)
+	if err != nil {
+		if g != nil {
+			g.Close()
 		}
 		return nil, fmt.Errorf("cuda: capture: %w", err)
 	}
