@@ -39,6 +39,7 @@ func Dial(addr string, cfg ClientConfig, opts ...grpc.DialOption) (*grpc.ClientC
 			PermitWithoutStream: true,
 		}),
 		grpc.WithStatsHandler(otelgrpc.NewClientHandler(otelOpts...)),
+		grpc.WithStatsHandler(trimStats{procTrim}),
 	}
 	if cfg.CallTimeout > 0 {
 		base = append(base, grpc.WithChainUnaryInterceptor(callTimeoutInterceptor(cfg.CallTimeout)))

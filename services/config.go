@@ -63,6 +63,9 @@ type ServerConfig struct {
 	MinPingInterval time.Duration
 	// StopTimeout bounds the graceful stop in Node.Stop (DefaultStopTimeout).
 	StopTimeout time.Duration
+	// IdleTrim is how long the process's mesh traffic must be quiet after any activity before
+	// freed memory is returned to the OS (memtrim.go; DefaultIdleTrim; negative: never).
+	IdleTrim time.Duration
 	// Reflection registers the gRPC reflection service (for grpcurl); off by default.
 	Reflection bool
 	// Codes is the service's error → status table (the shared entries follow it).
@@ -100,6 +103,9 @@ func (c ServerConfig) WithDefaults() ServerConfig {
 	}
 	if c.StopTimeout == 0 {
 		c.StopTimeout = DefaultStopTimeout
+	}
+	if c.IdleTrim == 0 {
+		c.IdleTrim = DefaultIdleTrim
 	}
 	return c
 }

@@ -62,6 +62,7 @@ func NewServer(cfg ServerConfig, opts ...grpc.ServerOption) *Server {
 			PermitWithoutStream: true,
 		}),
 		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
+		grpc.StatsHandler(trimStats{procTrim}),
 	}
 	if cfg.TLS.RequireClientCert() { // before the code table: the refusal is Unauthenticated
 		base = append(base, grpc.ChainUnaryInterceptor(clientCertUnary), grpc.ChainStreamInterceptor(clientCertStream))
@@ -79,6 +80,7 @@ func NewServer(cfg ServerConfig, opts ...grpc.ServerOption) *Server {
 	case cfg.Creds != nil: // neither: plaintext (insecure)
 		base = append(base, grpc.Creds(cfg.Creds))
 	}
+	procTrim.start(cfg.IdleTrim)
 	s := &Server{
 		grpc:        grpc.NewServer(append(base, opts...)...),
 		health:      health.NewServer(),

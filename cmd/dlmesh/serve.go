@@ -36,6 +36,7 @@ type common struct {
 	consulToken    string
 	consulDC       string
 	stopTimeoutSec int
+	idleTrim       time.Duration
 	metrics        string
 	reflection     bool
 	tls            tlsFlags
@@ -54,6 +55,7 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.BoolVar(&c.reflection, "reflection", false, "register the gRPC reflection service (for grpcurl) on every server")
 	if service != "up" {
 		c.tls.register(cmd, true)
+		f.DurationVar(&c.idleTrim, "idle-trim", services.DefaultIdleTrim, "after mesh work, return freed memory to the OS once traffic has been quiet this long (negative: never)")
 	}
 	if service != "up" {
 		f.StringVar(&c.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent address for discovery and health (default $CONSUL_HTTP_ADDR; empty: static peers)")
@@ -109,7 +111,7 @@ func (c *common) backendFactory() func() (kernels.Backend, error) {
 
 // server is the gRPC server configuration the flags set.
 func (c *common) server() services.ServerConfig {
-	return services.ServerConfig{Reflection: c.reflection, StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second, TLS: c.mtls}
+	return services.ServerConfig{Reflection: c.reflection, StopTimeout: time.Duration(c.stopTimeoutSec) * time.Second, TLS: c.mtls, IdleTrim: c.idleTrim}
 }
 
 // serve exports the started service's metrics until ctx ends (SIGINT, SIGTERM), then shuts it

@@ -63,7 +63,7 @@ func soakCmd() *cobra.Command {
 		dir, bin, prompt, mode string
 		streams, gen           int
 		duration, settle       time.Duration
-		drain                  time.Duration
+		drain, idleTrim        time.Duration
 		asJSON                 bool
 	)
 	cmd := &cobra.Command{
@@ -95,7 +95,7 @@ finish (then they fail with DeadlineExceeded); the processes are stopped (SIGTER
 			}
 			ctx, stop := services.SignalContext(cmd.Context())
 			defer stop()
-			procs, err := startSoakMesh(ctx, bin, d)
+			procs, err := startSoakMesh(ctx, bin, d, idleTrim)
 			defer func() {
 				for i := len(procs) - 1; i >= 0; i-- {
 					procs[i].stop()
@@ -126,6 +126,7 @@ finish (then they fail with DeadlineExceeded); the processes are stopped (SIGTER
 	f.DurationVar(&duration, "duration", 60*time.Second, "how long new requests are started")
 	f.DurationVar(&drain, "drain", 2*time.Minute, "how long requests in flight at the end of --duration may take to finish")
 	f.DurationVar(&settle, "settle", 10*time.Second, "wait after the load before the last memory reading")
+	f.DurationVar(&idleTrim, "idle-trim", services.DefaultIdleTrim, "--idle-trim of every service (negative: never return freed memory early)")
 	f.IntVar(&gen, "gen", 32, "gen_length of every request")
 	f.StringVar(&mode, "mode", "q", "decoding mode of every request")
 	f.StringVar(&prompt, "prompt", "func Reverse(s string) string {", "prompt of every request")
@@ -154,12 +155,12 @@ func (c *soakChild) stop() {
 var loopbackAddrRE = regexp.MustCompile(`127\.0\.0\.1:\d+`)
 
 // startSoakMesh starts expertd 0-7 and 8-15 (for the tiny model's 16 experts), attnd and the
-// gateway, each on a free loopback port, and returns them in that order (gateway last) once
-// each said it serves. The children die with this process (Pdeathsig).
-func startSoakMesh(ctx context.Context, bin, dir string) ([]*soakChild, error) {
+// gateway, each on a free loopback port with --idle-trim idleTrim, and returns them in that
+// order (gateway last) once each said it serves. The children die with this process (Pdeathsig).
+func startSoakMesh(ctx context.Context, bin, dir string, idleTrim time.Duration) ([]*soakChild, error) {
 	var procs []*soakChild
 	start := func(ready string, args ...string) (*soakChild, error) {
-		c, err := startSoakChild(ctx, bin, ready, append(args, "--model", dir)...)
+		c, err := startSoakChild(ctx, bin, ready, append(args, "--model", dir, "--idle-trim", idleTrim.String())...)
 		if c != nil {
 			procs = append(procs, c)
 		}
