@@ -93,6 +93,26 @@ func (b *hopBuf) free() error {
 	return err
 }
 
+// dropHopBuffers frees the idle prepared steps and fan-outs' host buffers; the next steps
+// allocate new ones. It
+// runs when the process has been idle a while (services.OnIdleTrim): a burst of large steps
+// must not keep its buffers resident for good.
+func (s *Server) dropHopBuffers() {
+	func() {
+		defer s.lockBackend()()
+		s.plans.drop(nil)
+	}()
+	s.hopMu.Lock()
+	idle := s.hopFree
+	s.hopFree = nil
+	s.hopMu.Unlock()
+	for _, b := range idle {
+		if err := b.free(); err != nil {
+			slog.Warn("attnd: free an idle fan-out's pinned buffer", "err", err)
+		}
+	}
+}
+
 // groupCall is the state of one group's call within one layer.
 type groupCall struct {
 	lane    *lane // nil: a unary call in its own goroutine (the fallback)

@@ -71,6 +71,8 @@ type Server struct {
 
 	hopMu   sync.Mutex
 	hopFree []*hopBuf // the idle fan-outs' host buffers (experts.go)
+	untrim  func()    // unregisters dropHopBuffers from the process's idle trim
+	plans   plans     // the last steps' prepared steps (plans.go)
 	lanes   *lanePool // idle ComputeStreams per replica
 	// unaryOnly makes every expert call a unary Compute (no lanes): for benchmarks comparing
 	// the two.
@@ -121,7 +123,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp,
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
 		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow),
-		lanes: newLanePool()}
+		lanes: newLanePool(), plans: plans{max: 4 * max(cfg.MicroBatches, 1)}}
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
 	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "attnd", Listen: cfg.Listen, Server: cfg.Server,
@@ -133,6 +135,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	if s.cfg.ID == "" {
 		s.cfg.ID = "attnd-" + s.node.Addr()
 	}
+	s.untrim = services.OnIdleTrim(s.dropHopBuffers)
 	wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.stopWatch = cancel
 	go s.watchExperts(wctx, reg)
@@ -227,6 +230,9 @@ func (s *Server) drain(ctx context.Context) {
 // cfg.Server.StopTimeout or ctx; then it frees the sessions left and the model.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.closeOnce.Do(func() {
+		if s.untrim != nil {
+			s.untrim()
+		}
 		s.stopHealth()
 		s.stopWatch() // no registration after this
 		<-s.watchDone
@@ -255,6 +261,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.hopFree = nil
 		s.hopMu.Unlock()
+		s.plans.drop(nil)
 		if s.m != nil {
 			errs = append(errs, s.m.Close(), s.m.Be.Close())
 			s.m = nil
@@ -501,6 +508,7 @@ func (s *Server) lockBackend() func() {
 // freeCache frees a session's cache under backendLock.
 func (s *Server) freeCache(c *model.Cache) {
 	defer s.lockBackend()()
+	s.plans.drop(c)
 	c.Free()
 }
 
@@ -570,7 +578,7 @@ func (s *Server) microSteps(ctx context.Context, r *routes, seqs []model.StepSeq
 			if lock != nil {
 				lock.Lock()
 			}
-			o, err := s.m.Step(mctx, batch, blockLen, model.StepOptions{Experts: fans[c], Allowed: r.allowed})
+			o, err := s.runStep(mctx, batch, blockLen, model.StepOptions{Experts: fans[c], Allowed: r.allowed})
 			if lock != nil {
 				lock.Unlock()
 			}
