@@ -24,6 +24,10 @@ const (
 	DefaultMicroBatches  = 2
 	DefaultExpertTimeout = 10 * time.Second // deadline of one Experts.Compute call
 	DefaultInfoTimeout   = 5 * time.Second  // deadline of one Experts.Info call during discovery
+	// DefaultPrefillChunk is the engine's default prefill chunk (engine.DefaultPrefillChunk), so
+	// the gateway's own chunks pass whole and only longer direct steps are cut.
+	DefaultPrefillChunk = 512
+	MaxPrefillChunk     = 1 << 20 // the largest Config.PrefillChunk
 )
 
 // ErrBadConfig wraps every Config.Validate error.
@@ -55,6 +59,12 @@ type Config struct {
 	// concurrently, so one's attention overlaps another's expert calls (DefaultMicroBatches; 1
 	// turns it off).
 	MicroBatches int
+	// PrefillChunk bounds the tokens a session step feeds before its output rows in one round
+	// of a Step (chunk.go): a longer step is cut at block boundaries into chunks of this many
+	// tokens, rounded down to whole blocks of the session's block length (at least one block),
+	// and the chunks run one per round, the step lock released between rounds so that other
+	// Steps interleave (DefaultPrefillChunk; negative: never chunk; at most MaxPrefillChunk).
+	PrefillChunk int
 	// AllowMissingExperts serves degraded when some experts have no healthy replica: the router
 	// leaves them out and renormalises the remaining weights, and responses say so. Without it a
 	// step fails with Unavailable naming the missing experts.
@@ -111,6 +121,9 @@ func (c Config) WithDefaults() Config {
 	if c.InfoTimeout == 0 {
 		c.InfoTimeout = DefaultInfoTimeout
 	}
+	if c.PrefillChunk == 0 {
+		c.PrefillChunk = DefaultPrefillChunk
+	}
 	c.Server = c.Server.WithDefaults()
 	c.Client = c.Client.WithDefaults()
 	c.Breaker = c.Breaker.WithDefaults()
@@ -135,6 +148,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: expert_timeout %v: want a positive duration", ErrBadConfig, c.ExpertTimeout)
 	case c.InfoTimeout < 0:
 		return fmt.Errorf("%w: info_timeout %v: want a positive duration", ErrBadConfig, c.InfoTimeout)
+	case c.PrefillChunk > MaxPrefillChunk:
+		return fmt.Errorf("%w: prefill_chunk %d: want at most %d tokens (negative: never chunk)", ErrBadConfig, c.PrefillChunk, MaxPrefillChunk)
 	case c.KVDType != 0 && c.KVDType != kernels.F32 && c.KVDType != kernels.BF16:
 		return fmt.Errorf("%w: kv_dtype %v: want F32 or BF16", ErrBadConfig, c.KVDType)
 	}
@@ -144,4 +159,12 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// chunkTokens is the PrefillChunk bound in whole blocks of blockLen (0: never chunk).
+func (c Config) chunkTokens(blockLen int) int {
+	if c.PrefillChunk < 0 || blockLen <= 0 {
+		return 0
+	}
+	return max(c.PrefillChunk/blockLen, 1) * blockLen
 }

@@ -27,3 +27,15 @@ func TestConfigKVDType(t *testing.T) {
 		t.Fatalf("attnd with a bf16 cache on the CPU backend: %v", err)
 	}
 }
+
+func TestConfigPrefillChunk(t *testing.T) {
+	for _, tc := range []struct {
+		chunk int
+		ok    bool
+	}{{0, true}, {-1, true}, {1, true}, {attnd.DefaultPrefillChunk, true}, {attnd.MaxPrefillChunk, true}, {attnd.MaxPrefillChunk + 1, false}} {
+		err := attnd.Config{ModelDir: tinyDir, PrefillChunk: tc.chunk}.Validate()
+		if (err == nil) != tc.ok || (err != nil && (!errors.Is(err, attnd.ErrBadConfig) || !strings.Contains(err.Error(), "prefill_chunk"))) {
+			t.Errorf("prefill chunk %d: %v", tc.chunk, err)
+		}
+	}
+}

@@ -36,7 +36,12 @@ var ErrNotReady = errors.New("attnd: weights not loaded")
 var Codes = services.CodeTable{
 	{Err: ErrNotReady, Code: codes.Unavailable},
 	{Err: ErrUncovered, Code: codes.Unavailable},
+	{Err: ErrSessionBusy, Code: codes.Aborted},
 }
+
+// ErrSessionBusy: a Step names a session that another Step, still running (a chunked one,
+// between its rounds), is using.
+var ErrSessionBusy = errors.New("attnd: session is in another running step")
 
 // Server is one attnd: the Attention gRPC service over the attention part of the model.
 type Server struct {
@@ -54,11 +59,11 @@ type Server struct {
 
 	m *model.Model
 
-	stepMu       sync.Mutex // one step at a time; taken before mu, and never under it
-	mu           sync.Mutex // sessions (held briefly: never across a step's compute)
-	sessions     map[string]*session
-	stepSessions []*session // the sessions the running step claimed; under mu
-	beMu         sync.Mutex // the backend, when it is not kernels.Concurrent; taken after mu
+	stepMu   fifoMutex  // one step (one round of a chunked step) at a time, in arrival order; taken before mu, and never under it
+	mu       sync.Mutex // sessions (held briefly: never across a step's compute)
+	sessions map[string]*session
+	beMu     sync.Mutex   // the backend, when it is not kernels.Concurrent; taken after mu
+	chunked  atomic.Int64 // session steps cut into pieces (chunk.go)
 
 	info  atomic.Pointer[pb.ModelInfo] // set once loaded (load.go)
 	meter *services.LoadMeter          // Step calls
@@ -77,6 +82,9 @@ type Server struct {
 	// unaryOnly makes every expert call a unary Compute (no lanes): for benchmarks comparing
 	// the two.
 	unaryOnly bool
+	// betweenRounds, when set (a test seam, export_test.go), runs between two rounds of a
+	// chunked step, the step lock released, before the next round takes it again.
+	betweenRounds func(ctx context.Context, round int)
 
 	healthMu    sync.Mutex // health transitions (health.go)
 	healthy     bool       // health is SERVING
@@ -97,7 +105,7 @@ type session struct {
 	cache    *model.Cache
 	blockLen int
 	counted  int  // cache.Len as counted in usage.kvTokens
-	inStep   bool // a step is using the cache (claim); under Server.mu
+	inStep   bool // a step is using the cache (claim): no other step may, the reaper leaves it; under Server.mu
 	closed   bool // Close came during that step: unclaim frees the cache
 	lease    time.Duration
 	expires  time.Time // the reaper frees the session after this (lease.go)
@@ -248,7 +256,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			delete(s.pools, k)
 		}
 		s.poolMu.Unlock()
-		s.stepMu.Lock() // a step cut short by the stop timeout finishes first
+		_ = s.stepMu.Lock(context.Background()) // a step cut short by the stop timeout finishes its round first (a chunked one then stops: resume)
 		defer s.stepMu.Unlock()
 		s.mu.Lock()
 		for id, ss := range s.sessions {
@@ -344,7 +352,8 @@ func (s *Server) Close(_ context.Context, req *pb.CloseRequest) (*pb.CloseRespon
 }
 
 // Step implements pb.AttentionServer: one model.Step per block length among the sessions (the
-// gateway sends one), with the routed experts on the expert groups.
+// gateway sends one), with the routed experts on the expert groups; in rounds when a session
+// step is longer than Config.PrefillChunk (chunk.go), other Steps running between the rounds.
 func (s *Server) Step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
 	ctx, span := s.tracer.Start(ctx, "attnd.step", trace.WithAttributes(attribute.Int("sessions", len(req.GetSessions()))))
 	defer span.End()
@@ -359,15 +368,76 @@ func (s *Server) Step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 
 func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepResponse, error) {
 	t0 := time.Now()
-	s.stepMu.Lock()
-	defer s.stepMu.Unlock()
-	seqs, lens, fails, err := s.claim(req)
+	if err := s.stepMu.Lock(ctx); err != nil {
+		return nil, err
+	}
+	locked := true
+	defer func() {
+		if locked {
+			s.stepMu.Unlock()
+		}
+	}()
+	cl, err := s.claim(req)
 	if err != nil {
 		return nil, err
 	}
 	ss := req.GetSessions()
-	defer s.unclaim(ss) // and count what the step wrote to the caches, even if it failed later
-	// the request is valid: now the expert groups must be there
+	defer s.unclaim(ss, cl) // and count what the step wrote to the caches, even if it failed later
+	plans, rounds := s.cut(cl)
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("rounds", rounds))
+	outs := make([]model.StepOut, len(ss))
+	var expertsNs int64
+	degraded := false
+	for round := range rounds {
+		if round > 0 { // a chunked step: let the Steps that wait run first (fifoMutex)
+			s.stepMu.Unlock()
+			locked = false
+			if s.betweenRounds != nil {
+				s.betweenRounds(ctx, round)
+			}
+			if err := s.stepMu.Lock(ctx); err != nil {
+				return nil, fmt.Errorf("attnd: chunked step stopped after round %d of %d: %w", round, rounds, err)
+			}
+			locked = true
+			if err := s.resume(ss, cl, plans, round); err != nil {
+				return nil, err
+			}
+		}
+		// the request is valid: now the expert groups must be there
+		r, err := s.stepRoutes()
+		if err != nil {
+			return nil, err
+		}
+		degraded = degraded || r.degraded()
+		ns, err := s.runRound(ctx, r, cl, plans, round, outs)
+		if err != nil {
+			if rounds > 1 {
+				return nil, fmt.Errorf("attnd: step: round %d of %d: %w", round+1, rounds, err)
+			}
+			return nil, fmt.Errorf("attnd: step: %w", err)
+		}
+		expertsNs += ns
+	}
+	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
+	for i, o := range outs {
+		if err := cl.fails[i]; err != nil {
+			resp.Results[i] = &pb.SessionResult{SessionId: ss[i].GetSessionId(), ErrorCode: int32(Codes.Code(err)), Error: err.Error()}
+			continue
+		}
+		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: wire.AppendI32(nil, o.IDs),
+			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false)}
+		resp.Results[i] = res
+	}
+	total := time.Since(t0)
+	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
+	resp.Stats = &pb.StepStats{MsTotal: ms(total.Nanoseconds()), MsExperts: ms(expertsNs),
+		MsAttention: ms(max(total.Nanoseconds()-expertsNs, 0)), Degraded: degraded}
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("degraded", degraded))
+	return resp, nil
+}
+
+// stepRoutes is the current expert routes, or why a step cannot run on them.
+func (s *Server) stepRoutes() (*routes, error) {
 	r := s.routes.Load()
 	if r == nil || len(r.groups) == 0 {
 		return nil, fmt.Errorf("attnd: no expert group: %w", services.ErrNoReplica)
@@ -388,45 +458,15 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 				served, s.m.Cfg.TopK, r.uncovered(), services.ErrNoReplica)
 		}
 	}
-	outs := make([]model.StepOut, len(ss))
-	done := make([]bool, len(ss))
-	for i := range ss {
-		done[i] = fails[i] != nil
-	}
-	var expertsNs int64
-	for i := range ss {
-		if done[i] {
-			continue
-		}
-		var idx []int
-		for j := i; j < len(ss); j++ {
-			if !done[j] && lens[j] == lens[i] {
-				idx = append(idx, j)
-				done[j] = true
-			}
-		}
-		ns, err := s.microSteps(ctx, r, seqs, idx, lens[i], outs)
-		if err != nil {
-			return nil, fmt.Errorf("attnd: step: %w", err)
-		}
-		expertsNs += ns
-	}
-	resp := &pb.StepResponse{Results: make([]*pb.SessionResult, len(ss))}
-	for i, o := range outs {
-		if fails[i] != nil {
-			resp.Results[i] = &pb.SessionResult{SessionId: ss[i].GetSessionId(), ErrorCode: int32(Codes.Code(fails[i])), Error: fails[i].Error()}
-			continue
-		}
-		res := &pb.SessionResult{SessionId: ss[i].GetSessionId(), Ids: wire.AppendI32(nil, o.IDs),
-			Logits: wire.AppendF32(nil, o.Logits, false), Lse: wire.AppendF32(nil, o.LSE, false)}
-		resp.Results[i] = res
-	}
-	total := time.Since(t0)
-	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
-	resp.Stats = &pb.StepStats{MsTotal: ms(total.Nanoseconds()), MsExperts: ms(expertsNs),
-		MsAttention: ms(max(total.Nanoseconds()-expertsNs, 0)), Degraded: r.degraded()}
-	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("degraded", r.degraded()))
-	return resp, nil
+	return r, nil
+}
+
+// claimed is a step's sessions, by their index in the request.
+type claimed struct {
+	seqs  []model.StepSeq // the whole session steps
+	lens  []int           // block lengths
+	fails []error         // a session refused alone (then seqs[i], sess[i] are unset)
+	sess  []*session      // the sessions marked inStep
 }
 
 // claim checks the sessions of a step under s.mu and marks those that can run in use, so that a
@@ -434,56 +474,56 @@ func (s *Server) step(ctx context.Context, req *pb.StepRequest) (*pb.StepRespons
 // step: Open and Close do not wait behind a step that waits on its experts. s.stepMu is held.
 // A session refused alone has its error in fails (the others run); the step fails as a whole
 // only when none can run.
-func (s *Server) claim(req *pb.StepRequest) (seqs []model.StepSeq, lens []int, fails []error, err error) {
+func (s *Server) claim(req *pb.StepRequest) (*claimed, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m == nil {
-		return nil, nil, nil, ErrNotReady
+		return nil, ErrNotReady
 	}
 	ss := req.GetSessions()
 	if len(ss) == 0 {
-		return nil, nil, nil, invalid("sessions is empty")
+		return nil, invalid("sessions is empty")
 	}
-	seqs = make([]model.StepSeq, len(ss))
-	lens = make([]int, len(ss))
-	fails = make([]error, len(ss))
+	cl := &claimed{seqs: make([]model.StepSeq, len(ss)), lens: make([]int, len(ss)), fails: make([]error, len(ss)),
+		sess: make([]*session, len(ss))}
 	seen := make(map[string]bool, len(ss))
 	valid := 0
 	for i, st := range ss {
-		if fails[i] = s.checkSession(i, st, seen, &seqs[i], &lens[i]); fails[i] == nil {
+		if cl.fails[i] = s.checkSession(i, st, seen, &cl.seqs[i], &cl.lens[i]); cl.fails[i] == nil {
 			valid++
 		}
 	}
 	if valid == 0 {
-		return nil, nil, nil, fails[0]
+		return nil, cl.fails[0]
 	}
-	used := make([]*session, 0, valid)
 	for i, st := range ss {
-		if fails[i] == nil {
+		if cl.fails[i] == nil {
 			sess := s.sessions[st.GetSessionId()]
 			sess.inStep = true
-			used = append(used, sess)
+			cl.sess[i] = sess
 		}
 	}
-	s.stepSessions = used
-	return seqs, lens, fails, nil
+	return cl, nil
 }
 
 // unclaim ends a step's use of its sessions: it counts what the step wrote to the caches of
-// those still open and frees those closed meanwhile.
-func (s *Server) unclaim(steps []*pb.SessionStep) {
+// those still open and frees those closed meanwhile (unless Shutdown, between the rounds of a
+// chunked step, already closed the backend).
+func (s *Server) unclaim(steps []*pb.SessionStep, cl *claimed) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.written(steps)
 	now := time.Now()
-	for _, sess := range s.stepSessions {
+	for _, sess := range cl.sess {
+		if sess == nil {
+			continue
+		}
 		sess.inStep = false
 		sess.renew(now) // the lease runs from the end of the session's last step
-		if sess.closed {
+		if sess.closed && s.m != nil {
 			s.freeCache(sess.cache)
 		}
 	}
-	s.stepSessions = nil
 }
 
 // backendLock is the lock around the use of a backend that is not kernels.Concurrent, nil for
@@ -527,6 +567,9 @@ func (s *Server) checkSession(i int, st *pb.SessionStep, seen map[string]bool, s
 		return invalid("sessions[%d]: session %q appears twice", i, id)
 	}
 	seen[id] = true
+	if sess.inStep {
+		return fmt.Errorf("attnd: sessions[%d] %q: %w", i, id, ErrSessionBusy)
+	}
 	*seq = model.StepSeq{Cache: sess.cache, Pos: int(st.GetStartPos()), Tokens: st.GetTokens(),
 		OutRows: int(st.GetOutRows()), TopK: int(st.GetTopK()), InvTemp: st.GetInvTemperature()}
 	if err := s.m.CheckSeq(*seq); err != nil {

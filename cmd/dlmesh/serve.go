@@ -358,6 +358,9 @@ func attndCmd() *cobra.Command {
 				return err
 			}
 			cfg.DeviceMeta = deviceMeta
+			if cfg.PrefillChunk == 0 {
+				cfg.PrefillChunk = -1 // --prefill-chunk 0: never chunk (Config's 0 is the default)
+			}
 			s, err := attnd.New(ctx, cfg, reg)
 			if err != nil {
 				return err
@@ -383,6 +386,7 @@ func attndCmd() *cobra.Command {
 	f.Int64Var(&cfg.MaxKVTokens, "max-kv-tokens", attnd.DefaultMaxKVTokens, "KV cache positions the open sessions' windows may reserve together")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", attnd.DefaultDrainTimeout, "on SIGTERM, wait up to this long for the gateways to migrate the sessions (within --stop-timeout)")
 	f.DurationVar(&cfg.SessionLease, "session-lease", attnd.DefaultSessionLease, "free a session no Step or Renew named for this long")
+	f.IntVar(&cfg.PrefillChunk, "prefill-chunk", attnd.DefaultPrefillChunk, "cut a session step feeding more tokens than this (whole blocks) before its output rows into rounds other steps interleave with; 0 or negative: never")
 	return cmd
 }
 
