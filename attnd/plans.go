@@ -10,14 +10,14 @@ import (
 // plans keeps the prepared steps (model.Prepared) of the last steps' micro-batches. The
 // denoising steps of a block feed the same sessions at the same positions with new tokens, so
 // the next step of a micro-batch usually fits its last plan: it reuses the plan's buffers and
-// batch and, from its second use on a backend that records graphs, the graphs of its segments
-// between expert hops (model.Prepared), instead of planning, allocating and launching every
-// kernel again. A plan that is used once (a prefill chunk, a step after a commit) costs what a
-// model.Step costs; one that fits again is captured then, and replayed from then on.
+// batch and, on a backend that records graphs, the graphs of its segments between expert hops
+// (model.Prepared), instead of planning, allocating and launching every kernel again (runStep
+// says which plans are recorded and kept).
 type plans struct {
 	mu   sync.Mutex
-	idle []*plan // most recently used last; at most max
-	max  int
+	idle   []*plan // most recently used last; at most max
+	max    int
+	reused int64 // runs on a plan that fitted (for tests)
 }
 
 // plan is a prepared step and how often it ran.
@@ -75,12 +75,26 @@ func (ps *plans) drop(cache *model.Cache) {
 
 // runStep runs one micro-batch's model step on a plan: its last one when the step fits it, a
 // new one otherwise. It holds the backend lock, if any, like model.Step would.
+//
+// What is worth keeping: a denoising step (every session feeds only its block's rows and asks
+// for all of them) repeats until the block commits, so its plan is recorded at once; any other
+// step that asks for output rows may repeat (it is recorded when it fits a second time); a
+// prefill chunk (no output rows) never repeats, so its plan is closed after the run.
 func (s *Server) runStep(ctx context.Context, seqs []model.StepSeq, blockLen int, opt model.StepOptions) ([]model.StepOut, error) {
+	denoise, keep := true, true
+	for _, sq := range seqs {
+		denoise = denoise && sq.OutRows == len(sq.Tokens) && len(sq.Tokens) <= blockLen
+		keep = keep && sq.OutRows > 0
+	}
 	pl := s.plans.take(seqs, blockLen, opt)
 	if pl != nil {
 		if err := pl.p.Reuse(seqs, opt); err != nil {
 			pl.p.Close()
 			pl = nil
+		} else {
+			s.plans.mu.Lock()
+			s.plans.reused++
+			s.plans.mu.Unlock()
 		}
 	}
 	if pl == nil {
@@ -92,7 +106,8 @@ func (s *Server) runStep(ctx context.Context, seqs []model.StepSeq, blockLen int
 		for _, sq := range seqs {
 			pl.caches = append(pl.caches, sq.Cache)
 		}
-	} else if !pl.tried { // it fits a second time: worth recording
+	}
+	if !pl.tried && (denoise || pl.runs > 0) {
 		pl.tried = true
 		if _, err := pl.p.Capture(ctx); err != nil {
 			pl.p.Close()
@@ -100,9 +115,9 @@ func (s *Server) runStep(ctx context.Context, seqs []model.StepSeq, blockLen int
 		}
 	}
 	outs, err := pl.p.Run(ctx)
-	if err != nil {
+	if err != nil || !keep {
 		pl.p.Close()
-		return nil, err
+		return outs, err
 	}
 	pl.runs++
 	s.plans.put(pl)
