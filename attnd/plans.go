@@ -14,7 +14,7 @@ import (
 // (model.Prepared), instead of planning, allocating and launching every kernel again (runStep
 // says which plans are recorded and kept).
 type plans struct {
-	mu   sync.Mutex
+	mu     sync.Mutex
 	idle   []*plan // most recently used last; at most max
 	max    int
 	reused int64 // runs on a plan that fitted (for tests)

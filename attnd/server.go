@@ -131,7 +131,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), reg: reg, fingerprint: fp,
 		sessions: map[string]*session{}, pools: map[string]*services.Pool{}, serving: make(chan struct{}),
 		watchDone: make(chan struct{}), maskID: -1, eosID: -1, meter: services.NewLoadMeter(services.DefaultLoadWindow),
-		lanes: newLanePool(), plans: plans{max: 4 * max(cfg.MicroBatches, 1)}}
+		lanes: newLanePool(), plans: plans{max: 2 * max(cfg.MicroBatches, 1)}}
 	s.clientCfg = cfg.Client
 	s.clientCfg.TracerProvider = tp
 	s.node, err = services.StartNode(ctx, services.NodeConfig{Name: "attnd", Listen: cfg.Listen, Server: cfg.Server,
