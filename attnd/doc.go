@@ -75,14 +75,24 @@
 // stream, the download followed by one stream synchronisation (the rows must be on the host
 // before they are sent) and the upload not waited for at all (the next op on the stream consumes
 // it; the buffer is reused only after the next layer's synchronisation). The attention part of a
-// layer stays graph-captured between hops: model.Step's compute is cut at each Dispatch/wait
-// into segments (embed + layer 0 up to its router; then per MoE layer: add routed sums, the next
-// layer's attention and router), each segment captured once per batch shape and replayed, the
-// hop itself running on the host between two graph launches; the shared expert is enqueued
-// right after the download so the GPU works on it while the groups do. The design keeps one
-// synchronisation per layer (the download) and no per-layer allocation, which is what a
-// ~0.44 ms layer of experts on a GPU leaves room for.
-//
+// layer stays graph-captured between hops (model.Prepared with remote experts, on a
+// kernels.SegmentGrapher): the step's compute is cut at each Dispatch and wait into segments
+// (the embedding and layers up to the first MoE router; per MoE layer the shared expert, then
+// the routed sums' add and the layers up to the next router, the last ending with the LM head),
+// each recorded once as a graph and replayed, the hop itself running on the host between two
+// graph launches; the shared expert's graph is launched right after the Dispatch's download so
+// the GPU works on it while the groups do. A graph needs a fixed shape, and the denoising steps
+// of a block have one (same sessions, same positions, new tokens): plans.go keeps each
+// micro-batch's prepared step and, when the next step fits it, uploads the new tokens and
+// replays (a denoising step is recorded at its first run; other steps that ask for output rows
+// when they fit a second time; prefill chunks never). This keeps one synchronisation per
+// layer (the download), two graph launches per layer instead of a launch per kernel, and no
+// per-layer allocation, which is what a ~0.44 ms layer of experts on a GPU leaves room for.
+// Tested here on the fake driver (kernels/cuda TestStepSegmentsBetweenHops: 2·MoE layers + 1
+// segments, the hops between launches, no kernel launched on a replay) and on the CPU, where
+// no graph is recorded but the same plans are reused (TestStepReusesPlan: bit-identical to
+// fresh plans); the GPU figures belong to the GPU issue.
+
 // Groups come from discovery: attnd watches the expertd instances, asks each new one for its
 // expert set (Experts.Info, with the checkpoint fingerprint, which must match), and groups the
 // replicas by that set. Health (grpc.health.v1, what the Consul check polls) is NOT_SERVING until
