@@ -3,15 +3,11 @@ package attnd
 import (
 	"context"
 	"fmt"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-
 	"github.com/dlmesh/dlmesh/expertd"
+	"github.com/dlmesh/dlmesh/internal/testutil"
 	"github.com/dlmesh/dlmesh/kernels"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -104,69 +100,6 @@ func newHopRig(b *testing.B, blocks int) *hopRig {
 	return rg
 }
 
-// echoServer answers every Compute with a canned response of the right size at once.
-type echoServer struct {
-	pb.UnimplementedExpertsServer
-	resp map[int32]*pb.ExpertsResponse // by rows
-}
-
-func (e *echoServer) Compute(_ context.Context, req *pb.ExpertsRequest) (*pb.ExpertsResponse, error) {
-	return e.resp[req.GetRows()], nil
-}
-
-// echoFloor starts one plain gRPC server per group (no interceptors, no stats handler) that
-// echoes the group's response bytes, and returns a function making one layer's calls (one per
-// group, in parallel, as the fan-out does).
-//
-// With meshOpts the servers and connections are the mesh's own (services.NewServer and
-// services.Dial: interceptors, the OpenTelemetry stats handlers, keepalive), which tells what
-// those options cost over the floor.
-func echoFloor(b *testing.B, rg *hopRig, meshOpts bool) func() {
-	b.Helper()
-	var clients []pb.ExpertsClient
-	for i, req := range rg.reqs {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		es := &echoServer{resp: map[int32]*pb.ExpertsResponse{
-			req.GetRows(): {Dtype: pb.DType_DTYPE_F32, Y: make([]byte, rg.respBytes[i])}}}
-		var cc *grpc.ClientConn
-		if meshOpts {
-			srv := services.NewServer(services.ServerConfig{})
-			pb.RegisterExpertsServer(srv, es)
-			srv.SetServing(true)
-			go func() { _ = srv.Serve(lis) }()
-			b.Cleanup(func() { _ = srv.Stop(context.Background()) })
-			cc, err = services.Dial(lis.Addr().String(), services.ClientConfig{})
-		} else {
-			srv := grpc.NewServer()
-			pb.RegisterExpertsServer(srv, es)
-			go func() { _ = srv.Serve(lis) }()
-			b.Cleanup(srv.Stop)
-			cc, err = grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { cc.Close() })
-		clients = append(clients, pb.NewExpertsClient(cc))
-	}
-	return func() {
-		var wg sync.WaitGroup
-		for i, c := range clients {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if _, err := c.Compute(context.Background(), rg.reqs[i]); err != nil {
-					b.Error(err)
-				}
-			}()
-		}
-		wg.Wait()
-	}
-}
-
 // BenchmarkExpertHop measures attnd's fan-out of one MoE layer of the tiny model to its 2 expert
 // groups (one expertd each, loopback gRPC) for batches of 1 and 8 blocks of 32 tokens, over the
 // groups' ComputeStreams (call=stream, what attnd does) or unary Compute calls (call=unary, its
@@ -187,7 +120,7 @@ func BenchmarkExpertHop(b *testing.B) {
 		b.Run(fmt.Sprintf("blocks=%d/call=%s", bc.blocks, transport), func(b *testing.B) {
 			rg := newHopRig(b, bc.blocks)
 			rg.s.unaryOnly = bc.unary
-			echo, meshEcho := echoFloor(b, rg, false), echoFloor(b, rg, true)
+			echo, meshEcho := testutil.ExpertEcho(b, rg.reqs, rg.respBytes, false), testutil.ExpertEcho(b, rg.reqs, rg.respBytes, true)
 			ctx := context.Background()
 			r := rg.s.routes.Load()
 			layerOnce := func(f *fanout) {

@@ -4,12 +4,17 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/dlmesh/dlmesh/attnd"
 	"github.com/dlmesh/dlmesh/diffusion"
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/internal/fixtures"
+	"github.com/dlmesh/dlmesh/internal/testutil"
+	"github.com/dlmesh/dlmesh/model"
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 )
 
 // tally sums what a workload produced.
@@ -19,6 +24,7 @@ type tally struct {
 	forwards int
 	stepTime time.Duration // Σ over requests of their steps' wall time
 	wall     time.Duration
+	cpu      time.Duration // the process's CPU time (user + system) over the runs
 }
 
 func (t *tally) add(tokens, forwards int, stepTime time.Duration) {
@@ -36,8 +42,20 @@ func (t *tally) msPerStep() float64 {
 	return float64(t.stepTime.Microseconds()) / 1000 / float64(t.forwards)
 }
 
-// run runs fn for each of n workers and adds the wall time.
+// cores is the mean number of cores the process kept busy during the runs.
+func (t *tally) cores() float64 { return t.cpu.Seconds() / t.wall.Seconds() }
+
+// processCPU is the CPU time (user + system) this process has used.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// run runs fn for each of n workers and adds the wall time and the process's CPU time.
 func (t *tally) run(n int, fn func(i int)) {
+	c0 := processCPU()
+	defer func() { t.cpu += processCPU() - c0 }()
 	t0 := time.Now()
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
@@ -51,10 +69,47 @@ func (t *tally) run(n int, fn func(i int)) {
 	t.wall += time.Since(t0)
 }
 
+// hopFloorMs is the floor of the expert hops of one step of the tiny model in the embedded
+// mesh, measured now: every MoE layer's calls (both groups in parallel, the mesh's gRPC
+// options) as a loopback echo of the same request and response bytes, for the rows of one
+// micro-batch (a block per stream, the streams split in attnd's default micro-batches). The
+// groups' compute, which the engine also does, is left out, so engine-ms/step over itself plus
+// this is the best mesh/engine the hops allow on this machine (floor-ratio), whatever attnd does.
+func hopFloorMs(b *testing.B, streams int) float64 {
+	b.Helper()
+	c, err := model.LoadConfig(tinyDir)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rows := 32 * ((streams + attnd.DefaultMicroBatches - 1) / attnd.DefaultMicroBatches)
+	var reqs []*pb.ExpertsRequest
+	var resp []int
+	for range 2 { // a row goes to each group holding one of its choices: nearly always both
+		reqs = append(reqs, &pb.ExpertsRequest{Rows: int32(rows), Hidden: int32(c.Hidden), TopK: int32(c.TopK),
+			X: make([]byte, 4*rows*c.Hidden), Ids: make([]byte, 4*rows*c.TopK), Weights: make([]byte, 4*rows*c.TopK)})
+		resp = append(resp, 4*rows*c.Hidden)
+	}
+	layer := testutil.ExpertEcho(b, reqs, resp, true)
+	for range 20 {
+		layer()
+	}
+	const n = 200
+	t0 := time.Now()
+	for range n {
+		layer()
+	}
+	perLayer := time.Since(t0) / n
+	return float64(perLayer.Microseconds()) / 1000 * float64(len(c.MoELayers()))
+}
+
 // BenchmarkMeshVsEngine generates the first eight fixture cases through the in-process engine and
 // through the embedded mesh (gateway → attnd → 2 expertd over loopback gRPC), with 1 stream (the
 // cases one after another) and 8 concurrent streams. It reports both throughputs, their ratio,
-// the mean step time of each and the per-step cost of the network hops (mesh − engine).
+// the mean step time of each and the per-step cost of the network hops (mesh − engine), and in
+// the same run the hops' floor (hopFloorMs: echo-ms/step, floor-ratio) and the cores each kept
+// busy (the embedded mesh runs every service in this process, so its CPU time is the mesh's):
+// the experts can only work beside attnd on cores the engine left idle, so mesh/engine cannot
+// pass runtime.NumCPU() / engine-cores, and is below 1 where the engine already fills the cores.
 func BenchmarkMeshVsEngine(b *testing.B) {
 	f := fixtures.LoadGen(b)
 	cases := f.Cases[:8]
@@ -101,6 +156,11 @@ func BenchmarkMeshVsEngine(b *testing.B) {
 			b.ReportMetric(local.msPerStep(), "engine-ms/step")
 			b.ReportMetric(remote.msPerStep(), "mesh-ms/step")
 			b.ReportMetric(remote.msPerStep()-local.msPerStep(), "hop-ms/step")
+			b.ReportMetric(local.cores(), "engine-cores")
+			b.ReportMetric(remote.cores(), "mesh-cores")
+			echoMs := hopFloorMs(b, streams)
+			b.ReportMetric(echoMs, "echo-ms/step")
+			b.ReportMetric(local.msPerStep()/(local.msPerStep()+echoMs), "floor-ratio")
 			b.ReportMetric(0, "ns/op") // the workload is fixed; ns/op would count both engines
 		})
 	}

@@ -1,6 +1,8 @@
-// Package testutil holds the small helpers the tests of several packages share.
+// Package testutil holds the small helpers the tests and benchmarks of several packages share:
+// WaitFor, and ExpertEcho, the loopback gRPC floor of an expert hop.
 //
-// Who may import: tests only (it imports testing).
+// Who may import: tests only (it imports testing). It imports services and proto, so the
+// services package's own internal tests cannot use it (its external tests can).
 package testutil
 
 import (
