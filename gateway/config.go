@@ -22,6 +22,9 @@ const (
 	DefaultCallTimeout  = 10 * time.Second // deadline of Attention.Open and Close
 	DefaultQueueTimeout = 30 * time.Second // longest wait in the queue for a slot
 	DefaultSessionLease = time.Minute      // lease of the attnd sessions, renewed every third of it
+	// A Step to an attnd another could take over from fails after max(floor, multiplier × p99).
+	DefaultStepStallFloor      = 2 * time.Second
+	DefaultStepStallMultiplier = 8.0
 )
 
 // ErrBadConfig wraps every Config.Validate error.
@@ -63,6 +66,13 @@ type Config struct {
 	// StepTimeout is the deadline of one Attention.Step call, CallTimeout of Open and Close.
 	StepTimeout time.Duration
 	CallTimeout time.Duration
+	// StepStallFloor and StepStallMultiplier bound a Step to an attnd while another attnd could
+	// take its sessions over: past max(StepStallFloor, StepStallMultiplier × the p99 of the
+	// recent Steps), within StepTimeout, the call fails and the engine migrates its sessions
+	// (re-prefill elsewhere), so a hung attnd costs seconds, not StepTimeout
+	// (DefaultStepStall…; a negative floor: StepTimeout always).
+	StepStallFloor      time.Duration
+	StepStallMultiplier float64
 	// Server configures the gRPC server; Client the connections to attnd; Breaker the per-attnd
 	// circuit breakers.
 	Server  services.ServerConfig
@@ -119,6 +129,12 @@ func (c Config) WithDefaults() Config {
 	if c.CallTimeout == 0 {
 		c.CallTimeout = DefaultCallTimeout
 	}
+	if c.StepStallFloor == 0 {
+		c.StepStallFloor = DefaultStepStallFloor
+	}
+	if c.StepStallMultiplier == 0 {
+		c.StepStallMultiplier = DefaultStepStallMultiplier
+	}
 	c.Server = c.Server.WithDefaults()
 	c.Client = c.Client.WithDefaults()
 	c.Breaker = c.Breaker.WithDefaults()
@@ -144,6 +160,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: session_lease %v: want a positive duration", ErrBadConfig, c.SessionLease)
 	case c.StepTimeout < 0 || c.CallTimeout < 0:
 		return fmt.Errorf("%w: step_timeout %v and call_timeout %v: want positive durations", ErrBadConfig, c.StepTimeout, c.CallTimeout)
+	case c.StepStallMultiplier < 1:
+		return fmt.Errorf("%w: step_stall_multiplier %g: want at least 1", ErrBadConfig, c.StepStallMultiplier)
 	}
 	for _, err := range []error{c.Server.Validate(), c.Client.Validate(), c.Breaker.Validate()} {
 		if err != nil {

@@ -90,6 +90,7 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
 	s.stepper.SetLease(cfg.SessionLease)
+	s.stepper.SetStall(cfg.StepStallFloor, cfg.StepStallMultiplier)
 	s.obs = newObserver(s, cfg.ModelName)
 	s.eng = engine.New(engine.Config{MaxActive: cfg.MaxActive, MaxQueue: cfg.MaxQueue, QueueTimeout: max(cfg.QueueTimeout, 0), ModelBlockLen: cfg.ModelBlockLen,
 		MaxContext: mcfg.MaxPositions, MaskID: tok.MaskID(), EOSID: tok.EOSID(), Vocab: mcfg.Vocab, TracerProvider: tp,

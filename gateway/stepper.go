@@ -31,6 +31,8 @@ type RemoteStepper struct {
 	stepTimeout time.Duration
 	callTimeout time.Duration
 	lease       time.Duration // of the sessions it opens (0: attnd's default)
+	stall       bool          // steps get the pool's stall deadline when another attnd is there (SetStall)
+	stallFloor  time.Duration
 
 	mu       sync.Mutex
 	sessions map[string]*remoteSession
@@ -49,6 +51,45 @@ func NewRemoteStepper(pool *services.Pool, stepTimeout, callTimeout time.Duratio
 	_, _ = rand.Read(nonce[:]) // crypto/rand.Read never fails
 	return &RemoteStepper{pool: pool, prefix: hex.EncodeToString(nonce[:]) + "/", stepTimeout: stepTimeout, callTimeout: callTimeout,
 		sessions: map[string]*remoteSession{}}
+}
+
+// SetStall bounds a Step to an attnd while the pool holds another: past max(floor, multiplier
+// × rows × the p99 of the pool's recent Steps' time per row) (within the step timeout) the call
+// fails with DeadlineExceeded, which the engine takes for a lost attnd, so a hung attnd's
+// sessions move to another one after a few seconds. Per row, because a prefill chunk of 512
+// rows takes many times a denoising step of 32. A negative floor turns it off. Call before the
+// first Step.
+func (st *RemoteStepper) SetStall(floor time.Duration, multiplier float64) {
+	if floor < 0 {
+		st.stall = false
+		return
+	}
+	st.stall, st.stallFloor = true, floor
+	// the pool's hedge delay is the stall deadline of one row: multiplier × p99 per row
+	st.pool.SetHedge(services.HedgeConfig{Floor: time.Nanosecond, Multiplier: multiplier, Initial: st.stepTimeout, MinSamples: stallMinSamples})
+}
+
+// stallMinSamples is how many answered Steps the p99 behind the stall deadline needs; before,
+// a Step gets the whole step timeout.
+const stallMinSamples = 20
+
+// stepDeadline is the deadline of the next Step call of rows rows: the stall deadline when
+// another attnd could take the sessions over, the step timeout otherwise (or when that is
+// shorter).
+func (st *RemoteStepper) stepDeadline(rows int) time.Duration {
+	if !st.stall || st.pool.Len() < 2 {
+		return st.stepTimeout
+	}
+	perRow := st.pool.HedgeDelay()
+	if perRow >= st.stepTimeout { // too few samples yet
+		return st.stepTimeout
+	}
+	return min(st.stepTimeout, max(st.stallFloor, perRow*time.Duration(max(rows, 1))))
+}
+
+// observeStep records an answered Step's time per row for the stall deadline.
+func (st *RemoteStepper) observeStep(d time.Duration, rows int) {
+	st.pool.ObserveLatency(d / time.Duration(max(rows, 1)))
 }
 
 // remoteID is the attnd session id of an engine session: prefixed per stepper, so that gateways
@@ -219,12 +260,18 @@ func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]mo
 		go func() {
 			defer wg.Done()
 			var resp *pb.StepResponse
-			err := st.call(ctx, c.s.r, st.stepTimeout, func(ctx context.Context, ac pb.AttentionClient) error {
+			t0 := time.Now()
+			rows := 0
+			for _, ss := range c.req.Sessions {
+				rows += len(ss.Tokens)
+			}
+			err := st.call(ctx, c.s.r, st.stepDeadline(rows), func(ctx context.Context, ac pb.AttentionClient) error {
 				var err error
 				resp, err = ac.Step(ctx, c.req)
 				return err
 			})
 			if err == nil {
+				st.observeStep(time.Since(t0), rows)
 				refused[ci], err = st.convert(resp, c.idx, steps, outs)
 			}
 			if err != nil {

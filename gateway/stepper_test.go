@@ -1,8 +1,15 @@
 package gateway
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/dlmesh/dlmesh/services"
 )
 
 // TestRemoteSessionIDs: two gateways (two steppers) sharing an attnd give the same engine session
@@ -20,5 +27,62 @@ func TestRemoteSessionIDs(t *testing.T) {
 	}
 	if a.remoteID("req#2") == ia || a.remoteID("req#1") != ia {
 		t.Error("a stepper's attnd session ids are not a function of the engine's")
+	}
+}
+
+// TestStepDeadline: a Step gets the whole step timeout while its attnd is the only one or the
+// pool has too few answered steps for a p99; then max(floor, multiplier × rows × p99 per row),
+// never more than the step timeout; a negative floor keeps the step timeout.
+func TestStepDeadline(t *testing.T) {
+	newPool := func(n int) *services.Pool {
+		pool := services.NewPool("attnd", services.BreakerConfig{}, func(in services.Instance) (*grpc.ClientConn, error) {
+			return grpc.NewClient(in.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		})
+		t.Cleanup(func() { pool.Close() })
+		var ins []services.Instance
+		for i := range n {
+			ins = append(ins, services.Instance{ID: fmt.Sprint("a", i), Kind: services.KindAttnd, Addr: fmt.Sprint("127.0.0.1:", i+1)})
+		}
+		if err := pool.Update(ins); err != nil {
+			t.Fatal(err)
+		}
+		return pool
+	}
+	const timeout = 60 * time.Second
+	stepper := func(pool *services.Pool, samples int, perStep time.Duration, rows int) *RemoteStepper {
+		st := NewRemoteStepper(pool, timeout, time.Second)
+		st.SetStall(2*time.Second, 8)
+		for range samples {
+			st.observeStep(perStep, rows)
+		}
+		return st
+	}
+	tests := []struct {
+		name     string
+		attnd    int
+		samples  int
+		perStep  time.Duration // of 32-row steps
+		rows     int           // of the next step
+		want     time.Duration
+		stallOff bool
+	}{
+		{"one attnd", 1, 256, 32 * time.Millisecond, 32, timeout, false},
+		{"too few samples", 2, stallMinSamples - 1, 32 * time.Millisecond, 32, timeout, false},
+		{"fast steps: the floor", 2, 256, 32 * time.Millisecond, 32, 2 * time.Second, false},
+		{"a prefill chunk after fast steps", 2, 256, 32 * time.Millisecond, 512, 8 * 512 * time.Millisecond, false},
+		{"slow steps", 2, 256, 320 * time.Millisecond, 32, 8 * 320 * time.Millisecond, false},
+		{"capped by the step timeout", 2, 256, 10 * time.Second, 32, timeout, false},
+		{"stall deadline off", 2, 256, 32 * time.Millisecond, 32, timeout, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := stepper(newPool(tc.attnd), tc.samples, tc.perStep, 32)
+			if tc.stallOff {
+				st.SetStall(-1, 8)
+			}
+			if d := st.stepDeadline(tc.rows); d != tc.want {
+				t.Fatalf("deadline %v, want %v", d, tc.want)
+			}
+		})
 	}
 }

@@ -327,6 +327,8 @@ func gatewayCmd() *cobra.Command {
 	f.IntVar(&cfg.MaxMessages, "max-messages", gateway.DefaultMaxMessages, "chat turns accepted")
 	f.Uint32Var(&cfg.Server.MaxConcurrentStreams, "max-streams", gateway.DefaultMaxStreams, "concurrent Generate calls per client connection")
 	f.DurationVar(&cfg.SessionLease, "session-lease", gateway.DefaultSessionLease, "lease of the attnd sessions (renewed every third of it)")
+	f.DurationVar(&cfg.StepTimeout, "step-timeout", gateway.DefaultStepTimeout, "deadline of one Step call to attnd")
+	f.DurationVar(&cfg.StepStallFloor, "step-stall", gateway.DefaultStepStallFloor, "with another attnd to move to, fail a Step after max(this, 8 × p99 of recent steps) and migrate its sessions (negative: wait --step-timeout)")
 	return cmd
 }
 
