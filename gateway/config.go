@@ -22,6 +22,9 @@ const (
 	DefaultCallTimeout  = 10 * time.Second // deadline of Attention.Open and Close
 	DefaultQueueTimeout = 30 * time.Second // longest wait in the queue for a slot
 	DefaultSessionLease = time.Minute      // lease of the attnd sessions, renewed every third of it
+	// DefaultReconnectBackoff is the longest wait between two dials of an attnd whose connection
+	// failed (gRPC's own default grows to 2 minutes).
+	DefaultReconnectBackoff = time.Second
 )
 
 // ErrBadConfig wraps every Config.Validate error.
@@ -63,6 +66,10 @@ type Config struct {
 	// StepTimeout is the deadline of one Attention.Step call, CallTimeout of Open and Close.
 	StepTimeout time.Duration
 	CallTimeout time.Duration
+	// ReconnectBackoff bounds the wait between two dials of an attnd whose connection failed
+	// (DefaultReconnectBackoff), so that an attnd restarted after a long outage serves again as
+	// soon as its breaker lets a call through, not once gRPC's growing backoff has run out.
+	ReconnectBackoff time.Duration
 	// Server configures the gRPC server; Client the connections to attnd; Breaker the per-attnd
 	// circuit breakers.
 	Server  services.ServerConfig
@@ -119,6 +126,9 @@ func (c Config) WithDefaults() Config {
 	if c.CallTimeout == 0 {
 		c.CallTimeout = DefaultCallTimeout
 	}
+	if c.ReconnectBackoff == 0 {
+		c.ReconnectBackoff = DefaultReconnectBackoff
+	}
 	c.Server = c.Server.WithDefaults()
 	c.Client = c.Client.WithDefaults()
 	c.Breaker = c.Breaker.WithDefaults()
@@ -144,6 +154,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: session_lease %v: want a positive duration", ErrBadConfig, c.SessionLease)
 	case c.StepTimeout < 0 || c.CallTimeout < 0:
 		return fmt.Errorf("%w: step_timeout %v and call_timeout %v: want positive durations", ErrBadConfig, c.StepTimeout, c.CallTimeout)
+	case c.ReconnectBackoff < 0:
+		return fmt.Errorf("%w: reconnect_backoff %v: want a positive duration", ErrBadConfig, c.ReconnectBackoff)
 	}
 	for _, err := range []error{c.Server.Validate(), c.Client.Validate(), c.Breaker.Validate()} {
 		if err != nil {
