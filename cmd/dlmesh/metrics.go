@@ -74,9 +74,9 @@ func expertdMetrics(s *expertd.Server, id string) []prometheus.Collector {
 	}
 }
 
-// gatewayMetrics: the request metrics (model_name), and two gauges kept from before them:
+// gatewayMetrics: the request metrics (model_name), two gauges kept from before them:
 // dlmesh_requests_queued (running + waiting, now split into dlmesh_num_requests_running and
-// dlmesh_num_requests_waiting) and dlmesh_sessions.
+// dlmesh_num_requests_waiting) and dlmesh_sessions, and the session migrations (attnd failover).
 func gatewayMetrics(s *gateway.Server) []prometheus.Collector {
 	l := prometheus.Labels{"service": "gateway", "instance": s.Instance().ID}
 	return append(s.Collectors(),
@@ -84,5 +84,8 @@ func gatewayMetrics(s *gateway.Server) []prometheus.Collector {
 			Help: "Requests waiting or running in the gateway's engine."}, func() float64 { return float64(s.Queued()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "dlmesh_sessions", ConstLabels: l,
 			Help: "Open sessions."}, func() float64 { return float64(s.Stepper().Sessions()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "dlmesh_session_migrations_total", ConstLabels: l,
+			Help: "Sessions reopened on another attnd, and re-prefilled, after their attnd failed, left discovery or lost them."},
+			func() float64 { return float64(s.Migrations()) }),
 	)
 }

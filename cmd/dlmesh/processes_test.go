@@ -125,9 +125,15 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// proc is a started child process: its address, and its stderr (the log) kept line by line.
 type proc struct {
 	name, addr string
 	cmd        *exec.Cmd
+	done       chan struct{} // closed once the process exited and its stderr was read to the end
+
+	mu   sync.Mutex
+	log  []string
+	grew chan struct{} // closed (and replaced) on every new line and at the end of stderr
 }
 
 // startProc starts `bin args…`, waits for a stderr line containing ready, and takes the first
@@ -142,54 +148,89 @@ func startProc(t *testing.T, bin string, addrRE *regexp.Regexp, ready string, ar
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{name: args[0], cmd: cmd}
+	p := &proc{name: args[0], cmd: cmd, done: make(chan struct{}), grew: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log = append(p.log, sc.Text())
+			close(p.grew)
+			p.grew = make(chan struct{})
+			p.mu.Unlock()
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+		p.mu.Lock()
+		close(p.grew)
+		p.grew = nil // no more lines
+		p.mu.Unlock()
+		_ = cmd.Wait() // after the last read of stderr, as exec.Cmd requires
+	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-p.done:
 		case <-time.After(15 * time.Second):
 			_ = cmd.Process.Kill()
-			<-done
+			<-p.done
 		}
 	})
-	lines := make(chan string, 64)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			default:
-			}
-		}
-		close(lines)
-		_, _ = io.Copy(io.Discard, stderr)
-	}()
-	deadline := time.After(90 * time.Second)
-	var seen []string
-	for {
-		select {
-		case l, ok := <-lines:
-			if !ok {
-				t.Fatalf("%s exited before it was ready:\n%s", args[0], strings.Join(seen, "\n"))
-			}
-			seen = append(seen, l)
-			if p.addr == "" {
-				if m := addrRE.FindString(l); m != "" {
-					p.addr = m
-				}
-			}
-			if strings.Contains(l, ready) {
-				if p.addr == "" {
-					t.Fatalf("%s is ready but printed no address:\n%s", args[0], strings.Join(seen, "\n"))
-				}
-				return p
-			}
-		case <-deadline:
-			t.Fatalf("%s not ready after 90 s:\n%s", args[0], strings.Join(seen, "\n"))
+	line, ok := p.waitLog(90*time.Second, func(l string) bool { return strings.Contains(l, ready) })
+	if !ok {
+		t.Fatalf("%s not ready (no line with %q) after 90 s or exited:\n%s", args[0], ready, strings.Join(p.lines(), "\n"))
+	}
+	for _, l := range p.lines() {
+		if p.addr = addrRE.FindString(l); p.addr != "" || l == line {
+			break
 		}
 	}
+	if p.addr == "" {
+		t.Fatalf("%s is ready but printed no address:\n%s", args[0], strings.Join(p.lines(), "\n"))
+	}
+	return p
+}
+
+// lines is the process's stderr so far.
+func (p *proc) lines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.log)
+}
+
+// waitLog waits up to d for a stderr line (one already printed included) that match accepts and
+// returns it; false when none came within d or the process's stderr ended without one.
+func (p *proc) waitLog(d time.Duration, match func(string) bool) (string, bool) {
+	deadline := time.After(d)
+	seen := 0
+	for {
+		p.mu.Lock()
+		lines, grew := p.log[seen:], p.grew
+		seen = len(p.log)
+		p.mu.Unlock()
+		for _, l := range lines {
+			if match(l) {
+				return l, true
+			}
+		}
+		if grew == nil {
+			return "", false
+		}
+		select {
+		case <-grew:
+		case <-deadline:
+			return "", false
+		}
+	}
+}
+
+// kill9 kills the process with SIGKILL and waits until it is gone.
+func (p *proc) kill9(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatalf("kill -9 %s: %v", p.name, err)
+	}
+	<-p.done
 }
 
 var rssMu sync.Mutex
