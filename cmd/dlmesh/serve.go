@@ -50,7 +50,7 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.StringVar(&c.traceFile, "trace-file", "", "append every span as one JSON line to this file")
 	f.StringVar(&c.otlp, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "export spans over OTLP/gRPC to host:port")
 	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
-	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none)")
+	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none); with --tls-cert over HTTPS, and with --tls-ca only to clients presenting a certificate it signed")
 	f.BoolVar(&c.reflection, "reflection", false, "register the gRPC reflection service (for grpcurl) on every server")
 	if service != "up" {
 		c.tls.register(cmd, true)
@@ -115,7 +115,7 @@ func (c *common) server() services.ServerConfig {
 // serve exports the started service's metrics until ctx ends (SIGINT, SIGTERM), then shuts it
 // down (its node: NOT_SERVING, deregistration, graceful stop within --stop-timeout).
 func (c *common) serve(ctx context.Context, shutdown func(context.Context) error, cs ...prometheus.Collector) error {
-	stopMetrics, err := serveMetrics(c.metrics, cs...)
+	stopMetrics, err := serveMetrics(c.metrics, c.mtls, cs...)
 	if err != nil {
 		return errors.Join(err, shutdown(context.Background()))
 	}
@@ -220,7 +220,7 @@ cancels it and stops the mesh.`,
 				fmt.Fprintf(os.Stderr, "expertd  %s  (experts %s)\n", e, model.FormatExperts(m.Experts[i].Experts()))
 				cs = append(cs, expertdMetrics(m.Experts[i], m.Experts[i].ID())...)
 			}
-			stopMetrics, err := serveMetrics(c.metrics, cs...)
+			stopMetrics, err := serveMetrics(c.metrics, c.mtls, cs...)
 			if err != nil {
 				return err
 			}
