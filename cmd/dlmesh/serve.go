@@ -52,9 +52,7 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
 	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none); with --tls-cert over HTTPS, and with --tls-ca only to clients presenting a certificate it signed")
 	f.BoolVar(&c.reflection, "reflection", false, "register the gRPC reflection service (for grpcurl) on every server")
-	if service != "up" {
-		c.tls.register(cmd, true)
-	}
+	c.tls.register(cmd, true)
 	if service != "up" {
 		f.StringVar(&c.consul, "consul", os.Getenv("CONSUL_HTTP_ADDR"), "Consul agent address for discovery and health (default $CONSUL_HTTP_ADDR; empty: static peers)")
 		f.StringVar(&c.consulToken, "consul-token", "", "Consul ACL token (default $CONSUL_HTTP_TOKEN)")
@@ -193,7 +191,13 @@ cancels it and stops the mesh.`,
 			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
 			cfg.APIKey = apiKey
 			cfg.Reflection = c.reflection
-			slog.Info("starting the mesh", "model", c.dir, "groups", max(cfg.Groups, 1), "replicas", max(cfg.Replicas, 1), "backend", c.backend)
+			// the gateway (gRPC, HTTP API) and the metrics serve the TLS as given; the services
+			// inside call each other with mTLS
+			if cfg.TLS, err = c.tls.mesh(); err != nil {
+				return err
+			}
+			cfg.GatewayTLS = c.mtls
+			slog.Info("starting the mesh", "model", c.dir, "groups", max(cfg.Groups, 1), "replicas", max(cfg.Replicas, 1), "backend", c.backend, "tls", cfg.TLS != nil)
 			m, err := mesh.Up(ctx, cfg)
 			if err != nil {
 				return err
@@ -205,9 +209,13 @@ cancels it and stops the mesh.`,
 				}
 			}()
 			a := m.Addrs()
+			scheme, tlsHint := "http", ""
+			if cfg.TLS != nil {
+				scheme, tlsHint = "https", " --tls-ca "+c.tls.trust()
+			}
 			fmt.Fprintf(os.Stderr, "gateway  %s\n", a.Gateway)
 			if a.HTTP != "" {
-				fmt.Fprintf(os.Stderr, "openai   http://%s/v1\n", a.HTTP)
+				fmt.Fprintf(os.Stderr, "openai   %s://%s/v1\n", scheme, a.HTTP)
 			}
 			for _, at := range a.Attnds {
 				fmt.Fprintf(os.Stderr, "attnd    %s\n", at)
@@ -227,7 +235,7 @@ cancels it and stops the mesh.`,
 			defer stopMetrics()
 			if len(args) == 1 {
 				release := logOut.Hold() // the live view owns the terminal until the generation ends
-				err := generateTo(ctx, cmd, a.Gateway, services.ClientConfig{}, apiKey, args[0], &df)
+				err := generateTo(ctx, cmd, a.Gateway, services.ClientConfig{TLS: cfg.TLS}, apiKey, args[0], &df)
 				release()
 				if err != nil {
 					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
@@ -240,14 +248,16 @@ cancels it and stops the mesh.`,
 					return nil
 				}
 			}
-			fmt.Fprintf(os.Stderr, "serving; try: dlmesh generate --addr %s \"func main() {\"   (Ctrl-C stops)\n", a.Gateway)
+			fmt.Fprintf(os.Stderr, "serving; try: dlmesh generate --addr %s%s \"func main() {\"   (Ctrl-C stops)\n", a.Gateway, tlsHint)
 			<-ctx.Done()
 			return nil
 		},
 	}
 	c.register(cmd, "up")
-	pf.register(cmd, true, true)
 	f := cmd.Flags()
+	f.Lookup("tls-cert").Usage = "PEM certificate: the gateway (gRPC and HTTP API) and --metrics-listen serve TLS with it, the services inside call each other with mTLS (reloaded on change)"
+	f.Lookup("tls-ca").Usage = "PEM CA bundle: the services inside require client certificates it signed, the gateway verifies those its clients present, --metrics-listen requires one (default for the services inside: --tls-cert itself)"
+	pf.register(cmd, true, true)
 	f.IntVar(&cfg.Groups, "groups", mesh.DefaultGroups, "expert groups (one expertd each)")
 	f.IntVar(&cfg.Replicas, "replicas", mesh.DefaultReplicas, "expertd replicas per group")
 	f.IntVar(&cfg.Attnd, "attnd", mesh.DefaultAttnd, "attnd instances (the gateway spreads sessions over them)")
