@@ -73,6 +73,10 @@ type Config struct {
 	// expertd require client certificates when it says so (mTLS), and attnd and the gateway
 	// dial their peers with it. The gateway verifies a client certificate only when given.
 	TLS *services.TLS
+	// GatewayTLS, when set, is what the gateway's gRPC server and the HTTP API serve instead of
+	// TLS (the client-facing side may use another certificate or trust than the mesh inside:
+	// `dlmesh up` serves its flags as given there and trusts its own certificate inside).
+	GatewayTLS *services.TLS
 	// MaxActive and MaxQueue bound the gateway's engine (gateway defaults).
 	MaxActive int
 	MaxQueue  int
@@ -208,6 +212,9 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	srv := services.ServerConfig{Reflection: cfg.Reflection, StopTimeout: cfg.StopTimeout, TLS: cfg.TLS}
 	gwSrv := srv
 	gwSrv.TLS = cfg.TLS.ClientCertOptional()
+	if cfg.GatewayTLS != nil {
+		gwSrv.TLS = cfg.GatewayTLS
+	}
 	client := services.ClientConfig{TLS: cfg.TLS}
 	defer func() {
 		if err != nil {
@@ -248,7 +255,7 @@ func Up(ctx context.Context, cfg Config) (_ *Mesh, err error) {
 	}
 	if cfg.HTTPListen != "" {
 		if m.HTTP, err = httpapi.New(httpapi.Config{Listen: cfg.HTTPListen, Model: ModelName(cfg.ModelDir), APIKey: cfg.APIKey,
-			StopTimeout: cfg.StopTimeout, TLS: cfg.TLS.ClientCertOptional()}, m.Gateway); err != nil {
+			StopTimeout: cfg.StopTimeout, TLS: gwSrv.TLS}, m.Gateway); err != nil {
 			return nil, fmt.Errorf("mesh: %w", err)
 		}
 	}

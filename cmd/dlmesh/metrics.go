@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,14 +22,17 @@ import (
 )
 
 // serveMetrics serves Prometheus metrics on addr at /metrics: the Go runtime's, the process's and
-// cs. An empty addr serves nothing. stop shuts the endpoint down.
-func serveMetrics(addr string, cs ...prometheus.Collector) (stop func(), err error) {
-	_, stop, err = listenMetrics(addr, cs...)
+// cs. An empty addr serves nothing. With t it serves HTTPS with t's certificate (reloaded on
+// change) and, when t names a CA, requires a client certificate signed by it (the mesh's
+// members, a Prometheus given one); a plain HTTP request or a TLS client without that
+// certificate is refused at the handshake. stop shuts the endpoint down.
+func serveMetrics(addr string, t *services.TLS, cs ...prometheus.Collector) (stop func(), err error) {
+	_, stop, err = listenMetrics(addr, t, cs...)
 	return stop, err
 }
 
 // listenMetrics is serveMetrics that also returns the address it listens on.
-func listenMetrics(addr string, cs ...prometheus.Collector) (bound string, stop func(), err error) {
+func listenMetrics(addr string, t *services.TLS, cs ...prometheus.Collector) (bound string, stop func(), err error) {
 	if addr == "" {
 		return "", func() {}, nil
 	}
@@ -43,9 +47,17 @@ func listenMetrics(addr string, cs ...prometheus.Collector) (bound string, stop 
 	if err != nil {
 		return "", nil, fmt.Errorf("--metrics-listen %s: %w", addr, err)
 	}
+	bound = lis.Addr().String()
+	services.WarnExposed("metrics", "Prometheus metrics", bound, t != nil)
+	scheme := "http"
+	if t != nil {
+		lis = tls.NewListener(lis, metricsTLSConfig(t))
+		scheme = "https"
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog: slog.NewLogLogger(slog.Default().Handler(), slog.LevelWarn)} // refused handshakes, in the service's log
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -53,13 +65,30 @@ func listenMetrics(addr string, cs ...prometheus.Collector) (bound string, stop 
 			slog.Error("metrics endpoint", "err", err)
 		}
 	}()
-	slog.Info("metrics", "url", "http://"+lis.Addr().String()+"/metrics")
-	return lis.Addr().String(), func() {
+	slog.Info("metrics", "url", scheme+"://"+bound+"/metrics", "client_cert_required", t != nil && t.Config().CAFile != "")
+	return bound, func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)
 		<-done
 	}, nil
+}
+
+// metricsTLSConfig is t's server configuration (the current certificate and CA on each
+// handshake) requiring a client certificate that verifies against the CA when t names one:
+// unlike the gRPC servers, the metrics endpoint has no health method to leave open.
+func metricsTLSConfig(t *services.TLS) *tls.Config {
+	base := t.ServerTLSConfig("h2", "http/1.1")
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		c, err := base.GetConfigForClient(hello)
+		if err != nil {
+			return nil, err
+		}
+		if c.ClientCAs != nil {
+			c.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		return c, nil
+	}}
 }
 
 // attndMetrics, expertdMetrics and gatewayMetrics are the collectors of one service instance.

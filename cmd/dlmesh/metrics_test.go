@@ -21,17 +21,29 @@ import (
 // scrape fetches and parses http://addr/metrics.
 func scrape(tb testing.TB, addr string) map[string]*dto.MetricFamily {
 	tb.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
+	mfs, err := scrapeURL(http.DefaultClient, "http://"+addr+"/metrics")
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return mfs
+}
+
+// scrapeURL fetches url with c and parses it as Prometheus text.
+func scrapeURL(c *http.Client, url string) (map[string]*dto.MetricFamily, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return nil, err
+	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
 	mfs, err := p.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		tb.Fatalf("/metrics does not parse: %v", err)
+		return nil, fmt.Errorf("%s does not parse: %w", url, err)
 	}
-	return mfs
+	return mfs, nil
 }
 
 func label(m *dto.Metric, name string) string {
@@ -100,12 +112,12 @@ func TestMetricsEndpoint(t *testing.T) {
 	for i, e := range m.Experts {
 		cs = append(cs, expertdMetrics(e, fmt.Sprint("expertd-", i))...)
 	}
-	addr, stop, err := listenMetrics("127.0.0.1:0", cs...)
+	addr, stop, err := listenMetrics("127.0.0.1:0", nil, cs...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
-	if _, _, err := listenMetrics(addr); err == nil || !strings.Contains(err.Error(), "--metrics-listen") {
+	if _, _, err := listenMetrics(addr, nil); err == nil || !strings.Contains(err.Error(), "--metrics-listen") {
 		t.Errorf("a second endpoint on %s: %v, want an error naming --metrics-listen", addr, err)
 	}
 	c, err := gateway.Dial(m.Addrs().Gateway, services.ClientConfig{})

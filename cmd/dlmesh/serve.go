@@ -51,10 +51,10 @@ func (c *common) register(cmd *cobra.Command, service string) {
 	f.StringVar(&c.traceFile, "trace-file", "", "append every span as one JSON line to this file")
 	f.StringVar(&c.otlp, "otlp-endpoint", os.Getenv("OTEL_EXPORTER_OTLP_ENDPOINT"), "export spans over OTLP/gRPC to host:port")
 	f.IntVar(&c.stopTimeoutSec, "stop-timeout", 10, "seconds a graceful stop may take on SIGTERM")
-	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none)")
+	f.StringVar(&c.metrics, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (empty: none); with --tls-cert over HTTPS, and with --tls-ca only to clients presenting a certificate it signed")
 	f.BoolVar(&c.reflection, "reflection", false, "register the gRPC reflection service (for grpcurl) on every server")
+	c.tls.register(cmd, true)
 	if service != "up" {
-		c.tls.register(cmd, true)
 		f.DurationVar(&c.idleTrim, "idle-trim", services.DefaultIdleTrim, "after mesh work, return freed memory to the OS once traffic has been quiet this long (negative: never)")
 	}
 	if service != "up" {
@@ -117,7 +117,7 @@ func (c *common) server() services.ServerConfig {
 // serve exports the started service's metrics until ctx ends (SIGINT, SIGTERM), then shuts it
 // down (its node: NOT_SERVING, deregistration, graceful stop within --stop-timeout).
 func (c *common) serve(ctx context.Context, shutdown func(context.Context) error, cs ...prometheus.Collector) error {
-	stopMetrics, err := serveMetrics(c.metrics, cs...)
+	stopMetrics, err := serveMetrics(c.metrics, c.mtls, cs...)
 	if err != nil {
 		return errors.Join(err, shutdown(context.Background()))
 	}
@@ -195,7 +195,13 @@ cancels it and stops the mesh.`,
 			cfg.StopTimeout = time.Duration(c.stopTimeoutSec) * time.Second
 			cfg.APIKey = apiKey
 			cfg.Reflection = c.reflection
-			slog.Info("starting the mesh", "model", c.dir, "groups", max(cfg.Groups, 1), "replicas", max(cfg.Replicas, 1), "backend", c.backend)
+			// the gateway (gRPC, HTTP API) and the metrics serve the TLS as given; the services
+			// inside call each other with mTLS
+			if cfg.TLS, err = c.tls.mesh(); err != nil {
+				return err
+			}
+			cfg.GatewayTLS = c.mtls
+			slog.Info("starting the mesh", "model", c.dir, "groups", max(cfg.Groups, 1), "replicas", max(cfg.Replicas, 1), "backend", c.backend, "tls", cfg.TLS != nil)
 			m, err := mesh.Up(ctx, cfg)
 			if err != nil {
 				return err
@@ -207,9 +213,13 @@ cancels it and stops the mesh.`,
 				}
 			}()
 			a := m.Addrs()
+			scheme, tlsHint := "http", ""
+			if cfg.TLS != nil {
+				scheme, tlsHint = "https", " --tls-ca "+c.tls.trust()
+			}
 			fmt.Fprintf(os.Stderr, "gateway  %s\n", a.Gateway)
 			if a.HTTP != "" {
-				fmt.Fprintf(os.Stderr, "openai   http://%s/v1\n", a.HTTP)
+				fmt.Fprintf(os.Stderr, "openai   %s://%s/v1\n", scheme, a.HTTP)
 			}
 			for _, at := range a.Attnds {
 				fmt.Fprintf(os.Stderr, "attnd    %s\n", at)
@@ -222,14 +232,14 @@ cancels it and stops the mesh.`,
 				fmt.Fprintf(os.Stderr, "expertd  %s  (experts %s)\n", e, model.FormatExperts(m.Experts[i].Experts()))
 				cs = append(cs, expertdMetrics(m.Experts[i], m.Experts[i].ID())...)
 			}
-			stopMetrics, err := serveMetrics(c.metrics, cs...)
+			stopMetrics, err := serveMetrics(c.metrics, c.mtls, cs...)
 			if err != nil {
 				return err
 			}
 			defer stopMetrics()
 			if len(args) == 1 {
 				release := logOut.Hold() // the live view owns the terminal until the generation ends
-				err := generateTo(ctx, cmd, a.Gateway, services.ClientConfig{}, apiKey, args[0], &df)
+				err := generateTo(ctx, cmd, a.Gateway, services.ClientConfig{TLS: cfg.TLS}, apiKey, args[0], &df)
 				release()
 				if err != nil {
 					if ctx.Err() != nil { // interrupted: the deferred Close stops the mesh
@@ -242,14 +252,16 @@ cancels it and stops the mesh.`,
 					return nil
 				}
 			}
-			fmt.Fprintf(os.Stderr, "serving; try: dlmesh generate --addr %s \"func main() {\"   (Ctrl-C stops)\n", a.Gateway)
+			fmt.Fprintf(os.Stderr, "serving; try: dlmesh generate --addr %s%s \"func main() {\"   (Ctrl-C stops)\n", a.Gateway, tlsHint)
 			<-ctx.Done()
 			return nil
 		},
 	}
 	c.register(cmd, "up")
-	pf.register(cmd, true, true)
 	f := cmd.Flags()
+	f.Lookup("tls-cert").Usage = "PEM certificate: the gateway (gRPC and HTTP API) and --metrics-listen serve TLS with it, the services inside call each other with mTLS (reloaded on change)"
+	f.Lookup("tls-ca").Usage = "PEM CA bundle: the services inside require client certificates it signed, the gateway verifies those its clients present, --metrics-listen requires one (default for the services inside: --tls-cert itself)"
+	pf.register(cmd, true, true)
 	f.IntVar(&cfg.Groups, "groups", mesh.DefaultGroups, "expert groups (one expertd each)")
 	f.IntVar(&cfg.Replicas, "replicas", mesh.DefaultReplicas, "expertd replicas per group")
 	f.IntVar(&cfg.Attnd, "attnd", mesh.DefaultAttnd, "attnd instances (the gateway spreads sessions over them)")

@@ -34,7 +34,7 @@ func TestMeshAsProcessesWithMTLS(t *testing.T) {
 	e0 := startProc(t, bin, addrRE, "expertd serving", with("expertd", "--model", model, "--experts", "0-7")...)
 	e1 := startProc(t, bin, addrRE, "expertd serving", with("expertd", "--model", model, "--experts", "8-15")...)
 	at := startProc(t, bin, addrRE, "attnd serving", with("attnd", "--model", model, "--expertd", e0.addr+","+e1.addr)...)
-	gw := startProc(t, bin, addrRE, "gateway serving", with("gateway", "--model", model, "--attnd", at.addr, "--listen", "127.0.0.1:0")...)
+	gw := startProc(t, bin, addrRE, "gateway serving", with("gateway", "--model", model, "--attnd", at.addr, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0")...)
 
 	f := fixtures.LoadGen(t)
 	c := f.Cases[3]

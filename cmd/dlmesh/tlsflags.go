@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"github.com/dlmesh/dlmesh/services"
@@ -38,4 +40,27 @@ func (f *tlsFlags) load(requireClientCert bool) (*services.TLS, error) {
 func (f *tlsFlags) client() (services.ClientConfig, error) {
 	t, err := f.load(false)
 	return services.ClientConfig{TLS: t}, err
+}
+
+// mesh is the TLS of the services inside `dlmesh up`: every server and client uses --tls-cert,
+// verifies peers against --tls-ca or, without one, against --tls-cert itself (the process is the
+// mesh's only member), and attnd and expertd require client certificates (mTLS). nil without
+// TLS flags; --tls-ca alone is an error (the services need a certificate to serve).
+func (f *tlsFlags) mesh() (*services.TLS, error) {
+	if f.cert == "" && f.key == "" && f.ca == "" {
+		return nil, nil
+	}
+	if f.cert == "" || f.key == "" {
+		return nil, fmt.Errorf("--tls-cert %q and --tls-key %q: up serves TLS with them, give both (with --tls-ca or without)", f.cert, f.key)
+	}
+	return services.NewTLS(services.TLSConfig{CertFile: f.cert, KeyFile: f.key, CAFile: f.trust(),
+		RequireClientCert: true, ServerName: f.serverName})
+}
+
+// trust is the CA file that verifies up's certificate: --tls-ca, or --tls-cert itself.
+func (f *tlsFlags) trust() string {
+	if f.ca != "" {
+		return f.ca
+	}
+	return f.cert
 }
