@@ -169,6 +169,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if s.renewDone != nil {
 			<-s.renewDone
 		}
+		s.stepper.Stop()
 		errs = append(errs, s.pool.Close())
 		s.closeErr = errors.Join(errs...)
 	})

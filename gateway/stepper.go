@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/engine"
@@ -36,7 +38,15 @@ type RemoteStepper struct {
 
 	mu       sync.Mutex
 	sessions map[string]*remoteSession
+	stalled  map[*services.Replica]time.Time // attnd whose last Step stalled, until when Open passes them over
+	probes   sync.WaitGroup                  // probeBack goroutines
+	stop     chan struct{}                   // closed by Stop: the probes end
+	stopOnce sync.Once
 }
+
+// stallCooldown is how long Open passes over an attnd whose Step stalled (unless no other is
+// left); its next answered Step ends it sooner.
+const stallCooldown = 30 * time.Second
 
 type remoteSession struct {
 	r       *services.Replica
@@ -50,7 +60,80 @@ func NewRemoteStepper(pool *services.Pool, stepTimeout, callTimeout time.Duratio
 	var nonce [6]byte
 	_, _ = rand.Read(nonce[:]) // crypto/rand.Read never fails
 	return &RemoteStepper{pool: pool, prefix: hex.EncodeToString(nonce[:]) + "/", stepTimeout: stepTimeout, callTimeout: callTimeout,
-		sessions: map[string]*remoteSession{}}
+		sessions: map[string]*remoteSession{}, stalled: map[*services.Replica]time.Time{}, stop: make(chan struct{})}
+}
+
+// Stop ends the stepper's background probes (the gateway's Shutdown, before its pool closes).
+func (st *RemoteStepper) Stop() {
+	st.mu.Lock() // markStalled starts probes under mu, after looking at stop
+	st.stopOnce.Do(func() { close(st.stop) })
+	st.mu.Unlock()
+	st.probes.Wait()
+}
+
+// isStalled reports whether Open should pass over r (its last Step stalled recently).
+func (st *RemoteStepper) isStalled(r *services.Replica) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	until, ok := st.stalled[r]
+	if ok && time.Now().After(until) {
+		delete(st.stalled, r)
+		return false
+	}
+	return ok
+}
+
+// markStalled records whether r's last Step stalled (true) or answered (false). A stalled
+// attnd is probed back: its health is checked every stallProbeInterval until it answers
+// SERVING, which ends the cooldown (a stopped process continued, a long pause over).
+func (st *RemoteStepper) markStalled(r *services.Replica, stalled bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !stalled {
+		delete(st.stalled, r)
+		return
+	}
+	_, probing := st.stalled[r]
+	st.stalled[r] = time.Now().Add(stallCooldown)
+	select {
+	case <-st.stop:
+	default:
+		if !probing {
+			st.probes.Add(1)
+			go st.probeBack(r)
+		}
+	}
+}
+
+// stallProbeInterval is how often a stalled attnd's health is checked.
+const stallProbeInterval = time.Second
+
+// probeBack checks a stalled attnd's health until it serves again (the cooldown ends), the
+// cooldown ends by itself, or the attnd leaves the pool.
+func (st *RemoteStepper) probeBack(r *services.Replica) {
+	defer st.probes.Done()
+	for {
+		select {
+		case <-st.stop:
+			return
+		case <-time.After(stallProbeInterval):
+		}
+		st.mu.Lock()
+		until, ok := st.stalled[r]
+		st.mu.Unlock()
+		if !ok || r.Removed() || time.Now().After(until) || r.Conn() == nil {
+			st.markStalled(r, false)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), stallProbeInterval)
+		resp, err := healthpb.NewHealthClient(r.Conn()).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			slog.Info("gateway: a stalled attnd answers again", "attnd", r.Instance().ID)
+			st.markStalled(r, false)
+			return
+		}
+	}
 }
 
 // SetStall bounds a Step to an attnd while the pool holds another: past max(floor, multiplier
@@ -127,8 +210,23 @@ func (st *RemoteStepper) call(ctx context.Context, r *services.Replica, d time.D
 func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blockLen int) error {
 	tried := map[*services.Replica]bool{}
 	var errs []error
+	avoid := true // pass over the attnd whose Step stalled while another is left
 	for {
-		r, release, err := st.pool.PickFunc(func(r *services.Replica) bool { return tried[r] || r.Removed() })
+		passed := false
+		r, release, err := st.pool.PickFunc(func(r *services.Replica) bool {
+			if tried[r] || r.Removed() {
+				return true
+			}
+			if avoid && st.isStalled(r) {
+				passed = true
+				return true
+			}
+			return false
+		})
+		if err != nil && passed {
+			avoid = false
+			continue
+		}
 		if err != nil && len(tried) == 0 {
 			return fmt.Errorf("gateway: open session: no attnd (%d known): %w", st.pool.Len(), err)
 		}
@@ -270,6 +368,8 @@ func (st *RemoteStepper) Step(ctx context.Context, steps []engine.SeqStep) ([]mo
 				resp, err = ac.Step(ctx, c.req)
 				return err
 			})
+			// a stall: our deadline, not the caller's, ended the call
+			st.markStalled(c.s.r, err != nil && services.CodeOf(err) == codes.DeadlineExceeded && ctx.Err() == nil)
 			if err == nil {
 				st.observeStep(time.Since(t0), rows)
 				refused[ci], err = st.convert(resp, c.idx, steps, outs)
