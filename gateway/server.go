@@ -13,7 +13,6 @@ import (
 	otcodes "go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 
 	"github.com/dlmesh/dlmesh/engine"
@@ -86,11 +85,9 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	ccfg := cfg.Client
 	ccfg.TracerProvider = tp
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, chat: chatTmpl, mcfg: mcfg, reg: reg, watchDone: make(chan struct{})}
-	redial := backoff.DefaultConfig
-	redial.MaxDelay = cfg.ReconnectBackoff
-	redial.BaseDelay = min(redial.BaseDelay, redial.MaxDelay)
+	ccfg.ReconnectBackoff = cfg.ReconnectBackoff
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
-		return services.Dial(in.Addr, ccfg, grpc.WithConnectParams(grpc.ConnectParams{Backoff: redial, MinConnectTimeout: 20 * time.Second}))
+		return services.Dial(in.Addr, ccfg)
 	})
 	s.stepper = NewRemoteStepper(s.pool, cfg.StepTimeout, cfg.CallTimeout)
 	s.stepper.SetLease(cfg.SessionLease)

@@ -7,6 +7,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
 )
@@ -44,6 +45,10 @@ func Dial(addr string, cfg ClientConfig, opts ...grpc.DialOption) (*grpc.ClientC
 	if cfg.CallTimeout > 0 {
 		base = append(base, grpc.WithChainUnaryInterceptor(callTimeoutInterceptor(cfg.CallTimeout)))
 	}
+	redial := backoff.DefaultConfig
+	redial.MaxDelay = cfg.ReconnectBackoff
+	redial.BaseDelay = min(redial.BaseDelay, redial.MaxDelay)
+	base = append(base, grpc.WithConnectParams(grpc.ConnectParams{Backoff: redial, MinConnectTimeout: 20 * time.Second}))
 	cc, err := grpc.NewClient(addr, append(base, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("services: dial %s: %w", addr, err)

@@ -29,7 +29,11 @@ const (
 	// DefaultClientKeepaliveTime is the client ping interval on an idle connection and
 	// DefaultClientKeepaliveTimeout the wait for the ack before the connection is dropped: a dead
 	// expertd is noticed within about 30 s even when no call is in flight.
-	DefaultClientKeepaliveTime    = 20 * time.Second
+	DefaultClientKeepaliveTime = 20 * time.Second
+	// DefaultReconnectBackoff is the longest wait between two dials of a peer whose connection
+	// failed (gRPC's own default grows to 2 minutes: a peer restarted after a long outage would
+	// wait that long for its callers).
+	DefaultReconnectBackoff       = time.Second
 	DefaultClientKeepaliveTimeout = 10 * time.Second
 	// DefaultCallTimeout is the deadline given to a unary call whose context has none.
 	DefaultCallTimeout = 30 * time.Second
@@ -150,12 +154,18 @@ type ClientConfig struct {
 	// TLS verifies the server against its CA and presents its certificate when it has one; nil
 	// dials plaintext.
 	TLS *TLS
+	// ReconnectBackoff bounds the wait between two dials of a server whose connection failed
+	// (DefaultReconnectBackoff).
+	ReconnectBackoff time.Duration
 	// TracerProvider traces the client's calls; nil means the global provider. Set in code.
 	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns c with every zero field set to its default.
 func (c ClientConfig) WithDefaults() ClientConfig {
+	if c.ReconnectBackoff <= 0 {
+		c.ReconnectBackoff = DefaultReconnectBackoff
+	}
 	if c.MaxRecvMsgBytes == 0 {
 		c.MaxRecvMsgBytes = DefaultMaxMsgBytes
 	}
