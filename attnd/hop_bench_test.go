@@ -107,7 +107,8 @@ func newHopRig(b *testing.B, blocks int) *hopRig {
 // is the whole Dispatch + wait, compute-us the slowest group's compute as expertd reports it,
 // overhead-us/layer their difference. echo-us is the floor measured in the same run: the same
 // request and response bytes through plain gRPC unary calls (one per group, in parallel) to a
-// server that answers at once; mesh-echo-us the same through the mesh's gRPC options.
+// server that answers at once; mesh-echo-us the same through the mesh's gRPC options;
+// stream-echo-us the same over one long-lived ComputeStream per server (the lanes' transport).
 func BenchmarkExpertHop(b *testing.B) {
 	for _, bc := range []struct {
 		blocks int
@@ -121,6 +122,7 @@ func BenchmarkExpertHop(b *testing.B) {
 			rg := newHopRig(b, bc.blocks)
 			rg.s.unaryOnly = bc.unary
 			echo, meshEcho := testutil.ExpertEcho(b, rg.reqs, rg.respBytes, false), testutil.ExpertEcho(b, rg.reqs, rg.respBytes, true)
+			streamEcho := testutil.ExpertEchoStream(b, rg.reqs, rg.respBytes)
 			ctx := context.Background()
 			r := rg.s.routes.Load()
 			layerOnce := func(f *fanout) {
@@ -138,8 +140,9 @@ func BenchmarkExpertHop(b *testing.B) {
 				f.release()
 				echo()
 				meshEcho()
+				streamEcho()
 			}
-			var hopNs, computeNs, echoNs, meshEchoNs time.Duration
+			var hopNs, computeNs, echoNs, meshEchoNs, streamEchoNs time.Duration
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				f := rg.s.newFanout(r)
@@ -154,6 +157,9 @@ func BenchmarkExpertHop(b *testing.B) {
 				t2 := time.Now()
 				meshEcho()
 				meshEchoNs += time.Since(t2)
+				t3 := time.Now()
+				streamEcho()
+				streamEchoNs += time.Since(t3)
 			}
 			b.StopTimer()
 			us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 / float64(b.N) }
@@ -162,6 +168,7 @@ func BenchmarkExpertHop(b *testing.B) {
 			b.ReportMetric(us(hopNs-computeNs), "overhead-us/layer")
 			b.ReportMetric(us(echoNs), "echo-us")
 			b.ReportMetric(us(meshEchoNs), "mesh-echo-us")
+			b.ReportMetric(us(streamEchoNs), "stream-echo-us")
 			b.ReportMetric(float64(hopNs-computeNs)/float64(max(echoNs, 1)), "overhead/echo")
 		})
 	}

@@ -72,10 +72,11 @@ func (t *tally) run(n int, fn func(i int)) {
 // hopFloorMs is the floor of the expert hops of one step of the tiny model in the embedded
 // mesh, measured now: every MoE layer's calls (both groups in parallel, the mesh's gRPC
 // options) as a loopback echo of the same request and response bytes, for the rows of one
-// micro-batch (a block per stream, the streams split in attnd's default micro-batches). The
-// groups' compute, which the engine also does, is left out, so engine-ms/step over itself plus
-// this is the best mesh/engine the hops allow on this machine (floor-ratio), whatever attnd does.
-func hopFloorMs(b *testing.B, streams int) float64 {
+// micro-batch (a block per stream, the streams split in attnd's default micro-batches), as
+// unary calls and over long-lived streams (what attnd's lanes use). The groups' compute, which
+// the engine also does, is left out, so engine-ms/step over itself plus the stream echo is the
+// best mesh/engine the hops allow on this machine (floor-ratio), whatever attnd does.
+func hopFloorMs(b *testing.B, streams int) (unaryMs, streamMs float64) {
 	b.Helper()
 	c, err := model.LoadConfig(tinyDir)
 	if err != nil {
@@ -89,17 +90,19 @@ func hopFloorMs(b *testing.B, streams int) float64 {
 			X: make([]byte, 4*rows*c.Hidden), Ids: make([]byte, 4*rows*c.TopK), Weights: make([]byte, 4*rows*c.TopK)})
 		resp = append(resp, 4*rows*c.Hidden)
 	}
-	layer := testutil.ExpertEcho(b, reqs, resp, true)
-	for range 20 {
-		layer()
+	perLayer := func(layer func()) time.Duration {
+		for range 20 {
+			layer()
+		}
+		const n = 200
+		t0 := time.Now()
+		for range n {
+			layer()
+		}
+		return time.Since(t0) / n
 	}
-	const n = 200
-	t0 := time.Now()
-	for range n {
-		layer()
-	}
-	perLayer := time.Since(t0) / n
-	return float64(perLayer.Microseconds()) / 1000 * float64(len(c.MoELayers()))
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 * float64(len(c.MoELayers())) }
+	return ms(perLayer(testutil.ExpertEcho(b, reqs, resp, true))), ms(perLayer(testutil.ExpertEchoStream(b, reqs, resp)))
 }
 
 // BenchmarkMeshVsEngine generates the first eight fixture cases through the in-process engine and
@@ -158,9 +161,10 @@ func BenchmarkMeshVsEngine(b *testing.B) {
 			b.ReportMetric(remote.msPerStep()-local.msPerStep(), "hop-ms/step")
 			b.ReportMetric(local.cores(), "engine-cores")
 			b.ReportMetric(remote.cores(), "mesh-cores")
-			echoMs := hopFloorMs(b, streams)
+			echoMs, streamEchoMs := hopFloorMs(b, streams)
 			b.ReportMetric(echoMs, "echo-ms/step")
-			b.ReportMetric(local.msPerStep()/(local.msPerStep()+echoMs), "floor-ratio")
+			b.ReportMetric(streamEchoMs, "stream-echo-ms/step")
+			b.ReportMetric(local.msPerStep()/(local.msPerStep()+streamEchoMs), "floor-ratio")
 			b.ReportMetric(0, "ns/op") // the workload is fixed; ns/op would count both engines
 		})
 	}
