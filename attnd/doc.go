@@ -66,6 +66,20 @@
 // pooled buffers alone bought little. The profile after: ExpertsFFN 55%, transport ~20% (echoes
 // included), the fan-out's host work 4%, expertd's decoding 3%, GC 4.5%.
 //
+// On the same machine idle (load < 1; BenchmarkExpertHop -benchtime=300x): 584 µs of overhead
+// per layer at 1 block, 1.65× the unary echo (354 µs) and 2.9× the echo over streams (198 µs,
+// stream-echo-us), 1.19× the unary echo at 8 blocks. A profile of that run (-cpuprofile, 2000
+// layers): the experts' kernels ~45% (bf16 widening 7% of it), syscalls 10%, memmove 8%,
+// protobuf's decoding of the bytes fields 6% (echoes included: copying X and Y out of gRPC's
+// buffers), the fan-out's own code ~2%. A codec aliasing gRPC's buffers (mem.BufferSlice) would
+// save part of the 6%; it is not written. BenchmarkMeshVsEngine (-benchtime=4x, each
+// iteration engine then mesh) reports in the same run the hops' floor (every MoE layer as a
+// stream echo of its bytes, no compute) and floor-ratio = engine / (engine + that floor): at
+// 1 stream mesh/engine 0.74 against a floor-ratio of 0.84 (single runs: 0.66-1.06), at 8
+// streams 0.97 against 0.95 (single runs 0.95-1.15): at 1 stream the hop's transport alone
+// costs more than the 10% the target allows on 2 shared cores; at 8 the micro-batches' overlap
+// pays for it.
+//
 // # On the GPU
 //
 // The path is the same on the CUDA backend with two changes, both behind kernels.Stager (a
