@@ -15,3 +15,13 @@ func PlanStats(s *Server) (idle int, reused int64) {
 	defer s.plans.mu.Unlock()
 	return len(s.plans.idle), s.plans.reused
 }
+
+// IdleBuffers is the number of idle fan-outs' host buffers kept for the next steps.
+func IdleBuffers(s *Server) int {
+	s.hopMu.Lock()
+	defer s.hopMu.Unlock()
+	return len(s.hopFree)
+}
+
+// DropIdle runs what the process's idle trim runs on s.
+func DropIdle(s *Server) { s.dropHopBuffers() }

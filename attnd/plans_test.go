@@ -91,3 +91,38 @@ func TestStepReusesPlan(t *testing.T) {
 		t.Fatalf("%d plans kept after their sessions closed", idle)
 	}
 }
+
+// TestIdleTrimDropsBuffers: what the idle trim runs drops the idle plans and fan-out buffers,
+// and the next step allocates new ones and answers as before.
+func TestIdleTrimDropsBuffers(t *testing.T) {
+	reg := services.NewMemRegistry()
+	startExpertd(t, reg, "e0", model.AllExperts(16))
+	a, c, _ := startAttndCfg(t, reg, attnd.Config{ModelDir: tinyDir, MicroBatches: 1})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.WaitServing(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Open(ctx, &pb.OpenRequest{SessionId: "s", Capacity: 64}); err != nil {
+		t.Fatal(err)
+	}
+	req := &pb.StepRequest{Sessions: []*pb.SessionStep{{SessionId: "s", Tokens: slices.Repeat([]int32{7}, 32), OutRows: 32, TopK: 2}}}
+	first, err := c.Step(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if idle, _ := attnd.PlanStats(a); idle != 1 || attnd.IdleBuffers(a) == 0 {
+		t.Fatalf("after a step: %d idle plans, %d idle buffers; want 1 and some", idle, attnd.IdleBuffers(a))
+	}
+	attnd.DropIdle(a)
+	if idle, _ := attnd.PlanStats(a); idle != 0 || attnd.IdleBuffers(a) != 0 {
+		t.Fatalf("after the idle trim: %d idle plans, %d idle buffers; want none", idle, attnd.IdleBuffers(a))
+	}
+	again, err := c.Step(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(again.GetResults()[0].GetLogits(), first.GetResults()[0].GetLogits()) {
+		t.Fatal("the step after the idle trim answers differently")
+	}
+}
