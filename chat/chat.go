@@ -9,6 +9,9 @@
 // (json.RawMessage, ParseRequest), which matters where a template prints them with tojson.
 //
 // A model without a chat_template gets Default, dlmesh's built-in template.
+//
+// Who may import: gateway (and gateway/httpapi), cmd/dlmesh, tests. It imports tokenizer (for
+// the template's source in tokenizer_config.json) only.
 package chat
 
 import (
