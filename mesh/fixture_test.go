@@ -2,18 +2,15 @@ package mesh_test
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
 	"github.com/dlmesh/dlmesh/internal/fixtures"
+	"github.com/dlmesh/dlmesh/internal/meshtest"
 	"github.com/dlmesh/dlmesh/kernels/cpu"
 	"github.com/dlmesh/dlmesh/mesh"
 	"github.com/dlmesh/dlmesh/model"
@@ -32,41 +29,11 @@ type (
 )
 
 // shared is the mesh most tests use, started on first use and closed by TestMain.
-var shared struct {
-	once sync.Once
-	m    *mesh.Mesh
-	err  error
-}
+var shared = meshtest.New(mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0"})
 
-func sharedMesh(tb testing.TB) *mesh.Mesh {
-	tb.Helper()
-	shared.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		shared.m, shared.err = mesh.Up(ctx, mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0"})
-	})
-	if shared.err != nil {
-		tb.Fatal(shared.err)
-	}
-	return shared.m
-}
+func sharedMesh(tb testing.TB) *mesh.Mesh { tb.Helper(); return shared.Mesh(tb) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if shared.m != nil {
-		if err := shared.m.Close(); err != nil {
-			fmt.Fprintln(os.Stderr, "mesh close:", err)
-			code = 1
-		}
-	}
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { meshtest.Main(m, true, shared) }
 
 // upMesh starts an embedded mesh on loopback ports and shuts it down at cleanup.
 func upMesh(tb testing.TB, cfg mesh.Config) *mesh.Mesh {

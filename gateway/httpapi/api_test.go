@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/dlmesh/dlmesh/gateway"
+	"github.com/dlmesh/dlmesh/internal/meshtest"
 	"github.com/dlmesh/dlmesh/mesh"
 	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
@@ -36,35 +37,11 @@ const (
 
 // shared is the live mesh every test here talks to: an in-process mesh.Up with the HTTP API on a
 // loopback port and an API key.
-var shared struct {
-	once sync.Once
-	m    *mesh.Mesh
-	err  error
-}
+var shared = meshtest.New(mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", APIKey: apiKey})
 
-func liveMesh(tb testing.TB) *mesh.Mesh {
-	tb.Helper()
-	shared.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		shared.m, shared.err = mesh.Up(ctx, mesh.Config{ModelDir: tinyDir, Listen: "127.0.0.1:0", HTTPListen: "127.0.0.1:0", APIKey: apiKey})
-	})
-	if shared.err != nil {
-		tb.Fatal(shared.err)
-	}
-	return shared.m
-}
+func liveMesh(tb testing.TB) *mesh.Mesh { tb.Helper(); return shared.Mesh(tb) }
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if shared.m != nil {
-		if err := shared.m.Close(); err != nil {
-			fmt.Fprintln(os.Stderr, "mesh close:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { meshtest.Main(m, false, shared) }
 
 func client(tb testing.TB, opts ...option.RequestOption) openai.Client {
 	tb.Helper()
