@@ -44,28 +44,7 @@ func TestHealth(t *testing.T) {
 	ts.SetServing(true)
 
 	// A watcher sees the flip to NOT_SERVING when the server stops.
-	wctx, wcancel := context.WithCancel(t.Context())
-	defer wcancel()
-	watch, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{Service: experts})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ev, err := watch.Recv(); err != nil || ev.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("first watch event %v, %v; want SERVING", ev, err)
-	}
-	stopped := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		stopped <- ts.Stop(ctx)
-	}()
-	if ev, err := watch.Recv(); err != nil || ev.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
-		t.Fatalf("watch event after Stop %v, %v; want NOT_SERVING", ev, err)
-	}
-	wcancel() // the open Watch is an in-flight call: end it so the graceful stop can finish
-	if err := <-stopped; err != nil {
-		t.Errorf("Stop: %v", err)
-	}
+	stopWatched(t, hc, ts.Server, experts)
 	ts.SetServing(true) // no effect after Stop
 	if ts.serving {
 		t.Error("SetServing after Stop took effect")
@@ -208,5 +187,33 @@ func TestStopCutsAfterDeadline(t *testing.T) {
 	}
 	if _, err := stream.Recv(); err == nil {
 		t.Error("stream survived a hard stop")
+	}
+}
+
+// stopWatched watches service's health, stops srv, and checks that the watcher saw SERVING
+// and then NOT_SERVING, and that the graceful stop finished.
+func stopWatched(t *testing.T, hc healthpb.HealthClient, srv *Server, service string) {
+	t.Helper()
+	wctx, wcancel := context.WithCancel(t.Context())
+	defer wcancel()
+	watch, err := hc.Watch(wctx, &healthpb.HealthCheckRequest{Service: service})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := watch.Recv(); err != nil || ev.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("first watch event %v, %v; want SERVING", ev, err)
+	}
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		stopped <- srv.Stop(ctx)
+	}()
+	if ev, err := watch.Recv(); err != nil || ev.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+		t.Fatalf("watch event after Stop %v, %v; want NOT_SERVING", ev, err)
+	}
+	wcancel() // the open Watch is an in-flight call: end it so the graceful stop can finish
+	if err := <-stopped; err != nil {
+		t.Errorf("Stop: %v", err)
 	}
 }
