@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
 
 	"github.com/dlmesh/dlmesh/engine"
 )
@@ -121,7 +122,11 @@ func (o *observer) Finished(ctx context.Context, req *engine.Request, session st
 
 // failed counts and logs a request that failed or was refused, at the engine or before it.
 func (o *observer) failed(ctx context.Context, id string, promptTokens int, elapsed time.Duration, attnd string, err error) {
-	code := Codes.Code(err)
+	o.failedCode(ctx, id, promptTokens, elapsed, attnd, Codes.Code(err), err)
+}
+
+// failedCode is failed with the status code given (a refusal of another API: the HTTP one).
+func (o *observer) failedCode(ctx context.Context, id string, promptTokens int, elapsed time.Duration, attnd string, code codes.Code, err error) {
 	o.failure.WithLabelValues(code.String()).Inc()
 	slog.WarnContext(ctx, "request failed", "id", id, "code", code.String(), "prompt_tokens", promptTokens,
 		"ms", float64(elapsed.Microseconds())/1000, "attnd", attnd, "err", err)

@@ -173,6 +173,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	return s.closeErr
 }
 
+// Refused counts and logs a request another API (the HTTP one) refused before it reached the
+// engine, as a failure with code, like the refusals of Generate.
+func (s *Server) Refused(ctx context.Context, id string, code codes.Code, err error) {
+	s.obs.failedCode(ctx, id, 0, 0, "", code, err)
+}
+
 // Generate implements pb.GatewayServer.
 func (s *Server) Generate(req *pb.GenerateRequest, stream grpc.ServerStreamingServer[pb.GenerateEvent]) error {
 	ctx := stream.Context()

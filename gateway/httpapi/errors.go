@@ -23,6 +23,26 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Message }
 
+// grpcCode is the status code of the gRPC API's answer to the same refusal (the failure
+// metric's label).
+func (e *apiError) grpcCode() codes.Code {
+	switch e.status {
+	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		return codes.InvalidArgument
+	case http.StatusUnauthorized:
+		return codes.Unauthenticated
+	case http.StatusNotFound:
+		return codes.NotFound
+	case http.StatusTooManyRequests:
+		return codes.ResourceExhausted
+	case http.StatusServiceUnavailable:
+		return codes.Unavailable
+	case http.StatusGatewayTimeout:
+		return codes.DeadlineExceeded
+	}
+	return codes.Unknown
+}
+
 func str(s string) *string {
 	if s == "" {
 		return nil

@@ -31,7 +31,7 @@ func (s *Server) completions(w http.ResponseWriter, r *http.Request) {
 		ids, aerr = req.promptIDs(s.b.Tokenizer().Encode)
 	}
 	if aerr != nil {
-		writeError(w, aerr)
+		s.refuse(w, r, aerr)
 		return
 	}
 	s.generate(w, r, completionKind, req, ids)
@@ -47,32 +47,39 @@ func (s *Server) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		msgs, aerr = req.chatMessages()
 	}
 	if aerr != nil {
-		writeError(w, aerr)
+		s.refuse(w, r, aerr)
 		return
 	}
 	text, err := s.b.RenderMessages(msgs, req.Tools)
 	if err != nil {
-		writeError(w, fromError(err))
+		s.refuse(w, r, fromError(err))
 		return
 	}
 	ids, aerr := encodeText(text, s.b.Tokenizer().Encode)
 	if aerr != nil {
 		aerr.Param = str("messages")
-		writeError(w, aerr)
+		s.refuse(w, r, aerr)
 		return
 	}
 	s.generate(w, r, chatKind, req, ids)
+}
+
+// refuse answers a request refused before the engine saw it and counts it as the gateway's
+// refusals are counted (the engine counts those it saw).
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, e *apiError) {
+	writeError(w, e)
+	s.b.Refused(r.Context(), "", e.grpcCode(), e)
 }
 
 // generate runs one request and writes the response, whole or streamed.
 func (s *Server) generate(w http.ResponseWriter, r *http.Request, k kind, req *request, prompt []int32) {
 	p, aerr := req.params(s.cfg.MaxTokens)
 	if aerr != nil {
-		writeError(w, aerr)
+		s.refuse(w, r, aerr)
 		return
 	}
 	if !s.b.Ready() {
-		writeError(w, &apiError{status: http.StatusServiceUnavailable, Type: "server_error", Code: str("unavailable"),
+		s.refuse(w, r, &apiError{status: http.StatusServiceUnavailable, Type: "server_error", Code: str("unavailable"),
 			Message: "no attnd instance is serving yet; retry when the mesh is up"})
 		return
 	}

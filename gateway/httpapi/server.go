@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/dlmesh/dlmesh/engine"
 	"github.com/dlmesh/dlmesh/gateway"
 	"github.com/dlmesh/dlmesh/services"
@@ -22,6 +24,8 @@ type Backend interface {
 	RenderMessages(messages []map[string]any, tools []map[string]any) (string, error)
 	Ready() bool
 	Run(ctx context.Context, req engine.Request, onEvent func(engine.Event)) (*engine.Result, error)
+	// Refused counts a request refused before Run (the gateway's failure metric and log).
+	Refused(ctx context.Context, id string, code codes.Code, err error)
 }
 
 var _ Backend = (*gateway.Server)(nil)
