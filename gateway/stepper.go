@@ -210,7 +210,8 @@ func (st *RemoteStepper) call(ctx context.Context, r *services.Replica, d time.D
 func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blockLen int) error {
 	tried := map[*services.Replica]bool{}
 	var errs []error
-	avoid := true // pass over the attnd whose Step stalled while another is left
+	avoid := true    // pass over the attnd whose Step stalled while another is left
+	revived := false // an open breaker was closed because its attnd serves again
 	for {
 		passed := false
 		r, release, err := st.pool.PickFunc(func(r *services.Replica) bool {
@@ -225,6 +226,10 @@ func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blo
 		})
 		if err != nil && passed {
 			avoid = false
+			continue
+		}
+		if err != nil && !revived && st.revive(ctx, st.pool.BreakerOpen()) {
+			revived, tried, errs = true, map[*services.Replica]bool{}, nil
 			continue
 		}
 		if err != nil && len(tried) == 0 {
@@ -253,6 +258,30 @@ func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blo
 		errs = append(errs, err)
 	}
 }
+
+// revive checks the health of the attnd whose breakers are open (no attnd took the Open) and
+// closes the breaker
+// of each that answers SERVING, so a restarted attnd serves at once, not after the breaker's
+// open timeout; it reports whether it closed any.
+func (st *RemoteStepper) revive(ctx context.Context, rs []*services.Replica) bool {
+	closed := false
+	for _, r := range rs {
+		if r.Conn() == nil || r.Removed() {
+			continue
+		}
+		hctx, cancel := context.WithTimeout(ctx, reviveTimeout)
+		resp, err := healthpb.NewHealthClient(r.Conn()).Check(hctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			r.Breaker().Reset()
+			closed = true
+		}
+	}
+	return closed
+}
+
+// reviveTimeout bounds the health check of an attnd whose breaker is open.
+const reviveTimeout = time.Second
 
 // SetLease sets the lease of the sessions opened from now on (0: attnd's default). Step renews
 // a session's lease; RenewLoop renews those that have not stepped.

@@ -1,14 +1,20 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	pb "github.com/dlmesh/dlmesh/proto/dlmeshv1"
 	"github.com/dlmesh/dlmesh/services"
 )
 
@@ -84,5 +90,64 @@ func TestStepDeadline(t *testing.T) {
 				t.Fatalf("deadline %v, want %v", d, tc.want)
 			}
 		})
+	}
+}
+
+// openOnly is an attnd that answers Open and health.
+type openOnly struct {
+	pb.UnimplementedAttentionServer
+	opens atomic.Int32
+}
+
+func (o *openOnly) Open(context.Context, *pb.OpenRequest) (*pb.OpenResponse, error) {
+	o.opens.Add(1)
+	return &pb.OpenResponse{}, nil
+}
+
+// TestOpenRevivesServingAttnd: when every attnd's breaker is open, Open checks their health and
+// closes the breaker of one that serves instead of failing until the breaker's open timeout.
+func TestOpenRevivesServingAttnd(t *testing.T) {
+	srv := services.NewServer(services.ServerConfig{})
+	att := &openOnly{}
+	pb.RegisterAttentionServer(srv, att)
+	srv.SetServing(true)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(func() { _ = srv.Stop(context.Background()) })
+	pool := services.NewPool("attnd", services.BreakerConfig{Failures: 2, OpenTimeout: time.Hour}, func(in services.Instance) (*grpc.ClientConn, error) {
+		return services.Dial(in.Addr, services.ClientConfig{})
+	})
+	t.Cleanup(func() { pool.Close() })
+	if err := pool.Update([]services.Instance{{ID: "a0", Kind: services.KindAttnd, Addr: lis.Addr().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	st := NewRemoteStepper(pool, time.Minute, 5*time.Second)
+	t.Cleanup(st.Stop)
+	r, done, err := pool.Pick()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the attnd was down a moment ago: its breaker opened
+		_ = r.Breaker().Do(context.Background(), func(context.Context) error { return status.Error(codes.Unavailable, "down") })
+	}
+	done()
+	if r.Breaker().State() != services.BreakerOpen {
+		t.Fatalf("breaker %v, want open", r.Breaker().State())
+	}
+	if err := st.Open(context.Background(), "s", 64, 32); err != nil {
+		t.Fatalf("Open with the only attnd's breaker open but the attnd serving: %v", err)
+	}
+	if att.opens.Load() != 1 || r.Breaker().State() != services.BreakerClosed {
+		t.Fatalf("%d opens reached the attnd, breaker %v; want 1 and closed", att.opens.Load(), r.Breaker().State())
+	}
+	srv.SetServing(false) // an attnd that does not serve stays behind its open breaker
+	for range 2 {
+		_ = r.Breaker().Do(context.Background(), func(context.Context) error { return status.Error(codes.Unavailable, "down") })
+	}
+	if err := st.Open(context.Background(), "s2", 64, 32); err == nil {
+		t.Fatal("Open succeeded through the open breaker of an attnd NOT_SERVING")
 	}
 }

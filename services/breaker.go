@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 
 	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc/codes"
@@ -18,8 +19,9 @@ import (
 // (InvalidArgument, NotFound, FailedPrecondition, …) counts as a success: the instance answered.
 // Safe for concurrent use.
 type Breaker struct {
-	name string
-	cb   *gobreaker.CircuitBreaker[struct{}]
+	name     string
+	settings gobreaker.Settings
+	cb       atomic.Pointer[gobreaker.CircuitBreaker[struct{}]]
 }
 
 // BreakerState is the state of a Breaker.
@@ -49,9 +51,9 @@ func (s BreakerState) String() string {
 func NewBreaker(name string, cfg BreakerConfig) *Breaker {
 	cfg = cfg.WithDefaults()
 	failures := cfg.Failures
-	return &Breaker{
+	b := &Breaker{
 		name: name,
-		cb: gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		settings: gobreaker.Settings{
 			Name:        name,
 			MaxRequests: cfg.HalfOpenCalls,
 			Interval:    cfg.Interval,
@@ -70,8 +72,21 @@ func NewBreaker(name string, cfg BreakerConfig) *Breaker {
 				}
 				slog.Log(context.Background(), lvl, "breaker "+to.String(), "instance", name, "from", from.String(), "to", to.String())
 			},
-		}),
+		},
 	}
+	b.cb.Store(gobreaker.NewCircuitBreaker[struct{}](b.settings))
+	return b
+}
+
+// Reset closes the breaker at once, with fresh counts: the caller has evidence the instance is
+// well again (its health check answers SERVING) and need not wait for OpenTimeout. Calls in
+// flight finish on the old state.
+func (b *Breaker) Reset() {
+	if b.cb.Load().State() == gobreaker.StateClosed {
+		return
+	}
+	b.cb.Store(gobreaker.NewCircuitBreaker[struct{}](b.settings))
+	slog.Info("breaker reset: the instance answers its health check", "instance", b.name)
 }
 
 // Name returns the instance name the breaker was made for.
@@ -79,7 +94,7 @@ func (b *Breaker) Name() string { return b.name }
 
 // State returns the breaker's current state (an open breaker past its timeout reads half-open).
 func (b *Breaker) State() BreakerState {
-	switch b.cb.State() {
+	switch b.cb.Load().State() {
 	case gobreaker.StateOpen:
 		return BreakerOpen
 	case gobreaker.StateHalfOpen:
@@ -95,7 +110,7 @@ func (b *Breaker) Do(ctx context.Context, fn func(context.Context) error) error 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	_, err := b.cb.Execute(func() (struct{}, error) {
+	_, err := b.cb.Load().Execute(func() (struct{}, error) {
 		return struct{}{}, fn(ctx)
 	})
 	if errors.Is(err, gobreaker.ErrOpenState) || errors.Is(err, gobreaker.ErrTooManyRequests) {

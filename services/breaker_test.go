@@ -94,6 +94,30 @@ func TestBreakerRecovers(t *testing.T) {
 	}
 }
 
+// TestBreakerReset: Reset closes an open breaker at once, with fresh counts.
+func TestBreakerReset(t *testing.T) {
+	b := NewBreaker("r", BreakerConfig{Failures: 2, OpenTimeout: time.Hour})
+	fail := func(context.Context) error { return status.Error(codes.Unavailable, "down") }
+	called := 0
+	ok := func(context.Context) error { called++; return nil }
+	_ = b.Do(t.Context(), fail)
+	_ = b.Do(t.Context(), fail)
+	if err := b.Do(t.Context(), ok); !errors.Is(err, ErrBreakerOpen) || called != 0 {
+		t.Fatalf("open breaker let a call through: %v, called %d", err, called)
+	}
+	b.Reset()
+	if b.State() != BreakerClosed {
+		t.Fatalf("state %v after Reset, want closed", b.State())
+	}
+	if err := b.Do(t.Context(), ok); err != nil || called != 1 {
+		t.Fatalf("call after Reset: %v, called %d", err, called)
+	}
+	_ = b.Do(t.Context(), fail) // fresh counts: one failure does not open it again
+	if b.State() != BreakerClosed {
+		t.Fatalf("state %v after one failure past Reset, want closed", b.State())
+	}
+}
+
 func TestBreakerSkipsEndedContext(t *testing.T) {
 	b := NewBreaker("r", BreakerConfig{Failures: 1})
 	ctx, cancel := context.WithCancel(t.Context())

@@ -229,6 +229,20 @@ func (p *Pool) Do(ctx context.Context, fn func(context.Context, *Replica) error)
 	return r.breaker.Do(ctx, func(ctx context.Context) error { return fn(ctx, r) })
 }
 
+// BreakerOpen returns the members whose breaker is open (Pick passes over them until their
+// open timeout ends, or a Reset).
+func (p *Pool) BreakerOpen() []*Replica {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []*Replica
+	for _, r := range p.replicas {
+		if r.breaker.State() == BreakerOpen {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // Len returns the number of members, usable or not.
 func (p *Pool) Len() int {
 	p.mu.Lock()

@@ -198,9 +198,10 @@ func TestAttndKill9Failover(t *testing.T) {
 		}
 		t.Logf("with no attnd left a request failed after %v: %v", time.Since(t0).Round(time.Millisecond), err)
 		a0 = startAttnd("--listen", a0.addr)
-		// The gateway's breaker on a0 opened while it was down and lets a probe through every
-		// 5 s (services.DefaultBreakerOpenTimeout); the gateway re-dials a0 at least every
-		// second (gateway.DefaultReconnectBackoff): 30 s is a bound for a loaded machine.
+		// The gateway's breaker on a0 opened while it was down; an Open that finds every breaker
+		// open checks their attnd's health and closes the breaker of one that serves, and the
+		// gateway re-dials a0 at least every second (services.DefaultReconnectBackoff): 30 s is
+		// a bound for a loaded machine.
 		tries := 0
 		took := testutil.WaitFor(t, "a request succeeds after attnd restarted on "+a0.addr, 30*time.Second, func() bool {
 			tries++
