@@ -196,7 +196,7 @@ func Hedge[T any](ctx context.Context, p *Pool, timeout time.Duration, fn func(c
 			if !IsInstanceFailure(res.err) && !errors.Is(res.err, ErrBreakerOpen) {
 				return zero, res.err // the replica answered: another gives the same answer
 			}
-			err := fmt.Errorf("replica %s: %w", res.r.inst.ID, res.err)
+			err := fmt.Errorf("replica %s: %w", res.r.inst.Load().ID, res.err)
 			if lastErr != nil {
 				err = fmt.Errorf("%w; %w", lastErr, err)
 			}

@@ -40,7 +40,7 @@ type Pool struct {
 
 // Replica is one member of a Pool. Its outstanding count and removal are guarded by the pool.
 type Replica struct {
-	inst    Instance
+	inst    atomic.Pointer[Instance] // replaced whole when discovery updates its tags or meta
 	breaker *Breaker
 	conn    *grpc.ClientConn
 
@@ -54,7 +54,7 @@ type Replica struct {
 func (r *Replica) Removed() bool { return r.gone.Load() }
 
 // Instance returns the replica's instance (a copy).
-func (r *Replica) Instance() Instance { return r.inst.clone() }
+func (r *Replica) Instance() Instance { return r.inst.Load().clone() }
 
 // Breaker returns the replica's circuit breaker.
 func (r *Replica) Breaker() *Breaker { return r.breaker }
@@ -95,7 +95,7 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 	p.closed = closing
 	old := make(map[string]*Replica, len(p.replicas))
 	for _, r := range p.replicas {
-		old[r.inst.ID] = r
+		old[r.inst.Load().ID] = r
 	}
 	var (
 		next    []*Replica
@@ -110,14 +110,17 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 			continue
 		}
 		seen[in.ID] = true
-		if r, ok := old[in.ID]; ok && r.inst.Addr == in.Addr {
-			r.inst = in.clone()
+		if r, ok := old[in.ID]; ok && r.inst.Load().Addr == in.Addr {
+			c := in.clone()
+			r.inst.Store(&c)
 			next = append(next, r)
 			delete(old, in.ID)
 			continue
 		}
 		joined = append(joined, in)
-		r := &Replica{inst: in.clone(), breaker: NewBreaker(p.name+"/"+in.ID, p.cfg)}
+		r := &Replica{breaker: NewBreaker(p.name+"/"+in.ID, p.cfg)}
+		c := in.clone()
+		r.inst.Store(&c)
 		if p.dial != nil {
 			cc, err := p.dial(in)
 			if err != nil {
@@ -129,14 +132,14 @@ func (p *Pool) replace(instances []Instance, closing bool) error {
 		next = append(next, r)
 	}
 	for _, r := range old {
-		left = append(left, r.inst)
+		left = append(left, r.inst.Load().clone())
 		r.removed = true
 		r.gone.Store(true)
 		if r.outstanding == 0 && r.conn != nil {
 			toClose = append(toClose, r.conn)
 		}
 	}
-	slices.SortFunc(next, func(a, b *Replica) int { return strings.Compare(a.inst.ID, b.inst.ID) })
+	slices.SortFunc(next, func(a, b *Replica) int { return strings.Compare(a.inst.Load().ID, b.inst.Load().ID) })
 	p.replicas = next
 	p.next = 0
 	joinLevel := slog.LevelInfo
@@ -256,7 +259,7 @@ func (p *Pool) Status() []ReplicaStatus {
 	defer p.mu.Unlock()
 	out := make([]ReplicaStatus, len(p.replicas))
 	for i, r := range p.replicas {
-		out[i] = ReplicaStatus{Instance: r.inst.clone(), Outstanding: r.outstanding, Stuck: r.stuck > 0, Breaker: r.breaker.State()}
+		out[i] = ReplicaStatus{Instance: r.inst.Load().clone(), Outstanding: r.outstanding, Stuck: r.stuck > 0, Breaker: r.breaker.State()}
 	}
 	return out
 }

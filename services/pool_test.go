@@ -86,12 +86,12 @@ func TestPoolPicksLeastAndRotatesTies(t *testing.T) {
 	r2, d2, _ := p.Pick()
 	r3, d3, _ := p.Pick()
 	if r1 == r2 || r2 == r3 || r1 == r3 {
-		t.Fatalf("three picks on an idle pool hit %s, %s, %s", r1.inst.ID, r2.inst.ID, r3.inst.ID)
+		t.Fatalf("three picks on an idle pool hit %s, %s, %s", r1.inst.Load().ID, r2.inst.Load().ID, r3.inst.Load().ID)
 	}
 	d1()
 	r4, d4, _ := p.Pick()
 	if r4 != r1 {
-		t.Errorf("picked %s, want the only idle replica %s", r4.inst.ID, r1.inst.ID)
+		t.Errorf("picked %s, want the only idle replica %s", r4.inst.Load().ID, r1.inst.Load().ID)
 	}
 	d2()
 	d3()
@@ -104,7 +104,7 @@ func TestPoolPicksLeastAndRotatesTies(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		count[r.inst.ID]++
+		count[r.inst.Load().ID]++
 		done()
 	}
 	for id, n := range count {
@@ -239,5 +239,41 @@ func TestPoolOverGRPC(t *testing.T) {
 	st := p.Status()
 	if st[0].Instance.ID != "e-bad" || st[0].Breaker != BreakerOpen || st[1].Breaker != BreakerClosed {
 		t.Errorf("pool status %+v", st)
+	}
+}
+
+// TestReplicaInstanceDuringUpdate: discovery updating a member's tags while calls read its
+// instance is no data race (go test -race).
+func TestReplicaInstanceDuringUpdate(t *testing.T) {
+	p := NewPool("experts", BreakerConfig{}, nil)
+	t.Cleanup(func() { p.Close() })
+	in := func(i int) []Instance {
+		return []Instance{{ID: "e0", Kind: KindExpertd, Addr: "127.0.0.1:1", Tags: []string{fmt.Sprint("v", i)}}}
+	}
+	if err := p.Update(in(0)); err != nil {
+		t.Fatal(err)
+	}
+	r, done, err := p.Pick()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+	stop := make(chan struct{})
+	go func() {
+		defer close(stop)
+		for i := range 200 {
+			_ = p.Update(in(i))
+		}
+	}()
+	for {
+		select {
+		case <-stop:
+			if got := r.Instance().Tags; len(got) != 1 || got[0] != "v199" {
+				t.Fatalf("tags %v after the updates, want [v199]", got)
+			}
+			return
+		default:
+			_ = r.Instance().ID
+		}
 	}
 }
