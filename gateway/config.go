@@ -25,9 +25,6 @@ const (
 	// A Step to an attnd another could take over from fails after max(floor, multiplier × p99).
 	DefaultStepStallFloor      = 2 * time.Second
 	DefaultStepStallMultiplier = 8.0
-	// DefaultReconnectBackoff is the longest wait between two dials of an attnd whose connection
-	// failed (gRPC's own default grows to 2 minutes).
-	DefaultReconnectBackoff = time.Second
 )
 
 // ErrBadConfig wraps every Config.Validate error.
@@ -76,10 +73,6 @@ type Config struct {
 	// (DefaultStepStall…; a negative floor: StepTimeout always).
 	StepStallFloor      time.Duration
 	StepStallMultiplier float64
-	// ReconnectBackoff bounds the wait between two dials of an attnd whose connection failed
-	// (DefaultReconnectBackoff), so that an attnd restarted after a long outage serves again as
-	// soon as its breaker lets a call through, not once gRPC's growing backoff has run out.
-	ReconnectBackoff time.Duration
 	// Server configures the gRPC server; Client the connections to attnd; Breaker the per-attnd
 	// circuit breakers.
 	Server  services.ServerConfig
@@ -142,9 +135,6 @@ func (c Config) WithDefaults() Config {
 	if c.StepStallMultiplier == 0 {
 		c.StepStallMultiplier = DefaultStepStallMultiplier
 	}
-	if c.ReconnectBackoff == 0 {
-		c.ReconnectBackoff = DefaultReconnectBackoff
-	}
 	c.Server = c.Server.WithDefaults()
 	c.Client = c.Client.WithDefaults()
 	c.Breaker = c.Breaker.WithDefaults()
@@ -172,8 +162,6 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: step_timeout %v and call_timeout %v: want positive durations", ErrBadConfig, c.StepTimeout, c.CallTimeout)
 	case c.StepStallMultiplier < 1:
 		return fmt.Errorf("%w: step_stall_multiplier %g: want at least 1", ErrBadConfig, c.StepStallMultiplier)
-	case c.ReconnectBackoff < 0:
-		return fmt.Errorf("%w: reconnect_backoff %v: want a positive duration", ErrBadConfig, c.ReconnectBackoff)
 	}
 	for _, err := range []error{c.Server.Validate(), c.Client.Validate(), c.Breaker.Validate()} {
 		if err != nil {

@@ -43,7 +43,7 @@ func TestWaitAttndUnreachable(t *testing.T) {
 }
 
 // TestAttndRedialBackoff: the gateway re-dials an attnd whose connection failed at least every
-// Config.ReconnectBackoff, however long it has been failing (gRPC's own backoff grows to 2
+// Config.Client.ReconnectBackoff, however long it has been failing (gRPC's own backoff grows to 2
 // minutes, which left an attnd restarted after a long outage unused for as long). The "attnd" here
 // accepts each connection and closes it at once, so every dial fails and is counted.
 func TestAttndRedialBackoff(t *testing.T) {
@@ -69,7 +69,7 @@ func TestAttndRedialBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	const backoff = 100 * time.Millisecond
-	s, err := New(ctx, Config{ModelDir: "../models/llada2-tiny-go", Listen: "127.0.0.1:0", ReconnectBackoff: backoff}, reg)
+	s, err := New(ctx, Config{ModelDir: "../models/llada2-tiny-go", Listen: "127.0.0.1:0", Client: services.ClientConfig{ReconnectBackoff: backoff}}, reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestAttndRedialBackoff(t *testing.T) {
 	// at most 1.2 × backoff apart (jitter): 25 dials in the window; gRPC's default backoff
 	// (1 s, then 1.6 times more each time) makes 3
 	if n := dials.Load(); n < 10 {
-		t.Errorf("%d dials of a failing attnd in %v with ReconnectBackoff %v, want at least 10", n, window, backoff)
+		t.Errorf("%d dials of a failing attnd in %v with Client.ReconnectBackoff %v, want at least 10", n, window, backoff)
 	}
 	t.Logf("%d dials in %v", dials.Load(), window)
 }

@@ -85,7 +85,6 @@ func New(ctx context.Context, cfg Config, reg services.Registry) (*Server, error
 	ccfg := cfg.Client
 	ccfg.TracerProvider = tp
 	s := &Server{cfg: cfg, tracer: tp.Tracer(TracerName), tok: tok, chat: chatTmpl, mcfg: mcfg, reg: reg, watchDone: make(chan struct{})}
-	ccfg.ReconnectBackoff = cfg.ReconnectBackoff
 	s.pool = services.NewPool("attnd", cfg.Breaker, func(in services.Instance) (*grpc.ClientConn, error) {
 		return services.Dial(in.Addr, ccfg)
 	})

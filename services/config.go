@@ -29,14 +29,14 @@ const (
 	// DefaultClientKeepaliveTime is the client ping interval on an idle connection and
 	// DefaultClientKeepaliveTimeout the wait for the ack before the connection is dropped: a dead
 	// expertd is noticed within about 30 s even when no call is in flight.
-	DefaultClientKeepaliveTime = 20 * time.Second
-	// DefaultReconnectBackoff is the longest wait between two dials of a peer whose connection
-	// failed (gRPC's own default grows to 2 minutes: a peer restarted after a long outage would
-	// wait that long for its callers).
-	DefaultReconnectBackoff       = time.Second
+	DefaultClientKeepaliveTime    = 20 * time.Second
 	DefaultClientKeepaliveTimeout = 10 * time.Second
 	// DefaultCallTimeout is the deadline given to a unary call whose context has none.
 	DefaultCallTimeout = 30 * time.Second
+	// DefaultReconnectBackoff is the longest wait between two dials of a peer whose connection
+	// failed (gRPC's own default grows to 2 minutes: a peer restarted after a long outage would
+	// wait that long for its callers).
+	DefaultReconnectBackoff = time.Second
 
 	// DefaultBreakerFailures consecutive failures open a breaker.
 	DefaultBreakerFailures = 5
@@ -163,7 +163,7 @@ type ClientConfig struct {
 
 // WithDefaults returns c with every zero field set to its default.
 func (c ClientConfig) WithDefaults() ClientConfig {
-	if c.ReconnectBackoff <= 0 {
+	if c.ReconnectBackoff == 0 {
 		c.ReconnectBackoff = DefaultReconnectBackoff
 	}
 	if c.MaxRecvMsgBytes == 0 {
@@ -193,6 +193,9 @@ func (c ClientConfig) Validate() error {
 		return err
 	}
 	if err := positiveDuration("client keepalive_timeout", c.KeepaliveTimeout); err != nil {
+		return err
+	}
+	if err := positiveDuration("client reconnect_backoff", c.ReconnectBackoff); err != nil {
 		return err
 	}
 	// grpc raises a client keepalive time below 10 s to 10 s; say so instead of surprising.
