@@ -60,10 +60,7 @@ type StepOut struct {
 
 // Prob is the softmax probability (at the step's temperature) of candidate j of row r.
 func (o *StepOut) Prob(r, j int, invTemp float32) float32 {
-	if invTemp == 0 {
-		invTemp = 1
-	}
-	return float32(math.Exp(float64(o.Logits[r*o.TopK+j]*invTemp - o.LSE[r])))
+	return float32(math.Exp(float64(o.Logits[r*o.TopK+j]*orOne(invTemp) - o.LSE[r])))
 }
 
 // ExpertRunner computes the routed experts of one MoE layer for the rows of a step.
@@ -123,12 +120,25 @@ func (m *Model) Step(ctx context.Context, seqs []StepSeq, blockLen int, opt Step
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range seqs {
+	pl.wrote()
+	return outs, nil
+}
+
+// wrote records in the sequences' caches the positions a computed step wrote.
+func (pl *stepPlan) wrote() {
+	for _, s := range pl.seqs {
 		if end := s.Pos + len(s.Tokens); end > s.Cache.Len {
 			s.Cache.Len = end
 		}
 	}
-	return outs, nil
+}
+
+// orOne is v, or 1 for 0: the default of a 1/temperature (StepSeq.InvTemp).
+func orOne(v float32) float32 {
+	if v == 0 {
+		return 1
+	}
+	return v
 }
 
 // stepPlan is a validated step with its device buffers allocated and its inputs uploaded:
@@ -252,10 +262,7 @@ func (m *Model) plan(seqs []StepSeq, blockLen int) (*stepPlan, error) {
 		if s.OutRows == 0 {
 			continue
 		}
-		k, inv := max(s.TopK, 1), s.InvTemp
-		if inv == 0 {
-			inv = 1
-		}
+		k, inv := max(s.TopK, 1), orOne(s.InvTemp)
 		key := [2]float32{float32(k), inv}
 		g := byKey[key]
 		if g == nil {

@@ -61,18 +61,11 @@ func (p *Prepared) Fits(seqs []StepSeq, blockLen int, opt StepOptions) bool {
 	for i, s := range seqs {
 		o := p.pl.seqs[i]
 		if s.Cache != o.Cache || s.Pos != o.Pos || len(s.Tokens) != len(o.Tokens) || s.OutRows != o.OutRows ||
-			max(s.TopK, 1) != max(o.TopK, 1) || invTemp(s.InvTemp) != invTemp(o.InvTemp) {
+			max(s.TopK, 1) != max(o.TopK, 1) || orOne(s.InvTemp) != orOne(o.InvTemp) {
 			return false
 		}
 	}
 	return true
-}
-
-func invTemp(v float32) float32 {
-	if v == 0 {
-		return 1
-	}
-	return v
 }
 
 // ErrShape is returned by Reuse for sequences that do not fit the prepared step.
@@ -186,11 +179,7 @@ func (p *Prepared) Run(ctx context.Context) ([]StepOut, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, s := range p.pl.seqs {
-		if end := s.Pos + len(s.Tokens); end > s.Cache.Len {
-			s.Cache.Len = end
-		}
-	}
+	p.pl.wrote()
 	return outs, nil
 }
 
