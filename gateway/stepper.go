@@ -125,10 +125,7 @@ func (st *RemoteStepper) probeBack(r *services.Replica) {
 			st.markStalled(r, false)
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), stallProbeInterval)
-		resp, err := healthpb.NewHealthClient(r.Conn()).Check(ctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+		if serving(context.Background(), r, stallProbeInterval) {
 			slog.Info("gateway: a stalled attnd answers again", "attnd", r.Instance().ID)
 			st.markStalled(r, false)
 			return
@@ -260,24 +257,29 @@ func (st *RemoteStepper) Open(ctx context.Context, session string, capacity, blo
 }
 
 // revive checks the health of the attnd whose breakers are open (no attnd took the Open) and
-// closes the breaker
-// of each that answers SERVING, so a restarted attnd serves at once, not after the breaker's
-// open timeout; it reports whether it closed any.
+// closes the breaker of each that answers SERVING, so a restarted attnd serves at once, not
+// after the breaker's open timeout; it reports whether it closed any.
 func (st *RemoteStepper) revive(ctx context.Context, rs []*services.Replica) bool {
 	closed := false
 	for _, r := range rs {
-		if r.Conn() == nil || r.Removed() {
-			continue
-		}
-		hctx, cancel := context.WithTimeout(ctx, reviveTimeout)
-		resp, err := healthpb.NewHealthClient(r.Conn()).Check(hctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+		if !r.Removed() && serving(ctx, r, reviveTimeout) {
 			r.Breaker().Reset()
 			closed = true
 		}
 	}
 	return closed
+}
+
+// serving reports whether r's health check answers SERVING within d (not through its breaker:
+// the check is how a breaker or a stall mark learns the attnd is back).
+func serving(ctx context.Context, r *services.Replica, d time.Duration) bool {
+	if r.Conn() == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(r.Conn()).Check(ctx, &healthpb.HealthCheckRequest{})
+	return err == nil && resp.GetStatus() == healthpb.HealthCheckResponse_SERVING
 }
 
 // reviveTimeout bounds the health check of an attnd whose breaker is open.
